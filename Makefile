@@ -1,0 +1,55 @@
+# thinkmesh — the two commands a new user runs are `make devnet` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines take the CPU build that lies on disk; on a GPU box: make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: install install-test devnet selfcheck test test-contracts test-python contracts bench clean
+
+install: $(VENV)/.installed contracts/node_modules/.installed
+
+install-test: install $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11+ is required)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+contracts/node_modules/.installed: contracts/package.json contracts/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20+ (apt-get install nodejs npm)"; exit 1; }
+	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The main job. Until the devnet lands this runs the protocol's self-check.
+devnet: install
+	$(BIN)/thinkmesh selfcheck
+
+selfcheck: install
+	$(BIN)/thinkmesh selfcheck
+
+contracts: contracts/node_modules/.installed
+	cd contracts && npm run --silent build
+
+test-contracts: contracts/node_modules/.installed
+	cd contracts && npx --no-install forge test
+
+test-python: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: install-test test-contracts test-python
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) contracts/node_modules contracts/out contracts/cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The coordinator: rounds, verification, aggregation, checkpoints, settlement, the dashboard."""

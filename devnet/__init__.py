@@ -1,0 +1,1 @@
+"""A whole thinkmesh network on one machine, and the command line that wires every role."""

@@ -1,0 +1,1 @@
+"""The node daemon: model loading, rollouts, strategies, training step, contributing, claiming."""
