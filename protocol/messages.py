@@ -30,7 +30,7 @@ from thinkmesh.protocol.identity import NodeIdentity, SigningDomain, verify_sign
 from thinkmesh.protocol.merkle import merkle_root
 from thinkmesh.protocol.rewards import RewardBreakdown
 from thinkmesh.protocol.strategies import StrategySpec, validate_strategy
-from thinkmesh.protocol.tasks import TaskSpec
+from thinkmesh.protocol.tasks import TEMPLATES, TaskSpec
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -59,6 +59,7 @@ class RoundAnnouncement(Message):
     seed: Hash32  # revealed here; the chain holds keccak256(seed) from the round's opening
     deadline_ms: int  # unix milliseconds; contributions arriving later are refused
     coordinator_key: PublicKey32
+    prompt_template: str = "r1"  # a key of protocol.tasks.TEMPLATES: prompts are rebuilt exactly
     signature: Signature64 = EMPTY_SIGNATURE
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class RoundAnnouncement(Message):
             raise EncodingError("round_id and model_version must be non-negative")
         if not 0 < self.prompts_per_node <= 4096:
             raise EncodingError(f"prompts_per_node must be in 1..4096, got {self.prompts_per_node}")
+        if self.prompt_template not in TEMPLATES:
+            raise EncodingError(f"prompt_template must be one of {sorted(TEMPLATES)}, got {self.prompt_template!r}")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ announcements = st.builds(
     task=st.builds(TaskSpec, family=st.sampled_from(["arithmetic", "countdown", "linear"]),
                    difficulty=st.integers(1, 5)),
     prompts_per_node=st.integers(1, 4096), seed=hash32, deadline_ms=small_int,
-    coordinator_key=hash32, signature=st.binary(min_size=64, max_size=64),
+    coordinator_key=hash32, prompt_template=st.sampled_from(["r1", "r1-compact"]),
+    signature=st.binary(min_size=64, max_size=64),
 )
 verdicts = st.builds(
     Verdict, chain_id=small_int, run_id=st.text(max_size=16), round_id=small_int, node_key=hash32,
@@ -160,8 +161,8 @@ def _body(message) -> list:
 @pytest.mark.parametrize(
     ("mangle", "error"),
     [
-        (lambda b: b[:-1], "has 11 fields, got 10"),
-        (lambda b: b + [0], "has 11 fields, got 12"),
+        (lambda b: b[:-1], "has 12 fields, got 11"),
+        (lambda b: b + [0], "has 12 fields, got 13"),
         (lambda b: [str(b[0])] + b[1:], "chain_id: expected int, got str"),
         (lambda b: b[:4] + [b[4][:31]] + b[5:], "model_hash: expected 32 bytes, got 31"),
         (lambda b: b[:5] + [["arithmetic", 9]] + b[6:], "difficulty"),
