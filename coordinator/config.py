@@ -1,0 +1,94 @@
+"""The coordinator's configuration: one typed tree, loaded from TOML with env overrides.
+
+Defaults run the devnet on loopback. Every section forbids unknown keys, so a typo is an error
+naming the key rather than a silently ignored setting. Durations are seconds, sizes bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from thinkmesh.protocol.config_files import load_config
+from thinkmesh.protocol.messages import COMPRESSIONS, MiB
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Section):
+    key_dir: Path
+    password_file: Path | None = None  # else THINKMESH_KEY_PASSWORD
+
+
+class NetworkConfig(_Section):
+    host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
+    announce_maddrs: list[str] = []
+    initial_peers: list[str] = []
+    maddrs_file: Path | None = None  # where to write the visible multiaddrs, one per line
+
+
+class RoundConfig(_Section):
+    rounds: int = Field(3, ge=0)  # training rounds to run; 0 runs forever
+    deadline_s: float = Field(60.0, gt=0)
+    close_when: int = Field(0, ge=0)  # close early once this many contributions arrived; 0 = never
+    min_contributions: int = Field(1, ge=1)  # fewer than this: the round ends with no update
+    prompts_per_node: int = Field(4, ge=1, le=4096)
+    task_family: Literal["arithmetic", "countdown", "linear"] = "arithmetic"
+    task_difficulty: int = Field(1, ge=1, le=5)
+    seed: str = "thinkmesh-devnet"  # the round seeds derive from it
+    start_delay_s: float = Field(0.0, ge=0)  # wait before the first announcement
+    min_peers: int = Field(0, ge=0)  # before the first announcement, wait for this many p2p peers
+
+
+class IntakeConfig(_Section):
+    max_contribution_bytes: int = Field(64 * MiB, gt=0)
+    allowed_nodes: list[str] = []  # PeerIDs; empty admits every well-signed node
+    compressions: list[Literal["none", "fp16", "uniform8", "blockwise8"]] = list(COMPRESSIONS)
+
+
+class AggregationConfig(_Section):
+    rule: Literal["mean", "norm_clip", "centered_clip"] = "mean"
+    clip_norm: float = Field(1.0, gt=0)  # for norm_clip and centered_clip
+    centered_clip_iters: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(0.0, ge=0)  # clip of the aggregate before the step; 0 = off
+
+
+class EvalConfig(_Section):
+    prompts: int = Field(8, ge=0)  # 0 disables the held-out evaluation
+    max_new_tokens: int = Field(32, ge=1)
+    seed: str = "thinkmesh-heldout"
+    template: str = "r1"
+
+
+class ObservabilityConfig(_Section):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(0, ge=0, le=65535)  # 0 picks a free port (written to port_file)
+    port_file: Path | None = None
+    console: bool = True
+
+
+class CoordinatorConfig(_Section):
+    chain_id: int = 31337
+    run_id: str = "devnet"
+    base_model: Path  # a causal-LM directory: version 0 of the model
+    data_dir: Path  # checkpoints, round records
+    device: str = "cpu"
+    torch_threads: int = Field(1, ge=0)  # 0 leaves torch's default
+    identity: IdentityConfig
+    network: NetworkConfig = NetworkConfig()
+    round: RoundConfig = RoundConfig()
+    intake: IntakeConfig = IntakeConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    eval: EvalConfig = EvalConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+
+def load_coordinator_config(path: str | Path | None, environ=None) -> CoordinatorConfig:
+    return load_config(CoordinatorConfig, path, "coordinator", environ)

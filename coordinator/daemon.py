@@ -1,0 +1,319 @@
+"""The coordinator process: announce a round, take contributions until the deadline, aggregate,
+evaluate, checkpoint, serve the new version; repeat.
+
+Lifecycle: `Coordinator(config, identity)`, then `await run()` on the process's main thread.
+hivemind's DHT runs in its own child process (started first, before torch spins up threads);
+its P2P replica, the stream handlers and the HTTP status server live on this event loop;
+tensor work (aggregation, evaluation, checkpoint writes) runs in a worker thread so handlers
+keep answering. A round's outcome is committed only by the checkpoint rename: a coordinator
+killed at any point resumes at the last committed version and round, re-announcing that round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
+from thinkmesh.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from thinkmesh.coordinator.config import CoordinatorConfig
+from thinkmesh.coordinator.evaluation import evaluate
+from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
+from thinkmesh.coordinator.p2p_service import CoordinatorService
+from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
+from thinkmesh.protocol.encoding import decode_message
+from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.messages import ZERO_HASH, ModelManifest, RoundAnnouncement, encode_message, sign_message
+from thinkmesh.protocol.model_manifest import assign_parameters, build_manifest, canonical_architecture, model_parameters
+from thinkmesh.protocol.observability import StatusServer
+from thinkmesh.protocol.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+ROUND_SEED_DOMAIN = b"thinkmesh/round-seed/v1"
+
+
+def round_seed(seed_text: str, round_id: int) -> bytes:
+    return hashlib.sha256(ROUND_SEED_DOMAIN + seed_text.encode() + round_id.to_bytes(8, "big")).digest()
+
+
+def write_identity_file(path: Path, identity: NodeIdentity) -> Path:
+    """p2pd's identity file (libp2p protobuf private key), mode 0600, so the PeerID is the node key's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(identity.libp2p_private_key_bytes())
+    return path
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, identity: NodeIdentity):
+        self.config = config
+        self.identity = identity
+        self.phase = "starting"
+        self.round_id = 0
+        self.version = 0
+        self.manifest: ModelManifest | None = None
+        self.rounds: list[dict] = []
+        self.evals: list[dict] = []
+        self.started = time.time()
+        self.dht = self.p2p = self.service = self.status_server = None
+        self.intake: ContributionIntake | None = None
+        self.task = TaskSpec(config.round.task_family, config.round.task_difficulty)
+
+    # ---- setup -------------------------------------------------------------------------
+    def _start_dht(self):
+        import hivemind
+
+        net = self.config.network
+        validator = AnnouncementValidator(chain_id=self.config.chain_id, run_id=self.config.run_id,
+                                          coordinator_key=self.identity.public_key)
+        identity_path = write_identity_file(self.config.data_dir / "p2p_identity.key", self.identity)
+        return hivemind.DHT(
+            start=True, initial_peers=net.initial_peers or None, host_maddrs=net.host_maddrs,
+            announce_maddrs=net.announce_maddrs or None, identity_path=str(identity_path),
+            record_validators=[validator],
+            # hivemind's "identity taken" probe parses the key file as RSA and fails on libp2p
+            # Ed25519 keys; a PeerID derived from our own keypair cannot collide anyway.
+            check_if_identity_free=False,
+        )
+
+    def _load_model(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        model = AutoModelForCausalLM.from_pretrained(str(self.config.base_model), dtype=torch.float32,
+                                                     attn_implementation="sdpa").to(self.config.device)
+        tokenizer = AutoTokenizer.from_pretrained(str(self.config.base_model))
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        agg = self.config.aggregation
+        optimizer = torch.optim.AdamW(model.parameters(), lr=agg.lr, betas=agg.betas, weight_decay=agg.weight_decay)
+        return model.eval(), tokenizer, optimizer
+
+    def _restore_or_init(self) -> tuple[dict, int]:
+        """Loads the checkpoint if any; returns (parameters, next round)."""
+        checkpoint = load_checkpoint(self.config.data_dir, self.config.run_id)
+        self.architecture = canonical_architecture(self.model.config.to_dict())
+        if checkpoint is None:
+            manifest, chunks = self._make_manifest(version=0, round_id=0, parent=ZERO_HASH)
+            self.manifest, self.chunks = manifest, chunks
+            self._commit(next_round=1)
+            return {}, 1
+        assign_parameters(self.model, checkpoint.parameters)
+        self.optimizer.load_state_dict(checkpoint.optimizer_state)
+        self.manifest = decode_message(checkpoint.manifest_bytes, ModelManifest)
+        _, self.chunks = self._make_manifest(self.manifest.version, self.manifest.round_id, self.manifest.parent_hash)
+        self.version, self.rounds, self.evals = checkpoint.version, checkpoint.rounds, checkpoint.evals
+        logger.info("resumed at version %d, round %d", self.version, checkpoint.next_round)
+        return checkpoint.parameters, checkpoint.next_round
+
+    def _make_manifest(self, version: int, round_id: int, parent: bytes):
+        manifest, chunks = build_manifest(
+            model_parameters(self.model), self.architecture, chain_id=self.config.chain_id,
+            run_id=self.config.run_id, version=version, round_id=round_id, parent_hash=parent,
+        )
+        return sign_message(manifest, self.identity), chunks
+
+    def _commit(self, next_round: int) -> None:
+        save_checkpoint(self.config.data_dir, Checkpoint(
+            version=self.manifest.version, next_round=next_round, parameters=model_parameters(self.model),
+            optimizer_state=self.optimizer.state_dict(), manifest_bytes=encode_message(self.manifest),
+            rounds=self.rounds, evals=self.evals,
+        ))
+
+    # ---- one round ---------------------------------------------------------------------
+    def _announcement(self, round_id: int) -> RoundAnnouncement:
+        cfg = self.config
+        return sign_message(RoundAnnouncement(
+            chain_id=cfg.chain_id, run_id=cfg.run_id, round_id=round_id, model_version=self.manifest.version,
+            model_hash=self.manifest.model_hash, task=self.task, prompts_per_node=cfg.round.prompts_per_node,
+            seed=round_seed(cfg.round.seed, round_id), deadline_ms=int((time.time() + cfg.round.deadline_s) * 1000),
+            coordinator_key=self.identity.public_key,
+        ), self.identity)
+
+    async def _collect(self, announcement: RoundAnnouncement) -> str:
+        """Waits for the deadline, or until `close_when` contributions arrived; says which."""
+        close_when = self.config.round.close_when
+        while True:
+            self.service.on_accept.clear()
+            if close_when and len(self.intake.current.accepted) >= close_when:
+                return "all-arrived"
+            remaining = announcement.deadline_ms / 1000 - time.time()
+            if remaining <= 0:
+                return "deadline"
+            try:
+                await asyncio.wait_for(self.service.on_accept.wait(), timeout=min(remaining, 2.0))
+            except asyncio.TimeoutError:
+                self._console()
+
+    def _aggregate_and_commit(self, closed: OpenRound, next_round: int) -> dict:
+        """Worker thread: the update, the new version, its evaluation and the checkpoint."""
+        agg = self.config.aggregation
+        items = [WeightedGradient(c.gradients, float(c.samples)) for c in closed.accepted.values()]
+        grad = aggregate(items, agg.rule, agg.clip_norm, agg.centered_clip_iters)
+        norm = apply_update(self.model, self.optimizer, grad, agg.max_grad_norm)
+        parent = self.manifest.model_hash
+        self.manifest, self.chunks = self._make_manifest(self.manifest.version + 1, closed.announcement.round_id, parent)
+        self.evals.append(self._evaluate())
+        return {"aggregate_norm": norm}
+
+    def _evaluate(self) -> dict:
+        ev = self.config.eval
+        if ev.prompts == 0:
+            return {"version": self.manifest.version, "model_hash": self.manifest.model_hash.hex()}
+        result = evaluate(self.model, self.tokenizer, self.task, prompts=ev.prompts, max_new_tokens=ev.max_new_tokens,
+                          seed_text=ev.seed, version=self.manifest.version, model_hash=self.manifest.model_hash,
+                          template=ev.template).as_dict()
+        logger.info("held-out eval of version %d: accuracy %.3f, reward %.3f", result["version"], result["accuracy"],
+                    result["mean_reward"], extra={"event": "eval", **result})
+        return result
+
+    async def run_round(self, round_id: int) -> dict:
+        self.round_id = round_id
+        announcement = self._announcement(round_id)
+        self.intake.open(announcement)
+        self.phase = "collecting"
+        stored = await self.dht.store(announcement_key(self.config.run_id), encode_message(announcement),
+                                      announcement_expiration(announcement), return_future=True)
+        logger.info("announced round %d on version %d (stored: %s)", round_id, self.manifest.version, stored,
+                    extra={"event": "announce", "round": round_id, "version": self.manifest.version})
+        started = time.time()
+        closed_by = await self._collect(announcement)
+        closed = self.intake.close()
+        self.phase = "aggregating"
+        before = (self.manifest.version, self.manifest.model_hash.hex())
+        record = {
+            "round_id": round_id, "closed_by": closed_by, "model_version_before": before[0],
+            "model_hash_before": before[1], "contributors": [
+                {"peer_id": c.peer_id, "samples": c.samples, "strategy": c.strategy, "loss": c.loss,
+                 "compression": c.compression, "gradient_bytes": c.gradient_bytes, "upload_bytes": c.upload_bytes,
+                 "mean_reward": c.mean_reward, "accuracy": c.accuracy}
+                for c in closed.accepted.values()],
+            "refusals": [dataclasses.asdict(r) for r in closed.refusals],
+        }
+        if len(closed.accepted) >= self.config.round.min_contributions:
+            record.update(await asyncio.to_thread(self._aggregate_and_commit, closed, round_id + 1))
+        record.update({"model_version_after": self.manifest.version, "model_hash_after": self.manifest.model_hash.hex(),
+                       "duration_s": round(time.time() - started, 3)})
+        self.rounds.append(record)
+        await asyncio.to_thread(self._commit, round_id + 1)
+        self.service.publish(self.manifest, self.chunks)
+        self.version = self.manifest.version
+        logger.info("round %d closed by %s with %d contributions -> version %d", round_id, closed_by,
+                    len(closed.accepted), self.version, extra={"event": "round", **record})
+        return record
+
+    # ---- the process -------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        cfg = self.config
+        stop = stop or asyncio.Event()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dht = self._start_dht()
+        try:
+            self.p2p = await self.dht.replicate_p2p()
+            self.model, self.tokenizer, self.optimizer = self._load_model()
+            _, next_round = await asyncio.to_thread(self._restore_or_init)
+            self.version = self.manifest.version
+            if not self.evals:
+                self.evals.append(await asyncio.to_thread(self._evaluate))
+            shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+            self.intake = ContributionIntake(
+                chain_id=cfg.chain_id, run_id=cfg.run_id, param_shapes=shapes, max_bytes=cfg.intake.max_contribution_bytes,
+                allowed_nodes=frozenset(cfg.intake.allowed_nodes), compressions=frozenset(cfg.intake.compressions),
+            )
+            self.service = CoordinatorService(self.p2p, cfg.run_id, self.intake)
+            await self.service.start()
+            self.service.publish(self.manifest, self.chunks)
+            await self._start_status()
+            self._write_maddrs()
+            while len(await self.p2p.list_peers()) < cfg.round.min_peers and not stop.is_set():
+                self.phase = "waiting-for-peers"
+                await asyncio.sleep(0.5)
+            if cfg.round.start_delay_s:
+                await asyncio.sleep(cfg.round.start_delay_s)
+            round_id = next_round
+            while not stop.is_set() and (cfg.round.rounds == 0 or round_id <= cfg.round.rounds):
+                await self.run_round(round_id)
+                round_id += 1
+            self.phase = "done"
+            logger.info("finished %d rounds at version %d; serving until stopped", cfg.round.rounds, self.version)
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    def _write_maddrs(self) -> None:
+        maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
+        logger.info("coordinator %s listening on %s", self.identity.peer_id, maddrs)
+        if self.config.network.maddrs_file:
+            path = self.config.network.maddrs_file
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("\n".join(maddrs) + "\n")
+            os.replace(tmp, path)
+
+    async def _start_status(self) -> None:
+        obs = self.config.observability
+        self.status_server = StatusServer("thinkmesh_coordinator", self.status, self.gauges,
+                                          {"run": self.config.run_id, "peer_id": self.identity.peer_id})
+        port = await self.status_server.start(obs.http_host, obs.http_port)
+        logger.info("status on http://%s:%d/status", obs.http_host, port)
+        if obs.port_file:
+            tmp = obs.port_file.with_name(obs.port_file.name + ".tmp")
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, obs.port_file)
+
+    def status(self) -> dict:
+        current = self.intake.current if self.intake else None
+        return {
+            "role": "coordinator", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,
+            "round_id": self.round_id, "model_version": self.version,
+            "model_hash": self.manifest.model_hash.hex() if self.manifest else None,
+            "open_round": None if current is None else {
+                "round_id": current.announcement.round_id, "deadline_ms": current.announcement.deadline_ms,
+                "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals)},
+            "rounds": self.rounds, "evals": self.evals, "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def gauges(self) -> dict[str, float]:
+        counters = self.service.counters if self.service else None
+        current = self.intake.current if self.intake else None
+        gauges = {
+            "round_id": self.round_id, "model_version": self.version, "uptime_seconds": time.time() - self.started,
+            "open_round_contributions": len(current.accepted) if current else 0,
+            "rounds_completed": len(self.rounds),
+        }
+        if counters:
+            gauges.update({"model_bytes_served": counters.model_bytes_served, "models_served": counters.models_served,
+                           "upload_bytes_received": counters.upload_bytes_received, "uploads": counters.uploads})
+            for reason, count in counters.by_reason.items():
+                gauges[f"uploads_{reason.replace('-', '_')}"] = count
+        if self.evals and "accuracy" in self.evals[-1]:
+            gauges["heldout_accuracy"] = self.evals[-1]["accuracy"]
+            gauges["heldout_reward"] = self.evals[-1]["mean_reward"]
+        return gauges
+
+    def _console(self) -> None:
+        if not self.config.observability.console or self.intake is None or self.intake.current is None:
+            return
+        current = self.intake.current
+        left = max(0.0, current.announcement.deadline_ms / 1000 - time.time())
+        line = (f"[coordinator] round {current.announcement.round_id} on v{self.version}: "
+                f"{len(current.accepted)} accepted, {len(current.refusals)} refused, {left:.0f}s left")
+        print(line, file=sys.stderr, flush=True)
+
+    async def shutdown(self) -> None:
+        if self.status_server is not None:
+            await self.status_server.stop()
+        if self.service is not None:
+            await self.service.stop()
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None

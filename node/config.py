@@ -1,0 +1,82 @@
+"""The node daemon's configuration: one typed tree, loaded from TOML with env overrides
+(`THINKMESH_NODE__SECTION__KEY=value`). Unknown keys are errors naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from thinkmesh.protocol.config_files import load_config
+from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Section):
+    key_dir: Path
+    password_file: Path | None = None  # else THINKMESH_KEY_PASSWORD
+
+
+class NetworkConfig(_Section):
+    initial_peers: list[str] = Field(min_length=1)  # the coordinator's multiaddrs (bootstrap)
+    host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
+    announce_maddrs: list[str] = []
+    client_mode: bool = False  # behind NAT: reach out only, serve no DHT records
+    use_auto_relay: bool = False  # find a libp2p relay to become reachable behind NAT
+
+
+class StrategyConfig(_Section):
+    preset: str = "grpo"
+    group_size: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def spec(self) -> StrategySpec:
+        """The preset with the overrides applied (DAPO's overlong buffer shrinks to fit)."""
+        base = strategy_from_name(self.preset)
+        overrides = {k: v for k, v in (("group_size", self.group_size), ("max_new_tokens", self.max_new_tokens),
+                                       ("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+        spec = dataclasses.replace(base, **overrides)
+        if spec.overlong_buffer >= spec.max_new_tokens or (base.overlong_buffer and "max_new_tokens" in overrides):
+            spec = dataclasses.replace(spec, overlong_buffer=spec.max_new_tokens // 5)
+        return validate_strategy(spec)
+
+
+class RoundConfig(_Section):
+    poll_s: float = Field(1.0, gt=0)  # how often to read the announcement from the DHT
+    sync_interval_s: float = Field(10.0, gt=0)  # how often an idle node checks the coordinator's head
+    compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "uniform8"
+    template: str = "r1"
+    upload_timeout_s: float = Field(120.0, gt=0)
+
+
+class ObservabilityConfig(_Section):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(0, ge=0, le=65535)
+    port_file: Path | None = None
+    console: bool = True
+
+
+class NodeConfig(_Section):
+    chain_id: int = 31337
+    run_id: str = "devnet"
+    coordinator_peer_id: str  # `12D3KooW...`: whose announcements and models to trust
+    base_model: Path  # tokenizer and starting weights (a causal-LM directory)
+    data_dir: Path
+    device: str = "cpu"
+    torch_threads: int = Field(1, ge=0)
+    identity: IdentityConfig
+    network: NetworkConfig
+    strategy: StrategyConfig = StrategyConfig()
+    round: RoundConfig = RoundConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+
+def load_node_config(path: str | Path | None, environ=None) -> NodeConfig:
+    return load_config(NodeConfig, path, "node", environ)

@@ -1,0 +1,269 @@
+"""The node process: watch the DHT for the coordinator's round, sync the model, work, contribute.
+
+Lifecycle: `NodeDaemon(config, identity)`, then `await run()` on the process's main thread.
+hivemind's DHT (its own child process, started before torch spins up threads) carries the
+`AnnouncementValidator`, so a forged announcement never reaches this loop; the loop re-checks
+the signature anyway. Rollouts and the backward pass run in a worker thread; every hivemind
+object stays on the main thread's event loop.
+
+A node holds one model version. It fetches a version only when the announced (or, when idle,
+the coordinator's head) hash differs from the one it holds, and it persists what it fetched
+(checked again on load), so a restarted node catches up from where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from thinkmesh.node.config import NodeConfig
+from thinkmesh.node.contribution_step import rollout_and_gradient
+from thinkmesh.node.p2p_client import FetchedModel, fetch_model, upload_contribution
+from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.gradient_codec import encode_gradient
+from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
+from thinkmesh.protocol.messages import (
+    ZERO_HASH,
+    Contribution,
+    ModelManifest,
+    RoundAnnouncement,
+    decode_message,
+    encode_message,
+    message_hash,
+    samples_root,
+    sign_message,
+)
+from thinkmesh.protocol.model_manifest import (
+    ManifestError,
+    assign_parameters,
+    canonical_architecture,
+    load_state_dict,
+    model_parameters,
+    parameters_hash,
+)
+from thinkmesh.protocol.observability import StatusServer
+
+logger = logging.getLogger(__name__)
+MODEL_CACHE = "model_cache.pt"
+
+
+class NodeDaemon:
+    def __init__(self, config: NodeConfig, identity: NodeIdentity):
+        self.config = config
+        self.identity = identity
+        self.coordinator_key = public_key_from_peer_id(config.coordinator_peer_id)
+        self.strategy = config.strategy.spec()
+        self.phase = "starting"
+        self.model_hash = ZERO_HASH
+        self.model_version = -1
+        self.done: set[bytes] = set()
+        self.history: list[dict] = []
+        self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "contributions_sent": 0,
+                         "contributions_accepted": 0, "upload_bytes_sent": 0}
+        self.last_receipt: dict | None = None
+        self.started = time.time()
+        self.dht = self.p2p = self.status_server = None
+        self._last_head_check = 0.0
+
+    # ---- setup -------------------------------------------------------------------------
+    def _start_dht(self):
+        import hivemind
+
+        net = self.config.network
+        identity_path = self.config.data_dir / "p2p_identity.key"
+        identity_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(identity_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.identity.libp2p_private_key_bytes())
+        validator = AnnouncementValidator(chain_id=self.config.chain_id, run_id=self.config.run_id,
+                                          coordinator_key=self.coordinator_key)
+        return hivemind.DHT(
+            start=True, initial_peers=net.initial_peers, host_maddrs=net.host_maddrs,
+            announce_maddrs=net.announce_maddrs or None, identity_path=str(identity_path),
+            client_mode=net.client_mode, use_auto_relay=net.use_auto_relay, record_validators=[validator],
+            # hivemind's "identity taken" probe parses the key file as RSA and fails on libp2p
+            # Ed25519 keys; a PeerID derived from our own keypair cannot collide anyway.
+            check_if_identity_free=False,
+        )
+
+    def _load_model(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        base = str(self.config.base_model)
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+        self.model = self.model.to(self.config.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.architecture = canonical_architecture(self.model.config.to_dict())
+        self.model_hash = parameters_hash(model_parameters(self.model), self.architecture)
+        cache = self.config.data_dir / MODEL_CACHE
+        if cache.exists():
+            try:
+                saved = torch.load(cache, map_location="cpu", weights_only=True)
+                self._install(decode_message(saved["manifest"], ModelManifest), tuple(saved["chunks"]), persist=False)
+            except (ProtocolError, KeyError, RuntimeError) as exc:
+                logger.warning("ignoring the cached model in %s: %s", cache, exc)
+
+    def _install(self, manifest: ModelManifest, chunks: tuple[bytes, ...], persist: bool = True) -> None:
+        """Checks every chunk and the hash (load_state_dict), then swaps the weights in."""
+        if manifest.architecture != self.architecture:
+            raise ManifestError("the coordinator's model has another architecture than base_model")
+        tensors = load_state_dict(manifest, chunks)
+        assign_parameters(self.model, tensors)
+        if persist:
+            import torch
+
+            cache = self.config.data_dir / MODEL_CACHE
+            tmp = cache.with_name(cache.name + ".tmp")
+            torch.save({"manifest": encode_message(manifest), "chunks": list(chunks)}, tmp)
+            os.replace(tmp, cache)
+        self.model_hash, self.model_version = manifest.model_hash, manifest.version
+
+    # ---- model sync ----------------------------------------------------------------------
+    async def sync_model(self, wanted: bytes = ZERO_HASH) -> None:
+        """Holds `wanted` (ZERO_HASH: the coordinator's head) afterwards; fetches only if needed."""
+        if wanted != ZERO_HASH and wanted == self.model_hash:
+            return
+        previous = self.phase
+        self.phase = "syncing"
+        try:
+            result = await fetch_model(self.p2p, self.config.coordinator_peer_id, self.coordinator_key,
+                                       self.config.run_id, wanted, have_hash=self.model_hash)
+            if isinstance(result, FetchedModel):
+                await asyncio.to_thread(self._install, result.manifest, result.chunks)
+                self.counters["model_bytes_fetched"] += result.wire_bytes
+                self.counters["models_fetched"] += 1
+                logger.info("fetched model version %d (0x%s, %d bytes)", result.manifest.version,
+                            result.manifest.model_hash.hex()[:16], result.wire_bytes)
+            else:
+                self.model_version = result.version
+        finally:
+            self.phase = previous
+
+    # ---- one round -----------------------------------------------------------------------
+    async def read_announcement(self) -> RoundAnnouncement | None:
+        found = await self.dht.get(announcement_key(self.config.run_id), latest=True, return_future=True)
+        if found is None or not isinstance(found.value, bytes):
+            return None
+        return check_announcement_bytes(found.value, chain_id=self.config.chain_id, run_id=self.config.run_id,
+                                        coordinator_key=self.coordinator_key)
+
+    def _work(self, announcement: RoundAnnouncement):
+        result = rollout_and_gradient(self.model, self.tokenizer, announcement, self.identity.public_key,
+                                      self.strategy, self.config.round.template)
+        gradient = encode_gradient(result.gradients, self.config.round.compression)
+        contribution = sign_message(Contribution(
+            chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
+            node_key=self.identity.public_key, model_hash=announcement.model_hash, strategy=self.strategy,
+            samples=result.samples, samples_root=samples_root(result.samples), gradient=gradient,
+        ), self.identity)
+        return result, contribution
+
+    async def take_part(self, announcement: RoundAnnouncement) -> None:
+        key = message_hash(announcement)
+        self.done.add(key)
+        await self.sync_model(announcement.model_hash)
+        self.phase = "rollout"
+        started = time.time()
+        result, contribution = await asyncio.to_thread(self._work, announcement)
+        if time.time() * 1000 > announcement.deadline_ms:
+            logger.warning("round %d: work finished after the deadline; not sending", announcement.round_id)
+            self.phase = "idle"
+            return
+        self.phase = "uploading"
+        receipt, sent = await upload_contribution(self.p2p, self.config.coordinator_peer_id, contribution,
+                                                  timeout=self.config.round.upload_timeout_s)
+        self.counters["contributions_sent"] += 1
+        self.counters["upload_bytes_sent"] += sent
+        self.counters["contributions_accepted"] += int(receipt.accepted)
+        self.last_receipt = {"round_id": receipt.round_id, "reason": receipt.reason, "detail": receipt.detail}
+        self.history.append({"round_id": announcement.round_id, "model_version": announcement.model_version,
+                             "reason": receipt.reason, "samples": len(result.samples), "upload_bytes": sent,
+                             "gradient_bytes": contribution.gradient.nbytes, "mean_reward": result.mean_reward,
+                             "rollout_s": round(result.rollout_s, 3), "backward_s": round(result.backward_s, 3),
+                             "total_s": round(time.time() - started, 3)})
+        log = logger.info if receipt.accepted else logger.warning
+        log("round %d: %s (%s)", announcement.round_id, receipt.reason, receipt.detail,
+            extra={"event": "contribution", **self.history[-1]})
+        self.phase = "idle"
+
+    async def step(self) -> None:
+        """One poll: take part in an open round not yet done, else maybe catch up to the head."""
+        announcement = await self.read_announcement()
+        now_ms = time.time() * 1000
+        if announcement is not None and message_hash(announcement) not in self.done and now_ms < announcement.deadline_ms:
+            await self.take_part(announcement)
+            return
+        if time.monotonic() - self._last_head_check >= self.config.round.sync_interval_s:
+            self._last_head_check = time.monotonic()
+            await self.sync_model(ZERO_HASH)
+
+    # ---- the process -------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.dht = self._start_dht()
+        try:
+            self.p2p = await self.dht.replicate_p2p()
+            await asyncio.to_thread(self._load_model)
+            await self._start_status()
+            self.phase = "idle"
+            logger.info("node %s (%s, %s) joined; holding 0x%s", self.identity.peer_id, self.strategy.name,
+                        self.config.round.compression, self.model_hash.hex()[:16])
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except (ProtocolError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                    logger.warning("round step failed: %s: %s", type(exc).__name__, exc)
+                    self.phase = "idle"
+                self._console()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.config.round.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.shutdown()
+
+    async def _start_status(self) -> None:
+        obs = self.config.observability
+        self.status_server = StatusServer("thinkmesh_node", self.status, self.gauges,
+                                          {"run": self.config.run_id, "peer_id": self.identity.peer_id})
+        port = await self.status_server.start(obs.http_host, obs.http_port)
+        if obs.port_file:
+            tmp = Path(str(obs.port_file) + ".tmp")
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, obs.port_file)
+
+    def status(self) -> dict:
+        return {"role": "node", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,
+                "strategy": self.strategy.name, "compression": self.config.round.compression,
+                "model_version": self.model_version, "model_hash": self.model_hash.hex(),
+                "counters": self.counters, "last_receipt": self.last_receipt, "history": self.history,
+                "uptime_s": round(time.time() - self.started, 1)}
+
+    def gauges(self) -> dict[str, float]:
+        return {**self.counters, "model_version": self.model_version, "uptime_seconds": time.time() - self.started,
+                "rounds_joined": len(self.history)}
+
+    def _console(self) -> None:
+        if self.config.observability.console and sys.stderr.isatty():
+            print(f"\r[node {self.strategy.name}] {self.phase:<9} v{self.model_version} "
+                  f"accepted {self.counters['contributions_accepted']}/{self.counters['contributions_sent']}",
+                  end="", file=sys.stderr, flush=True)
+
+    async def shutdown(self) -> None:
+        if self.status_server is not None:
+            await self.status_server.stop()
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None

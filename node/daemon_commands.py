@@ -1,0 +1,73 @@
+"""`thinkmesh node run`: the node daemon's subcommand (wired into the CLI by `node/commands.py`'s
+owner; `register` adds `run` under an existing or new `node` parser)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `node run`. Pass the `node` parser's subparsers, or the top level's to create `node`."""
+    if "node" in subparsers.choices:
+        node = subparsers.choices["node"]
+        actions = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
+        commands = actions[0] if actions else node.add_subparsers(dest="node_command", metavar="COMMAND")
+    else:
+        node = subparsers.add_parser("node", help="run a training node")
+        commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="join the mesh: follow rounds, run rollouts, send gradients",
+        description="Configured by a TOML file plus THINKMESH_NODE__SECTION__KEY=value overrides.",
+    )
+    run.add_argument("--config", required=True, help="node TOML file")
+    run.set_defaults(handler=run_node)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from thinkmesh.node.config import load_node_config
+    from thinkmesh.node.daemon import NodeDaemon
+    from thinkmesh.protocol.keystore import resolve_password, unlock_keys
+    from thinkmesh.protocol.observability import install_json_log
+
+    config = load_node_config(args.config)
+    password_file = str(config.identity.password_file) if config.identity.password_file else None
+    keys = unlock_keys(config.identity.key_dir, resolve_password(password_file))
+    install_json_log(config.data_dir / "node.log.jsonl")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await NodeDaemon(config, keys.identity).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m thinkmesh.node.daemon_commands node run --config FILE`, until the CLI wires it."""
+    import logging
+    import sys
+
+    from thinkmesh.protocol.errors import ProtocolError
+
+    parser = argparse.ArgumentParser(prog="thinkmesh")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except ProtocolError as exc:
+        print(f"thinkmesh: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The node's side of the two stream protocols: fetch a model, upload a contribution.
+
+Everything received is checked before it is used: the manifest must be signed by the
+coordinator key the node was configured with and hash to its content, each chunk must match its
+hash as it arrives, and the tensors are built only when every chunk checked (`load_state_dict`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from thinkmesh.protocol.encoding import decode_message, encode_message
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.messages import ZERO_HASH, Contribution, ModelManifest, verify_message
+from thinkmesh.protocol.model_manifest import check_chunk, check_manifest
+from thinkmesh.protocol.transport import (
+    CHUNK_FRAME_OVERHEAD,
+    MANIFEST_FRAME_BYTES,
+    ModelOffer,
+    ModelRequest,
+    Receipt,
+    TransportError,
+    UploadHeader,
+    body_frames,
+    contribute_handler,
+    model_handler,
+    parse_reason,
+    read_frame,
+    read_record,
+    unpack_chunk,
+    write_frame,
+    write_record,
+)
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    manifest: ModelManifest
+    chunks: tuple[bytes, ...]
+    wire_bytes: int  # bytes received for the chunks (after zlib)
+
+
+def _peer(peer_id: str):
+    from hivemind.p2p import PeerID
+
+    return PeerID.from_base58(peer_id)
+
+
+async def fetch_model(
+    p2p, coordinator_peer: str, coordinator_key: bytes, run_id: str, model_hash: bytes = ZERO_HASH,
+    *, have_hash: bytes | None = None, timeout: float = 120.0,
+) -> ModelManifest | FetchedModel:
+    """The coordinator's model `model_hash` (ZERO_HASH: its head).
+
+    Returns just the manifest when its hash equals `have_hash` (nothing else is transferred),
+    else the manifest with every chunk checked. Raises ProtocolError on any mismatch.
+    """
+    return await asyncio.wait_for(
+        _fetch(p2p, coordinator_peer, coordinator_key, run_id, model_hash, have_hash), timeout
+    )
+
+
+async def _fetch(p2p, coordinator_peer, coordinator_key, run_id, model_hash, have_hash):
+    _info, reader, writer = await p2p.call_binary_stream_handler(_peer(coordinator_peer), model_handler(run_id))
+    try:
+        await write_record(writer, ModelRequest(run_id=run_id, model_hash=model_hash))
+        offer = await read_record(reader, ModelOffer, MANIFEST_FRAME_BYTES)
+        reason = parse_reason(offer.reason)
+        if offer.reason != "ok":
+            raise TransportError(f"coordinator refused model 0x{model_hash.hex()[:16]}: {offer.reason}", reason)
+        manifest = decode_message(offer.manifest, ModelManifest)
+        verify_message(manifest, coordinator_key)
+        check_manifest(manifest)
+        if model_hash != ZERO_HASH and manifest.model_hash != model_hash:
+            raise TransportError(f"asked for model 0x{model_hash.hex()[:16]}, got 0x{manifest.model_hash.hex()[:16]}")
+        if have_hash is not None and manifest.model_hash == have_hash:
+            await write_record(writer, ModelRequest(run_id=run_id, model_hash=ZERO_HASH))  # "no chunks"
+            return manifest
+        await write_record(writer, ModelRequest(run_id=run_id, model_hash=manifest.model_hash))
+        chunks, wire = [], 0
+        for expected_index in range(len(manifest.chunk_hashes)):
+            frame = await read_frame(reader, manifest.chunk_size + CHUNK_FRAME_OVERHEAD)
+            wire += len(frame)
+            index, chunk = unpack_chunk(frame, manifest.chunk_size)
+            if index != expected_index:
+                raise TransportError(f"expected model chunk {expected_index}, got {index}")
+            check_chunk(manifest, index, chunk)
+            chunks.append(chunk)
+        return FetchedModel(manifest, tuple(chunks), wire)
+    finally:
+        writer.close()
+
+
+async def upload_contribution(
+    p2p, coordinator_peer: str, contribution: Contribution, *, timeout: float = 120.0
+) -> tuple[Receipt, int]:
+    """Streams a signed contribution; returns the coordinator's receipt and the bytes sent."""
+    body = encode_message(contribution)
+
+    async def send() -> Receipt:
+        _info, reader, writer = await p2p.call_binary_stream_handler(
+            _peer(coordinator_peer), contribute_handler(contribution.run_id)
+        )
+        try:
+            header = UploadHeader(run_id=contribution.run_id, round_id=contribution.round_id,
+                                  node_key=contribution.node_key, total_bytes=len(body))
+            await write_record(writer, header)
+            try:
+                for frame in body_frames(body):
+                    await write_frame(writer, frame)
+            except ConnectionError:
+                pass  # refused from the header: the receipt below says why
+            receipt = await read_record(reader, Receipt)
+            parse_reason(receipt.reason)
+            return receipt
+        finally:
+            writer.close()
+
+    try:
+        return await asyncio.wait_for(send(), timeout), len(body)
+    except ProtocolError:
+        raise
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise TransportError(f"upload to {coordinator_peer} broke off: {exc}") from exc

@@ -1,0 +1,287 @@
+"""Gradients on the wire: `dict[str, Tensor]` <-> `GradientPayload`, with hivemind's compression.
+
+Each tensor travels as hivemind's serialized `runtime_pb2.Tensor` (the format hivemind's
+averagers use), compressed by one of:
+
+    none        NONE            float32 as is                        4 bytes / element
+    fp16        FLOAT16         IEEE half precision                  2 bytes / element
+    uniform8    UNIFORM_8BIT    8-bit codes, 6-sigma uniform bins     1 byte / element + 1 KiB
+    blockwise8  BLOCKWISE_8BIT  8-bit dynamic codes, absmax per 4096  1 byte / element + 1 KiB
+
+An 8-bit mode costs a 1 KiB codebook per tensor, so tensors under `MIN_QUANTIZED_NUMEL`
+elements travel as NONE instead (what hivemind's `SizeAdaptiveCompression` does); a decoder
+accepts exactly the declared mode or NONE for those.
+
+`blockwise8` encodes with bitsandbytes through hivemind when bitsandbytes imports; otherwise a
+pure-torch implementation of the same wire format (bitsandbytes' signed dynamic map, block size
+4096, nearest-code rounding; a few codes at bin edges may round the other way) encodes it, so a
+node without bitsandbytes interoperates with one that has it. Both 8-bit formats are decoded
+here rather than by hivemind: hivemind 1.1.12's `Quantization.extract` calls
+`int(np.frombuffer(..., count=1))`, which NumPy 2 refuses (TypeError), and decoding needs no
+bitsandbytes at all.
+
+Decoding trusts nothing: every blob is checked against the expected names and shapes, its byte
+length against what its compression implies, and its values for finiteness, before a tensor is
+returned; any failure raises `GradientCodecError` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.messages import COMPRESSIONS, GradientPayload, MiB, TensorBlob
+
+MIN_QUANTIZED_NUMEL = 1024
+MAX_TENSOR_BYTES = 64 * MiB  # per serialized tensor
+MAX_GRADIENT_BYTES = 192 * MiB  # per payload, under Contribution.MAX_BYTES
+BLOCKWISE_BLOCK = 4096
+CODEBOOK_SIZE = 256
+_PROTO_OVERHEAD = 4096  # protobuf framing, shape and dtype fields of one serialized tensor
+
+
+class GradientCodecError(ProtocolError):
+    """A gradient that cannot be encoded within the limits, or a payload that does not decode."""
+
+
+def _pb():
+    from hivemind.proto import runtime_pb2
+
+    return runtime_pb2
+
+
+@functools.cache
+def _compression_type(mode: str) -> int:
+    pb = _pb()
+    return {
+        "none": pb.CompressionType.NONE,
+        "fp16": pb.CompressionType.FLOAT16,
+        "uniform8": pb.CompressionType.UNIFORM_8BIT,
+        "blockwise8": pb.CompressionType.BLOCKWISE_8BIT,
+    }[mode]
+
+
+@functools.cache
+def bitsandbytes_available() -> bool:
+    try:
+        import bitsandbytes.functional  # noqa: F401
+    except Exception:  # ImportError, or a broken native library raising at import time
+        return False
+    return True
+
+
+@functools.cache
+def dynamic_codebook() -> Tensor:
+    """bitsandbytes' `create_dynamic_map(signed=True)`: 256 sorted float32 codes in [-1, 1]."""
+    data: list[float] = []
+    for i in range(7):
+        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist()
+        data += (-(10 ** (-6 + i)) * means).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (CODEBOOK_SIZE - len(data))
+    return torch.tensor(data, dtype=torch.float32).sort().values
+
+
+def _blockwise_quantize(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes uint8 [n], absmax float32 [blocks]) exactly as bitsandbytes' CPU kernel rounds."""
+    code = dynamic_codebook()
+    n = flat.numel()
+    full = n - n % BLOCKWISE_BLOCK
+    grid = flat[:full].reshape(-1, BLOCKWISE_BLOCK)
+    absmax = grid.abs().max(dim=-1).values
+    scaled = torch.clamp(grid * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    if full < n:  # the last, partial block divides instead of multiplying, as bitsandbytes does
+        tail_max = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_max.unsqueeze(0)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
+    bounds = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, bounds, out_int32=True).to(torch.uint8), absmax
+
+
+def _blockwise_dequantize(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
+    n = codes.numel()
+    values = code[codes.to(torch.int64)]
+    blocks = -(-n // BLOCKWISE_BLOCK)
+    padded = torch.zeros(blocks * BLOCKWISE_BLOCK, dtype=torch.float32)
+    padded[:n] = values
+    return (padded.reshape(blocks, BLOCKWISE_BLOCK) * absmax.view(-1, 1)).reshape(-1)[:n]
+
+
+def _serialize_blockwise_fallback(tensor: Tensor):
+    flat = tensor.detach().reshape(-1).to(torch.float32)
+    codes, absmax = _blockwise_quantize(flat)
+    code = dynamic_codebook()
+    buffer = b"".join((
+        np.int64(absmax.numel()).tobytes(), np.int64(code.numel()).tobytes(),
+        absmax.numpy().astype(np.float32).tobytes(), code.numpy().tobytes(), codes.numpy().tobytes(),
+    ))
+    return _pb().Tensor(
+        buffer=buffer, size=tensor.shape, requires_grad=False,
+        dtype=str(tensor.dtype).replace("torch.", ""), compression=_compression_type("blockwise8"),
+    )
+
+
+def _read_header(buffer: bytes, offset: int) -> int:
+    return int(np.frombuffer(buffer, offset=offset, count=1, dtype=np.int64)[0])
+
+
+def _deserialize_uniform8(proto) -> Tensor:
+    codebook_size = _read_header(proto.buffer, 0)
+    codebook = np.frombuffer(proto.buffer, offset=8, count=codebook_size, dtype=np.float32)
+    codes = np.frombuffer(proto.buffer, offset=8 + codebook.nbytes, dtype=np.uint8)
+    values = torch.from_numpy(codebook.copy())[torch.from_numpy(codes.astype(np.int64))]
+    return values.reshape(tuple(proto.size))
+
+
+def _deserialize_blockwise8(proto) -> Tensor:
+    buffer = proto.buffer
+    absmax_size, code_size = _read_header(buffer, 0), _read_header(buffer, 8)
+    absmax = np.frombuffer(buffer, offset=16, count=absmax_size, dtype=np.float32)
+    code = np.frombuffer(buffer, offset=16 + absmax.nbytes, count=code_size, dtype=np.float32)
+    codes = np.frombuffer(buffer, offset=16 + absmax.nbytes + code.nbytes, dtype=np.uint8)
+    flat = _blockwise_dequantize(torch.from_numpy(codes.copy()), torch.from_numpy(absmax.copy()),
+                                 torch.from_numpy(code.copy()))
+    return flat.reshape(tuple(proto.size))
+
+
+def _wire_mode(mode: str, numel: int) -> str:
+    if mode in ("uniform8", "blockwise8") and numel < MIN_QUANTIZED_NUMEL:
+        return "none"
+    return mode
+
+
+def encode_gradient(
+    gradients: Mapping[str, Tensor],
+    compression: str,
+    *,
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    max_total_bytes: int = MAX_GRADIENT_BYTES,
+) -> GradientPayload:
+    """Serializes float32 gradients (any device; moved to CPU) under `compression`.
+
+    Deterministic for a fixed input and mode. Raises `GradientCodecError` for an unknown mode,
+    a non-float or non-finite tensor, or a result over either size limit.
+    """
+    from hivemind.compression import serialize_torch_tensor
+
+    if compression not in COMPRESSIONS:
+        raise GradientCodecError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
+    blobs, total = [], 0
+    for name in sorted(gradients):
+        tensor = gradients[name].detach().to("cpu", torch.float32).contiguous()
+        if not torch.isfinite(tensor).all():
+            raise GradientCodecError(f"gradient {name!r}: expected finite values, got inf or nan")
+        mode = _wire_mode(compression, tensor.numel())
+        if mode == "blockwise8" and not bitsandbytes_available():
+            proto = _serialize_blockwise_fallback(tensor)
+        else:
+            proto = serialize_torch_tensor(tensor, _compression_type(mode))
+        data = proto.SerializeToString()
+        if len(data) > max_tensor_bytes:
+            raise GradientCodecError(
+                f"gradient {name!r}: serialized to {len(data)} bytes, over the per-tensor limit "
+                f"of {max_tensor_bytes}"
+            )
+        total += len(data)
+        if total > max_total_bytes:
+            raise GradientCodecError(
+                f"gradient payload: over the total limit of {max_total_bytes} bytes at {name!r}"
+            )
+        blobs.append(TensorBlob(name=name, data=data))
+    return GradientPayload(compression=compression, tensors=tuple(blobs))
+
+
+def _expected_buffer_bytes(mode: str, numel: int, dtype: str, buffer: bytes) -> int:
+    """What the buffer's length must be for `numel` elements under `mode` (headers read safely)."""
+    if mode == "none":
+        return numel * np.dtype(dtype).itemsize
+    if mode == "fp16":
+        return numel * 2
+    if len(buffer) < 16:
+        return -1
+    if mode == "uniform8":
+        return 8 + CODEBOOK_SIZE * 4 + numel
+    absmax_size = int(np.frombuffer(buffer, count=1, dtype=np.int64)[0])
+    code_size = int(np.frombuffer(buffer, offset=8, count=1, dtype=np.int64)[0])
+    if absmax_size != -(-numel // BLOCKWISE_BLOCK) or code_size != CODEBOOK_SIZE:
+        return -1
+    return 16 + 4 * (absmax_size + code_size) + numel
+
+
+def decode_gradient(
+    payload: GradientPayload,
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    max_tensor_bytes: int = MAX_TENSOR_BYTES,
+    max_total_bytes: int = MAX_GRADIENT_BYTES,
+) -> dict[str, Tensor]:
+    """float32 CPU tensors named and shaped exactly as `expected_shapes`, or `GradientCodecError`.
+
+    Every check runs before any tensor is materialised: names, per-blob and total sizes, the
+    declared compression, shape, dtype and buffer length. Values must be finite.
+    """
+    from hivemind.compression import deserialize_torch_tensor
+
+    pb = _pb()
+    names = [blob.name for blob in payload.tensors]
+    if names != sorted(expected_shapes):
+        missing = sorted(set(expected_shapes) - set(names))
+        extra = sorted(set(names) - set(expected_shapes))
+        raise GradientCodecError(f"gradient names: missing {missing[:5]}, unexpected {extra[:5]}")
+    if payload.nbytes > max_total_bytes:
+        raise GradientCodecError(f"gradient payload: {payload.nbytes} bytes, over the limit of {max_total_bytes}")
+    result: dict[str, Tensor] = {}
+    for blob in payload.tensors:
+        shape = tuple(expected_shapes[blob.name])
+        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if len(blob.data) > max_tensor_bytes:
+            raise GradientCodecError(f"gradient {blob.name!r}: {len(blob.data)} bytes, over the limit of {max_tensor_bytes}")
+        proto = pb.Tensor()
+        try:
+            proto.ParseFromString(blob.data)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise GradientCodecError(f"gradient {blob.name!r}: not a serialized hivemind tensor ({exc})") from exc
+        mode = _wire_mode(payload.compression, numel)
+        try:
+            wire_name = {_compression_type(m): m for m in COMPRESSIONS}[proto.compression]
+        except KeyError:
+            raise GradientCodecError(f"gradient {blob.name!r}: unsupported compression {proto.compression}") from None
+        if wire_name != mode:
+            raise GradientCodecError(f"gradient {blob.name!r}: expected compression {mode!r}, got {wire_name!r}")
+        if tuple(proto.size) != shape:
+            raise GradientCodecError(f"gradient {blob.name!r}: expected shape {list(shape)}, got {list(proto.size)}")
+        if proto.dtype not in ("float32", "float16", "bfloat16") or proto.chunks not in (0, 1):
+            raise GradientCodecError(f"gradient {blob.name!r}: expected a whole float tensor, got dtype {proto.dtype!r}")
+        if mode == "none" and proto.dtype == "bfloat16":
+            raise GradientCodecError(f"gradient {blob.name!r}: expected float32 or float16, got bfloat16")
+        expected_len = _expected_buffer_bytes(mode, numel, proto.dtype, proto.buffer)
+        if len(proto.buffer) != expected_len:
+            raise GradientCodecError(
+                f"gradient {blob.name!r}: expected a {expected_len}-byte {mode} buffer, got {len(proto.buffer)}"
+            )
+        try:
+            if mode == "uniform8":
+                tensor = _deserialize_uniform8(proto)
+            elif mode == "blockwise8":
+                tensor = _deserialize_blockwise8(proto)
+            else:
+                tensor = deserialize_torch_tensor(proto)
+        except Exception as exc:  # numpy/torch raise several types on inconsistent buffers
+            raise GradientCodecError(f"gradient {blob.name!r}: does not decode ({type(exc).__name__}: {exc})") from exc
+        tensor = tensor.detach().to(torch.float32).reshape(shape)
+        if not torch.isfinite(tensor).all():
+            raise GradientCodecError(f"gradient {blob.name!r}: expected finite values, got inf or nan")
+        result[blob.name] = tensor
+    return result
+
+
+def dense_nbytes(gradients: Mapping[str, Tensor]) -> int:
+    """Bytes of the gradients as raw float32: the denominator of every compression ratio."""
+    return sum(4 * t.numel() for t in gradients.values())
