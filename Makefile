@@ -27,7 +27,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 
 contracts/node_modules/.installed: contracts/package.json contracts/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20+ (apt-get install nodejs npm)"; exit 1; }
-	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	npm ci --prefix contracts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # The main job. Until the devnet lands this runs the protocol's self-check.
@@ -37,11 +37,12 @@ devnet: install
 selfcheck: install
 	$(BIN)/thinkmesh selfcheck
 
+# Only after editing contracts/src: the built ABI and bytecode are committed under protocol/abi/.
 contracts: contracts/node_modules/.installed
-	cd contracts && npm run --silent build
+	npm run --silent build --prefix contracts
 
 test-contracts: contracts/node_modules/.installed
-	cd contracts && npx --no-install forge test
+	FOUNDRY_PROFILE=ci npm test --prefix contracts
 
 test-python: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @title IThinkMeshLedger
+/// @notice The public record of one thinkmesh training run: a sponsor-funded reward pool, the
+/// registry of staked nodes, one settlement per round, slashing with evidence, pull-payment
+/// claims, trace provenance, and the bootstrap peers of the p2p network.
+/// @dev Types, events and errors live here so that clients (the Python chain client, the
+/// dashboard) decode everything from one ABI. All token amounts are in the reward token's
+/// smallest unit; all times are unix seconds from `block.timestamp`.
+interface IThinkMeshLedger {
+    // ---------------------------------------------------------------- types
+
+    /// @notice Life of a node: registered nodes are Active, leave through Unbonding, end Exited.
+    enum NodeStatus {
+        None,
+        Active,
+        Unbonding,
+        Exited
+    }
+
+    /// @notice Life of a round: opened once, settled once.
+    enum RoundStatus {
+        None,
+        Open,
+        Settled
+    }
+
+    /// @notice One accepted node's line in a round settlement.
+    /// @param node the node's address (awards are sorted by strictly ascending address)
+    /// @param verifiedSamples samples of this node the coordinator verified and accepted
+    /// @param score the coordinator's score, fixed point with 1e6 = 1.0
+    /// @param payout reward credited to the node's claimable balance
+    struct Award {
+        address node;
+        uint32 verifiedSamples;
+        uint64 score;
+        uint96 payout;
+    }
+
+    /// @notice Everything the ledger knows about a node.
+    struct NodeView {
+        NodeStatus status;
+        uint96 stake;
+        uint112 claimable;
+        uint40 unbondingEnds;
+        uint40 registeredAt;
+        bytes32 ed25519Key;
+        bytes peerId;
+        string strategy;
+        string endpoint;
+    }
+
+    /// @notice Everything the ledger knows about a round.
+    struct RoundView {
+        RoundStatus status;
+        uint40 openedAt;
+        uint40 settledAt;
+        uint32 nodeCount;
+        uint64 totalSamples;
+        uint128 totalPayout;
+        uint128 totalSlashed;
+        bytes32 modelHash;
+        bytes32 seedCommitment;
+        bytes32 seed;
+        bytes32 tracesRoot;
+        bytes32 settlementHash;
+    }
+
+    /// @notice The pool's books. Always: funded + slashed == paidOut + claimable + unallocated,
+    /// and the ledger's token balance == claimable + unallocated + staked.
+    struct PoolTotals {
+        uint256 funded;
+        uint256 slashed;
+        uint256 paidOut;
+        uint256 claimable;
+        uint256 unallocated;
+        uint256 staked;
+    }
+
+    // ---------------------------------------------------------------- errors
+
+    error ZeroAddress();
+    error ZeroAmount();
+    error StakeBelowMinimum(uint256 stake, uint256 minStake);
+    error AmountTooLarge(uint256 amount, uint256 max);
+    error InvalidEd25519Key();
+    error InvalidPeerId(uint256 length, uint256 maxLength);
+    error FieldTooLong(string field, uint256 length, uint256 maxLength);
+    error NodeAlreadyRegistered(address node);
+    error InvalidBinding(uint256 length, uint256 expectedLength);
+    error NodeNotRegistered(address node);
+    error NodeNotActive(address node, NodeStatus status);
+    error NodeNotUnbonding(address node, NodeStatus status);
+    error UnbondingNotFinished(address node, uint256 unbondingEnds, uint256 nowTimestamp);
+    error RoundAlreadyExists(uint64 roundId);
+    error UnknownRound(uint64 roundId);
+    error RoundNotOpen(uint64 roundId, RoundStatus status);
+    error RoundAlreadySettled(uint64 roundId, bytes32 settlementHash);
+    error SeedMismatch(uint64 roundId, bytes32 seedCommitment, bytes32 seed);
+    error AwardsNotSorted(uint256 index, address previous, address node);
+    error AwardToUnregisteredNode(uint256 index, address node);
+    error PayoutExceedsPool(uint256 payout, uint256 unallocated);
+    error ClaimableOverflow(address node, uint256 claimable);
+    error SlashReasonUnspecified();
+    error SlashExceedsStake(address node, uint256 amount, uint256 stake);
+    error AlreadySlashed(uint64 roundId, address node);
+    error NothingToClaim(address node);
+    error BootstrapPeerExists(string multiaddr);
+    error UnknownBootstrapPeer(string multiaddr);
+
+    // ---------------------------------------------------------------- events
+
+    event PoolFunded(address indexed sponsor, uint256 amount, uint256 unallocated);
+    event NodeRegistered(
+        address indexed node,
+        bytes32 indexed ed25519Key,
+        bytes peerId,
+        bytes binding,
+        uint256 stake,
+        string strategy,
+        string endpoint
+    );
+    event StakeAdded(address indexed node, uint256 amount, uint256 stake);
+    event NodeMetadataUpdated(address indexed node, string strategy, string endpoint);
+    event UnbondingStarted(address indexed node, uint256 stake, uint256 unbondingEnds);
+    event StakeWithdrawn(address indexed node, uint256 amount);
+    event RoundOpened(uint64 indexed roundId, bytes32 modelHash, bytes32 seedCommitment);
+    event NodeCompensated(
+        uint64 indexed roundId, address indexed node, uint32 verifiedSamples, uint64 score, uint96 payout
+    );
+    event RoundSettled(
+        uint64 indexed roundId,
+        bytes32 settlementHash,
+        bytes32 tracesRoot,
+        bytes32 seed,
+        uint32 nodeCount,
+        uint64 totalSamples,
+        uint128 totalPayout
+    );
+    event NodeSlashed(
+        uint64 indexed roundId,
+        address indexed node,
+        uint256 amount,
+        uint8 reason,
+        bytes32 evidenceHash,
+        uint256 remainingStake
+    );
+    event RewardClaimed(address indexed node, address indexed recipient, uint256 amount);
+    event MinStakeChanged(uint256 previous, uint256 current);
+    event BootstrapPeerAdded(string multiaddr);
+    event BootstrapPeerRemoved(string multiaddr);
+
+    // ---------------------------------------------------------------- pool
+
+    /// @notice Adds `amount` reward tokens from the caller to the unallocated pool.
+    /// @dev The caller must have approved the ledger for `amount`.
+    /// @param amount tokens to move into the pool, > 0
+    function fund(uint256 amount) external;
+
+    /// @notice Sends the caller's whole claimable balance to `recipient`.
+    /// @param recipient where the tokens go (may be the caller)
+    /// @return amount the tokens sent
+    function claim(address recipient) external returns (uint256 amount);
+
+    /// @notice The pool's books; see {PoolTotals}.
+    function poolTotals() external view returns (PoolTotals memory);
+
+    // ---------------------------------------------------------------- registry
+
+    /// @notice Registers the caller as a node, pulling `stake` tokens from it.
+    /// @dev The EVM has no Ed25519 verifier, so the key is not checked here: `binding` carries the
+    /// node's identity binding (Ed25519 signature, 64 bytes, then EVM signature, 65 bytes, over a
+    /// statement naming both the key and the caller; see thinkmesh.protocol.identity) into the
+    /// {NodeRegistered} event, where the coordinator and any auditor verify it. A registration
+    /// whose binding does not verify is ignored off chain. For the same reason keys are not unique
+    /// on chain: a squatter could otherwise lock a key out without ever being able to sign for it.
+    /// @param ed25519Key the node's Ed25519 public key, non-zero
+    /// @param peerId the node's libp2p PeerID bytes (multihash), 1..64 bytes
+    /// @param binding Ed25519 signature (64 bytes) followed by EVM signature (65 bytes)
+    /// @param stake tokens to stake, at least {minStake}
+    /// @param strategy the node's GRPO strategy name, at most 64 bytes
+    /// @param endpoint where the node can be reached (a multiaddr or URL), at most 256 bytes
+    function register(
+        bytes32 ed25519Key,
+        bytes calldata peerId,
+        bytes calldata binding,
+        uint96 stake,
+        string calldata strategy,
+        string calldata endpoint
+    ) external;
+
+    /// @notice Adds `amount` tokens to the caller's stake; the caller must be Active.
+    /// @param amount tokens to add, > 0
+    function addStake(uint96 amount) external;
+
+    /// @notice Replaces the caller's strategy name and endpoint.
+    /// @param strategy the node's GRPO strategy name, at most 64 bytes
+    /// @param endpoint where the node can be reached, at most 256 bytes
+    function updateMetadata(string calldata strategy, string calldata endpoint) external;
+
+    /// @notice Starts the caller's unbonding: its stake stays slashable for {unbondingDelay}
+    /// seconds, then {withdrawStake} returns it. The node takes no further part in rounds.
+    function beginUnbonding() external;
+
+    /// @notice Returns the caller's remaining stake once its unbonding delay has passed.
+    /// @return amount the tokens returned (may be 0 if the stake was slashed away)
+    function withdrawStake() external returns (uint256 amount);
+
+    /// @notice A node's full record (status None for an unknown address).
+    function node(address account) external view returns (NodeView memory);
+
+    // ---------------------------------------------------------------- rounds
+
+    /// @notice Opens round `roundId` for the model `modelHash` with a commitment to its seed.
+    /// @dev Coordinator only. `seedCommitment` = keccak256(abi.encodePacked(seed)).
+    /// @param roundId the round's id, never used before
+    /// @param modelHash hash of the model version the round trains from
+    /// @param seedCommitment commitment to the round seed, revealed at settlement
+    function openRound(uint64 roundId, bytes32 modelHash, bytes32 seedCommitment) external;
+
+    /// @notice Settles round `roundId` in one transaction: credits every award to its node's
+    /// claimable balance, reveals the seed, and records the traces Merkle root.
+    /// @dev Coordinator only. A round settles once; a second call reverts with
+    /// {RoundAlreadySettled} naming the stored settlement hash, so a retried call is detectable.
+    /// @param roundId an Open round
+    /// @param seed the round seed; keccak256(abi.encodePacked(seed)) must equal the commitment
+    /// @param tracesRoot OpenZeppelin StandardMerkleTree root over the accepted traces' hashes
+    /// @param awards one line per accepted node, sorted by strictly ascending node address;
+    /// the payouts' sum must not exceed the unallocated pool
+    /// @return settlementHash keccak256 of the call's ABI-encoded arguments
+    function settleRound(uint64 roundId, bytes32 seed, bytes32 tracesRoot, Award[] calldata awards)
+        external
+        returns (bytes32 settlementHash);
+
+    /// @notice Slashes `amount` of `account`'s stake for round `roundId`; the tokens return to the
+    /// unallocated pool.
+    /// @dev Coordinator only. At most once per (round, node). Works on Active and Unbonding nodes.
+    /// @param roundId an opened round (Open or Settled)
+    /// @param account the node
+    /// @param amount tokens to slash, 0 < amount <= stake
+    /// @param reason non-zero reason code (defined by the protocol's verification rules)
+    /// @param evidenceHash hash of the published evidence that any third party can replay
+    function slash(uint64 roundId, address account, uint96 amount, uint8 reason, bytes32 evidenceHash) external;
+
+    /// @notice A round's full record (status None for an unknown id).
+    function round(uint64 roundId) external view returns (RoundView memory);
+
+    /// @notice Whether `account` was slashed in round `roundId`.
+    function isSlashed(uint64 roundId, address account) external view returns (bool);
+
+    /// @notice Whether `traceHash` is a leaf of settled round `roundId`'s traces tree.
+    /// @dev Leaf = keccak256(bytes.concat(keccak256(abi.encode(traceHash)))), sorted-pair hashing
+    /// (OpenZeppelin StandardMerkleTree over one bytes32 column). False for unsettled rounds.
+    /// @param roundId the round
+    /// @param traceHash the trace's hash (the tree's item)
+    /// @param proof sibling hashes from leaf to root
+    function verifyTrace(uint64 roundId, bytes32 traceHash, bytes32[] calldata proof) external view returns (bool);
+
+    // ---------------------------------------------------------------- bootstrap peers
+
+    /// @notice Adds a multiaddr that new peers may dial to join the p2p network.
+    /// @dev Coordinator only; 1..256 bytes; no duplicates.
+    function addBootstrapPeer(string calldata multiaddr) external;
+
+    /// @notice Removes a bootstrap multiaddr.
+    /// @dev Coordinator only.
+    function removeBootstrapPeer(string calldata multiaddr) external;
+
+    /// @notice The current bootstrap multiaddrs (order not significant).
+    function bootstrapPeers() external view returns (string[] memory);
+}

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+
+import {IThinkMeshLedger} from "./IThinkMeshLedger.sol";
+import {LedgerStorage} from "./LedgerStorage.sol";
+
+/// @title RoundBook
+/// @notice The coordinator opens each round with a model hash and a seed commitment, then
+/// settles it once, in one transaction, crediting every accepted node; it slashes cheaters with
+/// a reason code and an evidence hash.
+/// @dev Settlement cost per node: calldata, one event, one cold read and one warm write of the
+/// node's packed account slot. Aggregates are written once per round.
+abstract contract RoundBook is LedgerStorage {
+    /// @inheritdoc IThinkMeshLedger
+    function openRound(uint64 roundId, bytes32 modelHash, bytes32 seedCommitment)
+        external
+        onlyRole(COORDINATOR_ROLE)
+        whenNotPaused
+    {
+        Round storage r = _rounds[roundId];
+        if (r.status != RoundStatus.None) revert RoundAlreadyExists(roundId);
+        r.status = RoundStatus.Open;
+        r.openedAt = uint40(block.timestamp);
+        r.modelHash = modelHash;
+        r.seedCommitment = seedCommitment;
+        emit RoundOpened(roundId, modelHash, seedCommitment);
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function settleRound(uint64 roundId, bytes32 seed, bytes32 tracesRoot, Award[] calldata awards)
+        external
+        onlyRole(COORDINATOR_ROLE)
+        whenNotPaused
+        returns (bytes32 settlementHash)
+    {
+        Round storage r = _rounds[roundId];
+        RoundStatus status = r.status;
+        if (status == RoundStatus.Settled) revert RoundAlreadySettled(roundId, r.settlementHash);
+        if (status != RoundStatus.Open) revert RoundNotOpen(roundId, status);
+        if (keccak256(abi.encodePacked(seed)) != r.seedCommitment) {
+            revert SeedMismatch(roundId, r.seedCommitment, seed);
+        }
+
+        (uint256 totalPayout, uint256 totalSamples) = _creditAll(roundId, awards);
+        uint256 unallocated = _unallocated;
+        if (totalPayout > unallocated) revert PayoutExceedsPool(totalPayout, unallocated);
+        _unallocated = unallocated - totalPayout;
+        _claimable += totalPayout;
+
+        settlementHash = keccak256(msg.data[4:]);
+        // The casts below cannot truncate: awards.length < 2**32 (calldata is bounded by the block
+        // gas limit), each award adds < 2**32 samples and < 2**96 payout, so the sums stay below
+        // 2**64 and 2**128.
+        r.status = RoundStatus.Settled;
+        r.settledAt = uint40(block.timestamp);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        r.nodeCount = uint32(awards.length);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        r.totalSamples = uint64(totalSamples);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        r.totalPayout = uint128(totalPayout);
+        r.seed = seed;
+        r.tracesRoot = tracesRoot;
+        r.settlementHash = settlementHash;
+        // forge-lint: disable-start(unsafe-typecast)
+        emit RoundSettled(
+            roundId, settlementHash, tracesRoot, seed, uint32(awards.length), uint64(totalSamples), uint128(totalPayout)
+        );
+        // forge-lint: disable-end(unsafe-typecast)
+    }
+
+    /// @dev Credits every award. Each failed check reverts the whole settlement, so crediting
+    /// before the pool bound is checked (by the caller, once the sum is known) is safe.
+    function _creditAll(uint64 roundId, Award[] calldata awards)
+        private
+        returns (uint256 totalPayout, uint256 totalSamples)
+    {
+        address previous;
+        uint256 count = awards.length;
+        for (uint256 i; i < count;) {
+            Award calldata award = awards[i];
+            previous = _credit(roundId, i, previous, award);
+            totalPayout += award.payout;
+            totalSamples += award.verifiedSamples;
+            unchecked {
+                ++i;
+            }
+        }
+    }
+
+    /// @dev Credits one award to its node's claimable balance (one packed slot) and logs it.
+    /// Returns the award's node, which the next award's node must exceed (sorted, no duplicates).
+    function _credit(uint64 roundId, uint256 index, address previous, Award calldata award)
+        private
+        returns (address account)
+    {
+        account = award.node;
+        if (account <= previous) revert AwardsNotSorted(index, previous, account);
+        NodeAccount storage acct = _accounts[account];
+        if (acct.status == NodeStatus.None) revert AwardToUnregisteredNode(index, account);
+        uint256 claimable = uint256(acct.claimable) + award.payout;
+        if (claimable > type(uint112).max) revert ClaimableOverflow(account, claimable);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        acct.claimable = uint112(claimable); // bounded by the check above
+        emit NodeCompensated(roundId, account, award.verifiedSamples, award.score, award.payout);
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function slash(uint64 roundId, address account, uint96 amount, uint8 reason, bytes32 evidenceHash)
+        external
+        onlyRole(COORDINATOR_ROLE)
+        whenNotPaused
+    {
+        Round storage r = _rounds[roundId];
+        if (r.status == RoundStatus.None) revert UnknownRound(roundId);
+        if (reason == 0) revert SlashReasonUnspecified();
+        if (amount == 0) revert ZeroAmount();
+        NodeAccount storage acct = _accounts[account];
+        if (acct.status == NodeStatus.None) revert NodeNotRegistered(account);
+        if (_slashedIn[roundId][account]) revert AlreadySlashed(roundId, account);
+        uint96 stake = acct.stake;
+        if (amount > stake) revert SlashExceedsStake(account, amount, stake);
+
+        _slashedIn[roundId][account] = true;
+        acct.stake = stake - amount;
+        _staked -= amount;
+        _slashed += amount;
+        _unallocated += amount;
+        r.totalSlashed += amount;
+        emit NodeSlashed(roundId, account, amount, reason, evidenceHash, stake - amount);
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function round(uint64 roundId) external view returns (RoundView memory) {
+        Round storage r = _rounds[roundId];
+        return RoundView({
+            status: r.status,
+            openedAt: r.openedAt,
+            settledAt: r.settledAt,
+            nodeCount: r.nodeCount,
+            totalSamples: r.totalSamples,
+            totalPayout: r.totalPayout,
+            totalSlashed: r.totalSlashed,
+            modelHash: r.modelHash,
+            seedCommitment: r.seedCommitment,
+            seed: r.seed,
+            tracesRoot: r.tracesRoot,
+            settlementHash: r.settlementHash
+        });
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function isSlashed(uint64 roundId, address account) external view returns (bool) {
+        return _slashedIn[roundId][account];
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function verifyTrace(uint64 roundId, bytes32 traceHash, bytes32[] calldata proof) external view returns (bool) {
+        Round storage r = _rounds[roundId];
+        if (r.status != RoundStatus.Settled) return false;
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(traceHash))));
+        return MerkleProof.verifyCalldata(proof, r.tracesRoot, leaf);
+    }
+}

@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IThinkMeshLedger} from "../src/IThinkMeshLedger.sol";
+import {LedgerFixture} from "./utils/LedgerFixture.sol";
+
+contract RoundBookTest is LedgerFixture {
+    bytes32 internal constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
+    bytes32 internal constant EVIDENCE = keccak256("evidence");
+
+    // ------------------------------------------------------------ openRound
+
+    function test_openRound_recordsModelAndCommitment() public {
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundOpened(7, MODEL_HASH, commitment(SEED));
+        openRound(7);
+        IThinkMeshLedger.RoundView memory r = ledger.round(7);
+        vm.assertEq(uint256(r.status), uint256(IThinkMeshLedger.RoundStatus.Open), "status");
+        vm.assertEq(r.modelHash, MODEL_HASH, "model");
+        vm.assertEq(r.seedCommitment, commitment(SEED), "commitment");
+        vm.assertEq(r.openedAt, block.timestamp, "openedAt");
+    }
+
+    function test_openRound_revertsForExistingId() public {
+        openRound(7);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadyExists.selector, 7));
+        openRound(7);
+    }
+
+    function test_openRound_onlyCoordinator() public {
+        vm.expectRevert(accessDenied(stranger, COORDINATOR_ROLE));
+        vm.prank(stranger);
+        ledger.openRound(1, MODEL_HASH, commitment(SEED));
+    }
+
+    // ------------------------------------------------------------ settleRound
+
+    function test_settleRound_creditsEveryAwardAndRecordsRound() public {
+        address[] memory nodes = registerNodes(3);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 10 ether);
+        bytes32 root = keccak256("traces");
+        bytes32 expectedHash = keccak256(abi.encode(uint64(1), SEED, root, awards));
+
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[0], 8, 500_000, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[1], 9, 500_001, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[2], 10, 500_002, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundSettled(1, expectedHash, root, SEED, 3, 27, 30 ether);
+        bytes32 settlementHash = settle(1, root, awards);
+
+        vm.assertEq(settlementHash, expectedHash, "settlement hash = keccak of the ABI-encoded args");
+        IThinkMeshLedger.RoundView memory r = ledger.round(1);
+        vm.assertEq(uint256(r.status), uint256(IThinkMeshLedger.RoundStatus.Settled), "status");
+        vm.assertEq(r.nodeCount, 3, "nodes");
+        vm.assertEq(r.totalSamples, 27, "samples");
+        vm.assertEq(r.totalPayout, 30 ether, "payout");
+        vm.assertEq(r.tracesRoot, root, "root");
+        vm.assertEq(r.seed, SEED, "seed revealed");
+        vm.assertEq(r.settlementHash, expectedHash, "stored hash");
+        for (uint256 i; i < 3; ++i) {
+            vm.assertEq(ledger.node(nodes[i]).claimable, 10 ether, "claimable");
+        }
+        IThinkMeshLedger.PoolTotals memory t = ledger.poolTotals();
+        vm.assertEq(t.unallocated, POOL - 30 ether, "unallocated");
+        vm.assertEq(t.claimable, 30 ether, "claimable total");
+        assertBooksBalance();
+    }
+
+    function test_settleRound_acceptsEmptyAwards() public {
+        openRound(1);
+        settle(1, bytes32(0), new IThinkMeshLedger.Award[](0));
+        vm.assertEq(uint256(ledger.round(1).status), uint256(IThinkMeshLedger.RoundStatus.Settled), "status");
+        vm.assertEq(ledger.poolTotals().unallocated, POOL, "nothing allocated");
+    }
+
+    function test_settleRound_revertsOnSecondSettlementNamingStoredHash() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        bytes32 settlementHash = settle(1, bytes32(0), awardsFor(nodes, 1 ether));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadySettled.selector, 1, settlementHash));
+        settle(1, bytes32(0), awardsFor(nodes, 1 ether));
+        vm.assertEq(ledger.node(nodes[0]).claimable, 1 ether, "paid once");
+    }
+
+    function test_settleRound_revertsForUnopenedRound() public {
+        vm.expectRevert(
+            abi.encodeWithSelector(IThinkMeshLedger.RoundNotOpen.selector, 9, IThinkMeshLedger.RoundStatus.None)
+        );
+        settle(9, bytes32(0), new IThinkMeshLedger.Award[](0));
+    }
+
+    function test_settleRound_revertsOnWrongSeed() public {
+        openRound(1);
+        bytes32 wrong = keccak256("not the seed");
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.SeedMismatch.selector, 1, commitment(SEED), wrong));
+        vm.prank(coordinator);
+        ledger.settleRound(1, wrong, bytes32(0), new IThinkMeshLedger.Award[](0));
+    }
+
+    function test_settleRound_revertsOnUnsortedAwards() public {
+        address[] memory nodes = registerNodes(2);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        (awards[0], awards[1]) = (awards[1], awards[0]);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AwardsNotSorted.selector, 1, nodes[1], nodes[0]));
+        settle(1, bytes32(0), awards);
+    }
+
+    function test_settleRound_revertsOnDuplicateNode() public {
+        address[] memory nodes = registerNodes(1);
+        address[] memory twice = new address[](2);
+        twice[0] = nodes[0];
+        twice[1] = nodes[0];
+        openRound(1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AwardsNotSorted.selector, 1, nodes[0], nodes[0]));
+        settle(1, bytes32(0), awardsFor(twice, 1 ether));
+    }
+
+    function test_settleRound_revertsOnUnregisteredNode() public {
+        address[] memory nodes = new address[](1);
+        nodes[0] = stranger;
+        openRound(1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AwardToUnregisteredNode.selector, 0, stranger));
+        settle(1, bytes32(0), awardsFor(nodes, 1 ether));
+    }
+
+    function test_settleRound_revertsWhenPayoutsExceedPool() public {
+        address[] memory nodes = registerNodes(2);
+        openRound(1);
+        uint96 each = uint96(POOL / 2 + 1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.PayoutExceedsPool.selector, 2 * uint256(each), POOL));
+        settle(1, bytes32(0), awardsFor(nodes, each));
+    }
+
+    function test_settleRound_onlyCoordinator() public {
+        openRound(1);
+        vm.expectRevert(accessDenied(admin, COORDINATOR_ROLE));
+        vm.prank(admin);
+        ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0));
+    }
+
+    function test_settleRound_paysUnbondingNodesForPastWork() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.prank(nodes[0]);
+        ledger.beginUnbonding();
+        settle(1, bytes32(0), awardsFor(nodes, 2 ether));
+        vm.assertEq(ledger.node(nodes[0]).claimable, 2 ether, "claimable");
+    }
+
+    /// Fuzz: any payouts within the pool settle and land exactly; any over the pool revert.
+    function testFuzz_settleRound_payoutsNeverExceedPool(uint96[5] memory payouts) public {
+        address[] memory nodes = registerNodes(5);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 0);
+        uint256 total;
+        for (uint256 i; i < 5; ++i) {
+            awards[i].payout = uint96(bound(payouts[i], 0, POOL / 2));
+            total += awards[i].payout;
+        }
+        if (total > POOL) {
+            vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.PayoutExceedsPool.selector, total, POOL));
+            settle(1, bytes32(0), awards);
+            return;
+        }
+        settle(1, bytes32(0), awards);
+        for (uint256 i; i < 5; ++i) {
+            vm.assertEq(ledger.node(nodes[i]).claimable, awards[i].payout, "credited");
+        }
+        vm.assertEq(ledger.poolTotals().unallocated, POOL - total, "unallocated");
+        vm.assertEq(ledger.round(1).totalPayout, total, "round total");
+        assertBooksBalance();
+    }
+
+    // ------------------------------------------------------------ slash
+
+    function test_slash_movesStakeToPool() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeSlashed(1, nodes[0], 40 ether, 2, EVIDENCE, MIN_STAKE - 40 ether);
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 40 ether, 2, EVIDENCE);
+
+        vm.assertEq(ledger.node(nodes[0]).stake, MIN_STAKE - 40 ether, "stake");
+        vm.assertTrue(ledger.isSlashed(1, nodes[0]), "marked");
+        vm.assertEq(ledger.round(1).totalSlashed, 40 ether, "round slashed");
+        IThinkMeshLedger.PoolTotals memory t = ledger.poolTotals();
+        vm.assertEq(t.slashed, 40 ether, "slashed total");
+        vm.assertEq(t.unallocated, POOL + 40 ether, "back in pool");
+        assertBooksBalance();
+    }
+
+    function test_slash_revertsTwiceInOneRound() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 1 ether, 1, EVIDENCE);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AlreadySlashed.selector, 1, nodes[0]));
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 1 ether, 1, EVIDENCE);
+    }
+
+    function test_slash_revertsForUnknownRound() public {
+        address[] memory nodes = registerNodes(1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.UnknownRound.selector, 4));
+        vm.prank(coordinator);
+        ledger.slash(4, nodes[0], 1 ether, 1, EVIDENCE);
+    }
+
+    function test_slash_revertsWithoutReason() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.expectRevert(IThinkMeshLedger.SlashReasonUnspecified.selector);
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 1 ether, 0, EVIDENCE);
+    }
+
+    function test_slash_revertsOnZeroAmount() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.expectRevert(IThinkMeshLedger.ZeroAmount.selector);
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 0, 1, EVIDENCE);
+    }
+
+    function test_slash_revertsForUnregisteredNode() public {
+        openRound(1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.NodeNotRegistered.selector, stranger));
+        vm.prank(coordinator);
+        ledger.slash(1, stranger, 1 ether, 1, EVIDENCE);
+    }
+
+    function test_slash_revertsAboveStake() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IThinkMeshLedger.SlashExceedsStake.selector, nodes[0], MIN_STAKE + 1, MIN_STAKE)
+        );
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], MIN_STAKE + 1, 1, EVIDENCE);
+    }
+
+    function test_slash_onlyCoordinator() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.expectRevert(accessDenied(nodes[0], COORDINATOR_ROLE));
+        vm.prank(nodes[0]);
+        ledger.slash(1, nodes[0], 1 ether, 1, EVIDENCE);
+    }
+
+    function test_slash_reachesUnbondingStakeAndWithdrawReturnsTheRest() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        vm.prank(nodes[0]);
+        ledger.beginUnbonding();
+        vm.prank(coordinator);
+        ledger.slash(1, nodes[0], 30 ether, 3, EVIDENCE);
+        vm.warp(block.timestamp + UNBONDING_DELAY);
+        vm.prank(nodes[0]);
+        vm.assertEq(ledger.withdrawStake(), MIN_STAKE - 30 ether, "remaining stake returned");
+        assertBooksBalance();
+    }
+
+    // ------------------------------------------------------------ verifyTrace
+
+    function test_verifyTrace_falseBeforeSettlement() public {
+        openRound(1);
+        vm.assertFalse(ledger.verifyTrace(1, keccak256("t"), new bytes32[](0)), "open round proves nothing");
+    }
+
+    /// Fuzz: a two-leaf tree built here proves both leaves and rejects any other item.
+    function testFuzz_verifyTrace_twoLeafTree(bytes32 a, bytes32 b, bytes32 other) public {
+        vm.assume(a != b && other != a && other != b);
+        bytes32 leafA = keccak256(bytes.concat(keccak256(abi.encode(a))));
+        bytes32 leafB = keccak256(bytes.concat(keccak256(abi.encode(b))));
+        bytes32 root = leafA < leafB ? keccak256(abi.encode(leafA, leafB)) : keccak256(abi.encode(leafB, leafA));
+        openRound(1);
+        settle(1, root, new IThinkMeshLedger.Award[](0));
+        bytes32[] memory proofA = new bytes32[](1);
+        proofA[0] = leafB;
+        bytes32[] memory proofB = new bytes32[](1);
+        proofB[0] = leafA;
+        vm.assertTrue(ledger.verifyTrace(1, a, proofA), "a proves");
+        vm.assertTrue(ledger.verifyTrace(1, b, proofB), "b proves");
+        vm.assertFalse(ledger.verifyTrace(1, other, proofA), "other fails");
+        vm.assertFalse(ledger.verifyTrace(2, a, proofA), "unknown round fails");
+    }
+
+    // ------------------------------------------------------------ round view
+
+    function test_round_unknownIdHasStatusNone() public view {
+        vm.assertEq(uint256(ledger.round(42).status), uint256(IThinkMeshLedger.RoundStatus.None), "status");
+    }
+}
