@@ -1,0 +1,103 @@
+"""Does GRPO make the tiny model better at reasoning, within minutes on a CPU?
+
+Builds the tiny model (`thinkmesh model init`), cold-starts it (cached across runs), then runs
+`train local` for a wall-clock budget and reports held-out greedy accuracy before and after.
+The last line of stdout is one JSON object: task, strategy, minutes, baseline_accuracy,
+final_accuracy, gain_points, curve ([step, minutes, accuracy] per evaluation) and the settings.
+
+    .venv/bin/python bench/learning.py                 # CPU, 10 minutes of RL
+    .venv/bin/python bench/learning.py --device cuda   # same on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="linear")
+    parser.add_argument("--difficulty", type=int, default=1)
+    parser.add_argument("--strategy", default="dapo")
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the RL phase")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch default); 1 is steadier on a CPU shared with other jobs")
+    parser.add_argument("--work-dir", default=".thinkmesh/bench-learning")
+    parser.add_argument("--coldstart-examples", type=int, default=3000)
+    parser.add_argument("--coldstart-epochs", type=int, default=1)
+    parser.add_argument("--prompts-per-step", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-tasks", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
+    from thinkmesh.node.tiny_model import init_model_dir
+    from thinkmesh.node.train_local import METRICS_FILE, LocalTrainConfig, train_local
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work_dir)
+    base, tuned, run = work / "base", work / f"coldstart-{args.task}-{args.difficulty}", work / "run"
+    params = init_model_dir(base, seed=args.seed) if not (base / "config.json").is_file() else None
+    settings = ColdStartSettings(
+        families=(args.task,), difficulties=(args.difficulty,), num_examples=args.coldstart_examples,
+        epochs=args.coldstart_epochs, seed=args.seed,
+    )
+    coldstart = run_coldstart(base, settings, out=tuned, device=args.device, progress=True)
+    print(f"coldstart: {'cache hit, no work' if coldstart.cached else f'{coldstart.seconds:.0f}s'}", file=sys.stderr)
+
+    shutil.rmtree(run, ignore_errors=True)
+    config = LocalTrainConfig(
+        model_dir=str(tuned), run_dir=str(run), task=args.task, difficulty=args.difficulty,
+        strategy=args.strategy, steps=100_000, prompts_per_step=args.prompts_per_step,
+        group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
+        eval_every=args.eval_every, eval_tasks=args.eval_tasks, checkpoint_every=100_000,
+        seed=args.seed, device=args.device, dtype=args.dtype, max_minutes=args.minutes,
+    )
+    started = time.monotonic()
+    summary = train_local(config, progress=True, log=lambda line: print(line, file=sys.stderr))
+    minutes = (time.monotonic() - started) / 60
+    evals = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines() if '"eval"' in line]
+    curve = [[e["step"], round(e["elapsed_s"] / 60, 2), e["accuracy"]] for e in evals]
+    from thinkmesh.node.model_dir import load_model
+
+    result = {
+        "task": f"{args.task}-{args.difficulty}",
+        "strategy": args.strategy,
+        "device": args.device,
+        "minutes": round(minutes, 2),
+        "steps": summary.step,
+        "baseline_accuracy": evals[0]["accuracy"],
+        "final_accuracy": evals[-1]["accuracy"],
+        "gain_points": round(100 * (evals[-1]["accuracy"] - evals[0]["accuracy"]), 1),
+        "best_accuracy": max(e["accuracy"] for e in evals),
+        "curve": curve,
+        "eval_tasks": args.eval_tasks,
+        "model_params": params or sum(p.numel() for p in load_model(base).parameters()),
+        "coldstart_minutes": round(coldstart.seconds / 60, 2),
+        "coldstart_cached": coldstart.cached,
+        "settings": {k: getattr(args, k) for k in ("prompts_per_step", "group_size", "max_new_tokens", "lr", "coldstart_examples", "seed")},
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

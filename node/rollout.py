@@ -1,0 +1,181 @@
+"""The rollout engine: batched sampling with a KV cache, recording each token's logprob.
+
+One loop over `past_key_values` (no `model.generate`), so every choice a verifier must reproduce
+is visible here:
+
+- Layout: prompts are left-padded to a common length, position ids count real tokens only
+  (`cumsum(mask) - 1`), exactly as `thinkmesh.protocol.scoring` lays out its prefill.
+- Recorded logprob: `log_softmax(logits.float() / temperature)[token]` — the tempered
+  distribution *before* top-p truncation. Top-p changes which tokens can be drawn, not the value
+  recorded, so the verifier needs only (model, prompt, completion, temperature) to reproduce it.
+  Greedy decoding (temperature 0) records logprobs at temperature 1.
+- Stop: a sample ends after emitting EOS or any stop string (the stop token is kept in the
+  completion and has a logprob); otherwise at `max_new_tokens` ("length").
+- Determinism: sampling draws only from the `torch.Generator` passed in, so a seed fixes the
+  output on a given device and dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample. `temperature` 0 means greedy; `top_p` 1.0 disables nucleus truncation."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion. `logprobs[i]` belongs to `token_ids[i]` (see module docstring)."""
+
+    prompt_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: str  # FINISH_STOP or FINISH_LENGTH
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Token ids that end a sample, plus stop strings that span several tokens (checked on text)."""
+
+    token_ids: frozenset[int]
+    multi_token_strings: tuple[str, ...] = ()
+
+
+def stop_rule_for(tokenizer, stop_strings: Sequence[str] = ("</answer>",)) -> StopRule:
+    """EOS plus each stop string: a single-token string stops by id, a longer one by text."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    strings = []
+    for text in stop_strings:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+        else:
+            strings.append(text)
+    return StopRule(frozenset(ids), tuple(strings))
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token [B], recorded logprob [B]) from last-position logits [B, V]."""
+    logits = logits.float()
+    if temperature <= 0:
+        token = logits.argmax(dim=-1)
+        return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    probs = logprobs.exp()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p  # keeps at least the top token
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, L], attention mask [B, L]) with every sequence right-aligned at column L."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    stop: StopRule,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    tokenizer=None,
+) -> list[Completion]:
+    """Samples one completion per prompt (repeat a prompt G times for a group).
+
+    `tokenizer` is needed only when `stop` has multi-token strings. Cost: one prefill of the
+    padded prompts, then one cached forward of width 1 per step until every sample stopped.
+    """
+    from transformers import DynamicCache
+
+    if not prompts:
+        return []
+    if stop.multi_token_strings and tokenizer is None:
+        raise ValueError("expected a tokenizer to check multi-token stop strings, got None")
+    device = next(model.parameters()).device
+    input_ids, attention = left_pad(prompts, pad_token_id, device)
+    positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
+    cache = {_cache_keyword(model): DynamicCache()}
+    out = model(
+        input_ids=input_ids, attention_mask=attention, position_ids=positions,
+        use_cache=True, logits_to_keep=1, **cache,
+    )
+    batch = len(prompts)
+    stop_ids = torch.tensor(sorted(stop.token_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs, alive_steps = [], [], []
+    next_position = positions[:, -1] + 1
+    for step in range(settings.max_new_tokens):
+        token, logprob = sample_next_token(out.logits[:, -1], settings.temperature, settings.top_p, generator)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        logprobs.append(logprob)
+        alive_steps.append(~finished)
+        finished = finished | torch.isin(token, stop_ids)
+        if stop.multi_token_strings:
+            finished = finished | _text_stop(tokenizer, tokens, stop.multi_token_strings, device)
+        if bool(finished.all()) or step == settings.max_new_tokens - 1:
+            break
+        attention = torch.cat([attention, torch.ones((batch, 1), dtype=attention.dtype, device=device)], dim=1)
+        out = model(
+            input_ids=token[:, None], attention_mask=attention, position_ids=next_position[:, None],
+            use_cache=True, **cache,
+        )
+        next_position = next_position + 1
+    return _collect(prompts, tokens, logprobs, alive_steps, stop, tokenizer)
+
+
+def _cache_keyword(model) -> str:
+    """transformers >= 5.2x names the KV cache argument `cache`; older releases `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _text_stop(tokenizer, tokens: list[torch.Tensor], strings: tuple[str, ...], device) -> torch.Tensor:
+    tail = torch.stack(tokens[-16:], dim=1).tolist()
+    hits = [any(s in tokenizer.decode(row) for s in strings) for row in tail]
+    return torch.tensor(hits, dtype=torch.bool, device=device)
+
+
+def _collect(prompts, tokens, logprobs, alive_steps, stop: StopRule, tokenizer) -> list[Completion]:
+    token_rows = torch.stack(tokens, dim=1).tolist()
+    logprob_rows = torch.stack(logprobs, dim=1).tolist()
+    alive_rows = torch.stack(alive_steps, dim=1).tolist()
+    completions = []
+    for prompt, ids, lps, alive in zip(prompts, token_rows, logprob_rows, alive_rows):
+        length = sum(alive)
+        ids, lps = ids[:length], lps[:length]
+        stopped = bool(ids) and (
+            ids[-1] in stop.token_ids
+            or (stop.multi_token_strings and any(s in tokenizer.decode(ids[-16:]) for s in stop.multi_token_strings))
+        )
+        completions.append(
+            Completion(tuple(prompt), tuple(ids), tuple(lps), FINISH_STOP if stopped else FINISH_LENGTH)
+        )
+    return completions
