@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install install-test devnet selfcheck test test-contracts test-python contracts bench clean
+.PHONY: install install-test chromium devnet selfcheck test test-contracts test-python contracts bench clean
 
 install: $(VENV)/.installed contracts/node_modules/.installed
 
@@ -23,7 +23,14 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -e '.[test]'
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium
 	@touch $@
+
+# The dashboard's browser test drives Debian's chromium (Playwright's own download fails offline).
+chromium:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	  || { echo "error: could not install chromium (apt-get install chromium)"; exit 1; }
 
 contracts/node_modules/.installed: contracts/package.json contracts/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20+ (apt-get install nodejs npm)"; exit 1; }

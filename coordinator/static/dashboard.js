@@ -1,0 +1,122 @@
+// The dashboard reads /api/summary (built from the chain alone) and redraws every few seconds.
+"use strict";
+
+const REFRESH_MS = 4000;
+const charts = {};
+
+const short = (hex, n = 6) => (hex && hex.length > 2 * n + 2 ? `${hex.slice(0, n + 2)}…${hex.slice(-n)}` : hex || "");
+const fmt = (x, digits = 2) => (x === null || x === undefined ? "—" : Number(x).toLocaleString(undefined, { maximumFractionDigits: digits }));
+const pct = (x) => (x === null || x === undefined ? "—" : `${(100 * x).toFixed(1)}%`);
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function fillTable(id, rows, toCells) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...rows.map((row) => {
+    const tr = document.createElement("tr");
+    tr.append(...toCells(row));
+    return tr;
+  }));
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = cell("nothing yet", "muted");
+    td.colSpan = document.querySelectorAll(`#${id} thead th`).length;
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+function drawChart(id, type, labels, datasets, yTitle) {
+  if (charts[id]) {
+    charts[id].data.labels = labels;
+    charts[id].data.datasets = datasets;
+    charts[id].update("none");
+    return;
+  }
+  charts[id] = new Chart(document.getElementById(id), {
+    type,
+    data: { labels, datasets },
+    options: {
+      animation: false,
+      responsive: true,
+      plugins: { legend: { labels: { color: "#e6e8ee" } } },
+      scales: {
+        x: { ticks: { color: "#8a93a6" }, grid: { color: "#262b36" } },
+        y: { ticks: { color: "#8a93a6" }, grid: { color: "#262b36" }, title: { display: true, text: yTitle, color: "#8a93a6" } },
+      },
+    },
+  });
+}
+
+function render(s) {
+  document.getElementById("chain").textContent =
+    `chain ${s.chain.chain_id} · ledger ${short(s.chain.ledger, 4)} · block ${s.chain.block}`;
+  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+
+  const t = s.totals;
+  const totals = [
+    ["rounds settled", fmt(t.rounds_settled, 0)], ["nodes", fmt(t.nodes, 0)],
+    ["verified samples", fmt(t.verified_samples, 0)], [`paid out (${s.token_symbol})`, fmt(t.earned)],
+    [`claimed (${s.token_symbol})`, fmt(t.claimed)], [`slashed (${s.token_symbol})`, fmt(t.slashed)],
+  ];
+  document.getElementById("totals").replaceChildren(...totals.map(([label, value]) => {
+    const div = document.createElement("div");
+    div.className = "total";
+    div.innerHTML = `<div class="value"></div><div class="label"></div>`;
+    div.querySelector(".value").textContent = value;
+    div.querySelector(".label").textContent = label;
+    return div;
+  }));
+
+  fillTable("leaderboard", s.nodes, (n) => [
+    cell(n.peer_id ? short(n.peer_id, 6) : short(n.address, 4), "mono"), cell(n.strategy),
+    cell(fmt(n.verified_samples, 0), "num"), cell(fmt(n.earned), "num"), cell(fmt(n.claimed), "num"),
+    cell(fmt(n.stake), "num"), cell(fmt(n.slashed), n.slashed > 0 ? "num bad" : "num"), cell(n.status),
+  ]);
+
+  fillTable("rounds", [...s.rounds].reverse(), (r) => [
+    cell(r.round_id, "num"), cell(short(r.model_hash, 4), "mono"), cell(r.status),
+    cell(fmt(r.accepted, 0), "num good"), cell(fmt(r.rejected, 0), r.rejected ? "num bad" : "num"),
+    cell(fmt(r.total_samples, 0), "num"), cell(fmt(r.mean_reward, 3), "num"), cell(pct(r.held_out_accuracy), "num"),
+    cell(fmt(r.total_payout), "num"), cell(fmt(r.settle_gas, 0), "num"), cell(short(r.traces_root, 4), "mono"),
+  ]);
+
+  fillTable("slashes", s.slashes, (x) => {
+    const evidence = document.createElement("td");
+    const link = document.createElement("a");
+    link.href = `evidence/${x.evidence_hash}`;
+    link.textContent = short(x.evidence_hash, 6);
+    link.className = "mono";
+    evidence.append(link);
+    return [cell(x.round_id, "num"), cell(short(x.node, 4), "mono"), cell(x.reason, "bad"), cell(fmt(x.amount), "num"), evidence];
+  });
+
+  const curve = s.rounds.filter((r) => r.held_out_accuracy !== null);
+  drawChart("reward-chart", "line", curve.map((r) => `r${r.round_id}`), [{
+    label: "held-out accuracy", data: curve.map((r) => r.held_out_accuracy), borderColor: "#6ea8fe",
+    backgroundColor: "rgba(110,168,254,.2)", fill: true, tension: 0.25,
+  }], "accuracy");
+  drawChart("strategy-chart", "bar", s.strategies.map((x) => x.strategy), [{
+    label: "held-out gain per 1k verified samples", data: s.strategies.map((x) => 1000 * x.gain_per_sample),
+    backgroundColor: "#5fd38d",
+  }], "gain / 1k samples");
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("api/summary", { cache: "no-store" });
+    if (!response.ok) throw new Error(`${response.status} ${await response.text()}`);
+    render(await response.json());
+  } catch (err) {
+    document.getElementById("updated").textContent = `cannot reach the API: ${err.message}`;
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+refresh();

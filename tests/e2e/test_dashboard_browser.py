@@ -1,0 +1,113 @@
+"""The dashboard in a real browser, against a real anvil holding a real ledger history.
+
+The history is made through the chain client exactly as a coordinator makes it (register, open,
+settle with round metrics, slash); the dashboard is the `thinkmesh dashboard` command a user runs;
+Debian's headless Chromium loads the page. Saves a screenshot to tests/e2e/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.chromium import Chromium, chromium_path
+from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
+from thinkmesh.devnet.ports import free_port, port_open
+from thinkmesh.devnet.processes import wait_for
+from thinkmesh.protocol.chain import LedgerClient, deploy
+from thinkmesh.protocol.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.ledger import Award, RoundStats, SlashReason, seed_commitment, tokens
+
+ARTIFACTS = Path(__file__).with_name("artifacts")
+STRATEGIES = ("dapo", "grpo", "gspo")
+
+
+def _require_tools() -> None:
+    missing = []
+    try:
+        find_anvil_binary()
+    except AnvilError:
+        missing.append("anvil (make install)")
+    if chromium_path() is None:
+        missing.append("chromium (make install-test)")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"missing on CI: {', '.join(missing)}")
+        pytest.skip(f"missing: {', '.join(missing)}")
+
+
+def _make_history(anvil: Anvil) -> tuple[LedgerClient, list[str]]:
+    admin = anvil.accounts[0]
+    deployment = deploy(anvil.rpc_url, admin.private_key, unbonding_delay_s=60, min_stake=tokens(10))
+    coordinator = LedgerClient.connect(anvil.rpc_url, deployment, private_key=admin.private_key)
+    coordinator.mint(admin.address, tokens(1_000))
+    coordinator.fund(tokens(1_000))
+    nodes = []
+    for i, strategy in enumerate(STRATEGIES, start=1):
+        account = anvil.accounts[i]
+        coordinator.mint(account.address, tokens(100))
+        node = LedgerClient.connect(anvil.rpc_url, deployment, private_key=account.private_key)
+        binding = bind_identity(NodeIdentity.from_seed(bytes([i]) * 32), bytes.fromhex(account.private_key[2:]))
+        node.register(binding, tokens(50), strategy, "")
+        nodes.append(node)
+    addresses = [n.address for n in nodes]
+    for round_id, accuracy in ((1, 0.20), (2, 0.35), (3, 0.45)):
+        seed = bytes([round_id]) * 32
+        coordinator.open_round(round_id, bytes([0xA0 + round_id]) * 32, seed_commitment(seed))
+        paid = addresses[:2]  # the third node cheats every round and is never paid
+        awards = [Award(a, 16, 900_000, tokens(5)) for a in paid]
+        stats = RoundStats.of(accepted=2, rejected=1, mean_reward=0.5 + 0.1 * round_id, held_out_accuracy=accuracy)
+        coordinator.settle_round(round_id, seed, bytes([round_id]) * 32, awards, stats)
+        coordinator.slash(round_id, addresses[2], tokens(5), SlashReason.REWARD_MISMATCH, bytes([0xEE]) * 32)
+    nodes[0].claim()
+    return coordinator, addresses
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_dashboard_shows_every_node_and_a_reward_curve_without_console_errors(tmp_path):
+    _require_tools()
+    with Anvil(accounts=5) as anvil:
+        coordinator, addresses = _make_history(anvil)
+        port = free_port()
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "thinkmesh.devnet.cli", "dashboard", "--rpc", anvil.rpc_url,
+             "--ledger", coordinator.deployment.ledger, "--port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            wait_for(lambda: port_open(port) or dashboard.poll() is not None, 60, "the dashboard to listen")
+            assert dashboard.poll() is None, dashboard.stdout.read()
+            ARTIFACTS.mkdir(exist_ok=True)
+            asyncio.run(_check_page(f"http://127.0.0.1:{port}/", addresses))
+        finally:
+            dashboard.terminate()
+            dashboard.wait(timeout=15)
+
+
+async def _check_page(url: str, addresses: list[str]) -> None:
+    async with Chromium(timeout_s=45) as page:
+        await page.goto(url)
+        await page.wait_until(
+            f"document.querySelectorAll('#leaderboard tbody tr').length === {len(addresses)}",
+            "a leaderboard row per registered node",
+        )
+        await page.wait_until(
+            "(() => { const c = Chart.getChart('reward-chart'); return c && c.data.datasets[0].data.length === 3; })()",
+            "the reward chart to be drawn",
+        )
+        points = await page.evaluate("Chart.getChart('reward-chart').data.datasets[0].data")
+        assert points == pytest.approx([0.20, 0.35, 0.45])
+        strategies = await page.evaluate("Chart.getChart('strategy-chart').data.labels")
+        assert set(strategies) == {"dapo", "grpo"}
+        slashed = await page.evaluate("document.querySelectorAll('#slashes tbody tr').length")
+        assert slashed == 3
+        text = await page.evaluate("document.querySelector('#leaderboard').innerText")
+        assert "dapo" in text and "gspo" in text
+        await page.screenshot(ARTIFACTS / "dashboard.png")
+        assert page.console_errors == []
