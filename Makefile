@@ -37,9 +37,11 @@ contracts/node_modules/.installed: contracts/package.json contracts/package-lock
 	npm ci --prefix contracts --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# The main job. Until the devnet lands this runs the protocol's self-check.
+# The main job: anvil, the ledger, a coordinator, 4 nodes and the dashboard on this machine.
+# DEVNET_ARGS="--rounds 3 --cheater random-gradient" passes options through.
+DEVNET_ARGS ?=
 devnet: install
-	$(BIN)/thinkmesh selfcheck
+	$(BIN)/thinkmesh devnet up $(DEVNET_ARGS)
 
 selfcheck: install
 	$(BIN)/thinkmesh selfcheck

@@ -7,6 +7,7 @@ p2pd daemon, for instance). Stopping is SIGTERM, a grace period, then SIGKILL: n
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinkmesh.protocol.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
 
 
 class DevnetError(ProtocolError):
@@ -129,3 +132,25 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2, gr
         if time.monotonic() > deadline:
             raise DevnetError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def stop_together(processes: Sequence[ManagedProcess], grace_s: float = 10.0) -> None:
+    """SIGTERM to every process at once, one shared grace period, then SIGKILL to any group left.
+
+    Stopping N nodes one after the other would cost up to N grace periods; together it costs one.
+    """
+    running = [p for p in processes if p.popen is not None and p.popen.poll() is None]
+    for process in running:
+        _signal_group(process.popen.pid, signal.SIGTERM)
+    started = time.monotonic()
+    deadline = started + grace_s
+    for process in running:
+        try:
+            process.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            logger.debug("%s exited %.1fs after SIGTERM", process.name, time.monotonic() - started)
+        except subprocess.TimeoutExpired:
+            logger.info("%s still ran %.0fs after SIGTERM: killing it", process.name, grace_s)
+            _signal_group(process.popen.pid, signal.SIGKILL)
+            process.popen.wait(timeout=5)
+    for process in running:  # grandchildren (p2pd) that outlived their parent
+        _signal_group(process.popen.pid, signal.SIGKILL)

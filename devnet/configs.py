@@ -1,0 +1,212 @@
+"""The devnet's role configs: built as the daemons' own pydantic models, written as TOML.
+
+Building a `CoordinatorConfig` / `NodeConfig` here (rather than formatting text) means the file
+that lands on disk has already passed the same validation the daemon will apply, and a renamed
+key breaks the devnet's tests instead of a user's first run. Only the keys the devnet sets are
+written (`exclude_unset`), so each file reads as "the devnet's choices over the defaults".
+
+Options that other parts of thinkmesh add over time (a `[chain]` section for settlement, a node's
+`cheat` mode) are filled in when the daemon's config model declares them, by field name, so the
+devnet keeps working on either side of those changes.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from thinkmesh.devnet.processes import DevnetError
+
+RUN_ID = "devnet"
+
+
+@dataclass(frozen=True)
+class ChainEndpoint:
+    """What a role needs to reach the devnet's ledger; the key comes from the role's own key dir."""
+
+    rpc_url: str
+    chain_id: int
+    ledger: str
+    token: str
+    deployment_file: Path
+
+    def by_field_name(self) -> dict[str, object]:
+        """The values a `[chain]` config section may ask for, under the names it is likely to use."""
+        return {
+            "rpc_url": self.rpc_url, "rpc": self.rpc_url, "url": self.rpc_url,
+            "ledger": self.ledger, "ledger_address": self.ledger, "token": self.token,
+            "token_address": self.token, "deployment": str(self.deployment_file),
+            "deployment_file": str(self.deployment_file), "chain_id": self.chain_id, "enabled": True,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The round settings a devnet profile chooses (seconds, counts)."""
+
+    rounds: int  # absolute last round id; 0 runs forever
+    deadline_s: float
+    close_when: int
+    prompts_per_node: int
+    min_peers: int
+    eval_prompts: int
+    eval_max_new_tokens: int
+    group_size: int
+    max_new_tokens: int
+    task_family: str = "arithmetic"
+
+
+def coordinator_config(
+    *, base_model: Path, data_dir: Path, key_dir: Path, password_file: Path, p2p_port: int, http_port: int,
+    port_file: Path, maddrs_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
+):
+    from thinkmesh.coordinator.config import CoordinatorConfig
+
+    values: dict = {
+        "run_id": RUN_ID, "base_model": str(base_model), "data_dir": str(data_dir),
+        "identity": {"key_dir": str(key_dir), "password_file": str(password_file)},
+        "network": {"host_maddrs": [f"/ip4/127.0.0.1/tcp/{p2p_port}"], "maddrs_file": str(maddrs_file)},
+        "round": {"rounds": plan.rounds, "deadline_s": plan.deadline_s, "close_when": plan.close_when,
+                  "prompts_per_node": plan.prompts_per_node, "start_delay_s": 1.0, "min_peers": plan.min_peers,
+                  "task_family": plan.task_family},
+        "aggregation": {"rule": "norm_clip", "clip_norm": 10.0, "lr": 1e-3},
+        "eval": {"prompts": plan.eval_prompts, "max_new_tokens": plan.eval_max_new_tokens},
+        "observability": {"http_port": http_port, "port_file": str(port_file), "console": False},
+    }  # fmt: skip
+    if chain is not None:
+        section = _section_values(CoordinatorConfig, "chain", chain.by_field_name())
+        if section is not None:
+            values["chain"] = section
+    return _validated(CoordinatorConfig, values, "coordinator")
+
+
+def node_config(
+    *, coordinator_peer_id: str, bootstrap: list[str], base_model: Path, data_dir: Path, key_dir: Path,
+    password_file: Path | None, strategy: str, port_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
+    cheat: str | None = None, console: bool = False,
+):
+    from thinkmesh.node.config import NodeConfig
+
+    values: dict = {
+        "run_id": RUN_ID, "coordinator_peer_id": coordinator_peer_id, "base_model": str(base_model),
+        "data_dir": str(data_dir),
+        "identity": {"key_dir": str(key_dir), **({"password_file": str(password_file)} if password_file else {})},
+        "network": {"initial_peers": list(bootstrap)},
+        "strategy": {"preset": strategy, "group_size": plan.group_size, "max_new_tokens": plan.max_new_tokens},
+        "round": {"poll_s": 0.3, "sync_interval_s": 1.0},
+        "observability": {"port_file": str(port_file), "console": console},
+    }  # fmt: skip
+    if chain is not None:
+        section = _section_values(NodeConfig, "chain", chain.by_field_name())
+        if section is not None:
+            values["chain"] = section
+    if cheat is not None:
+        values.update(cheat_values(NodeConfig, cheat))
+    return _validated(NodeConfig, values, "node")
+
+
+def supports_chain(config_class: type[BaseModel]) -> bool:
+    """Whether this build's daemon config has a `[chain]` section (settlement on chain)."""
+    return "chain" in config_class.model_fields
+
+
+def cheat_values(node_config_class: type[BaseModel], mode: str) -> dict:
+    """The node config entry that turns on `mode`: `cheat = MODE`, or `[cheat] mode = MODE`."""
+    field = node_config_class.model_fields.get("cheat")
+    if field is None:
+        raise DevnetError(
+            f"--cheater {mode}: this build's node daemon has no `cheat` option yet (expected a `cheat` "
+            f"field in thinkmesh.node.config.NodeConfig)"
+        )
+    section = _model_in(field.annotation)
+    if section is None:
+        return {"cheat": mode}
+    key = next((name for name in ("mode", "name", "kind") if name in section.model_fields), None)
+    if key is None:
+        raise DevnetError(f"--cheater: expected a `mode` key in the node's [cheat] section, found {list(section.model_fields)}")
+    return {"cheat": {key: mode}}
+
+
+def require_cheat_mode(mode: str) -> None:
+    """`DevnetError` listing the modes this build's node daemon accepts, unless `mode` is one."""
+    from thinkmesh.node.config import NodeConfig
+
+    field = NodeConfig.model_fields.get("cheat")
+    known = _literal_values(field.annotation) if field is not None else []
+    if field is not None and known and mode not in known:
+        raise DevnetError(f"--cheater: expected one of {', '.join(known)}, got {mode!r}")
+    cheat_values(NodeConfig, mode)
+
+
+def _literal_values(annotation) -> list[str]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [value for arg in typing.get_args(annotation) for value in _literal_values(arg)]
+
+
+def write_config(config: BaseModel, path: Path) -> Path:
+    """Writes the keys the devnet set (validated already) as TOML, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(toml_document(config.model_dump(mode="json", exclude_unset=True, exclude_none=True)))
+    tmp.replace(path)
+    return path
+
+
+def toml_document(values: Mapping[str, object]) -> str:
+    """A TOML document of scalars, lists of scalars and one level of tables (all a role config uses)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if not isinstance(value, Mapping)]
+    for name, table in values.items():
+        if isinstance(table, Mapping):
+            lines += ["", f"[{name}]"]
+            for key, value in table.items():
+                if isinstance(value, Mapping):
+                    raise DevnetError(f"toml_document: nested table {name}.{key} is not supported")
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise DevnetError(f"toml_document: cannot write {type(value).__name__} {value!r}")
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    candidates = (annotation, *typing.get_args(annotation))
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _section_values(config_class: type[BaseModel], name: str, available: Mapping[str, object]) -> dict | None:
+    """The entries of section `name` that `available` can fill; `DevnetError` if a required one is unknown."""
+    field = config_class.model_fields.get(name)
+    if field is None:
+        return None
+    section = _model_in(field.annotation)
+    if section is None:
+        raise DevnetError(f"expected [{name}] of {config_class.__name__} to be a table, found {field.annotation}")
+    values = {key: available[key] for key in section.model_fields if key in available}
+    missing = [key for key, f in section.model_fields.items() if f.is_required() and key not in values]
+    if missing:
+        raise DevnetError(f"the devnet does not know how to fill [{name}] {', '.join(missing)} of {config_class.__name__}")
+    return values
+
+
+def _validated(config_class: type[BaseModel], values: dict, role: str):
+    from pydantic import ValidationError
+
+    try:
+        return config_class.model_validate(values)
+    except ValidationError as exc:
+        raise DevnetError(f"the devnet built an invalid {role} config (a daemon setting changed?): {exc}") from exc

@@ -1,0 +1,72 @@
+"""The devnet's config files load back, through the daemons' own loaders, as what was built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thinkmesh.coordinator.config import load_coordinator_config
+from thinkmesh.devnet.configs import (
+    ChainEndpoint,
+    RoundPlan,
+    cheat_values,
+    coordinator_config,
+    node_config,
+    toml_document,
+    write_config,
+)
+from thinkmesh.devnet.processes import DevnetError
+from thinkmesh.node.config import NodeConfig, load_node_config
+
+PLAN = RoundPlan(rounds=5, deadline_s=30.0, close_when=3, prompts_per_node=2, min_peers=3, eval_prompts=4,
+                 eval_max_new_tokens=16, group_size=4, max_new_tokens=12, task_family="linear")
+CHAIN = ChainEndpoint("http://127.0.0.1:8545", 31337, "0x" + "11" * 20, "0x" + "22" * 20, Path("/s/deployment.json"))
+
+
+def test_coordinator_config_round_trips_through_its_loader(tmp_path):
+    built = coordinator_config(
+        base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
+        password_file=tmp_path / "password", p2p_port=9002, http_port=9003, port_file=tmp_path / "port",
+        maddrs_file=tmp_path / "maddrs", plan=PLAN, chain=CHAIN,
+    )  # fmt: skip
+    loaded = load_coordinator_config(write_config(built, tmp_path / "coordinator.toml"), environ={})
+    assert loaded == built
+    assert loaded.network.host_maddrs == ["/ip4/127.0.0.1/tcp/9002"]
+    assert (loaded.round.rounds, loaded.round.close_when, loaded.round.task_family) == (5, 3, "linear")
+    if "chain" in type(loaded).model_fields:
+        assert loaded.chain.rpc_url == CHAIN.rpc_url
+
+
+def test_node_config_round_trips_and_carries_the_cheat_mode(tmp_path):
+    built = node_config(
+        coordinator_peer_id="12D3KooWExample", bootstrap=["/ip4/127.0.0.1/tcp/9002/p2p/12D3KooWExample"],
+        base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
+        password_file=None, strategy="dr_grpo", port_file=tmp_path / "port", plan=PLAN, chain=CHAIN,
+        cheat="random-gradient" if "cheat" in NodeConfig.model_fields else None,
+    )  # fmt: skip
+    path = write_config(built, tmp_path / "node.toml")
+    loaded = load_node_config(path, environ={})
+    assert loaded == built
+    assert loaded.identity.password_file is None and "password_file" not in path.read_text()
+    assert loaded.strategy.spec().name == "dr_grpo"
+    if "cheat" in NodeConfig.model_fields:
+        assert "random-gradient" in str(loaded.cheat)
+
+
+def test_cheat_mode_needs_a_daemon_that_declares_it():
+    from pydantic import BaseModel
+
+    class OldNodeConfig(BaseModel):
+        run_id: str = "x"
+
+    with pytest.raises(DevnetError, match="no `cheat` option"):
+        cheat_values(OldNodeConfig, "fake-rewards")
+
+
+def test_toml_document_escapes_strings_and_writes_tables():
+    import tomllib
+
+    values = {"name": 'a "quoted"\\path', "n": 3, "x": 0.5, "on": True,
+              "section": {"items": ["a", "b"], "nothing": []}}
+    assert tomllib.loads(toml_document(values)) == values
