@@ -20,31 +20,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Configured by a TOML file plus THINKMESH_NODE__SECTION__KEY=value overrides.",
     )
     run.add_argument("--config", required=True, help="node TOML file")
+    run.add_argument("--cheat", metavar="MODE", default=None,
+                     help="adversarial node for tests and the devnet (node/cheats.py); overrides the config's `cheat`")
     run.set_defaults(handler=run_node)
 
 
 def run_node(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
     from thinkmesh.node.config import load_node_config
     from thinkmesh.node.daemon import NodeDaemon
     from thinkmesh.protocol.keystore import resolve_password, unlock_keys
     from thinkmesh.protocol.observability import install_json_log
+    from thinkmesh.protocol.process_lifecycle import run_until_stopped
 
     config = load_node_config(args.config)
+    if getattr(args, "cheat", None):
+        from pydantic import ValidationError
+
+        from thinkmesh.node.cheats import CheatError
+
+        try:
+            config = type(config).model_validate({**config.model_dump(), "cheat": args.cheat})
+        except ValidationError as exc:
+            raise CheatError(f"--cheat: {exc.errors()[0]['msg']}, got {args.cheat!r}") from None
     password_file = str(config.identity.password_file) if config.identity.password_file else None
     keys = unlock_keys(config.identity.key_dir, resolve_password(password_file))
     install_json_log(config.data_dir / "node.log.jsonl")
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await NodeDaemon(config, keys.identity).run(stop)
-
-    asyncio.run(main())
+    run_until_stopped(NodeDaemon(config, keys.identity, keys).run)
     return 0
 
 
