@@ -1,0 +1,220 @@
+"""Adversarial nodes, for tests, the devnet (`--cheat MODE`) and `bench/verify.py`.
+
+Each mode turns honest work into the contribution a *competent* cheater would send: it is
+re-signed with the cheater's own key, bound to the current round, its Merkle root recomputed, and
+(where the cheat touches samples) its gradient recomputed from the cheated samples so claims and
+gradient agree. Every cheap check therefore passes; what catches each mode is a deeper one:
+
+    fake-rewards      claims full accuracy and format            -> reward-mismatch
+    stale-model       rollouts and gradient from an older model  -> logprob-mismatch
+    made-up-logprobs  reference answers passed off as sampled    -> logprob-mismatch
+    random-gradient   noise with the honest per-tensor norms     -> gradient-mismatch
+    scaled-gradient   the honest gradient times `scale`          -> gradient-mismatch
+    copy-peer         a peer's contribution re-signed as its own -> replay / reward / logprob
+    replay            its own old round's contribution, re-bound -> replay / reward / logprob
+
+`fraction` (where it applies) is the share of prompt groups that are cheated, whole groups at a
+time so the prompt set stays well formed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from thinkmesh.node.contribution_step import sampling_seed
+from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
+from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
+from thinkmesh.protocol.rewards import reference_completion, score_completion
+from thinkmesh.protocol.strategies import StrategySpec
+from thinkmesh.protocol.verification import CLAIMED_REWARD_OVERLONG_BUFFER, node_tasks, prompt_ids_for
+
+CHEAT_MODES = (
+    "fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient", "copy-peer", "replay",
+)
+MADE_UP_LOGPROB = math.log(0.9)  # "the model was confident": what a lazy forger writes
+
+
+class CheatError(ProtocolError):
+    """A cheat mode that is unknown, or asked for without the inputs it needs."""
+
+
+@dataclass(frozen=True)
+class CheatInputs:
+    """What a cheater holds. `honest` is its own honest contribution to the current round;
+    the optional fields are needed only by the modes named next to them."""
+
+    announcement: RoundAnnouncement
+    identity: NodeIdentity
+    honest: Contribution
+    model: object = None  # the round's model: fake-rewards, made-up-logprobs
+    tokenizer: object = None  # fake-rewards, made-up-logprobs, stale-model
+    stale_model: object = None  # stale-model: an older version of the model
+    peer: Contribution | None = None  # copy-peer: another node's contribution to this round
+    old: Contribution | None = None  # replay: this node's contribution to an earlier round
+    fraction: float = 1.0
+    scale: float = 4.0
+    seed: int = 0
+
+
+def honest_contribution(
+    model, tokenizer, announcement: RoundAnnouncement, identity: NodeIdentity, strategy: StrategySpec,
+    compression: str = "none", reference_model=None,
+) -> Contribution:
+    """What an honest node sends: the RL core's step (`collect_rollouts` -> `policy_gradient`,
+    node/train_step.py) on this node's prompts, encoded and signed. Leaves `model.grad` empty."""
+    tasks = node_tasks(announcement, identity.public_key)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(sampling_seed(announcement, identity.public_key))
+    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator)
+    model.zero_grad(set_to_none=True)
+    policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model)
+    gradients = {
+        name: (p.grad.detach().to("cpu", torch.float32).clone() if p.grad is not None else torch.zeros(p.shape))
+        for name, p in model.named_parameters()
+    }
+    model.zero_grad(set_to_none=True)
+    samples = tuple(
+        Sample(i // strategy.group_size, c.token_ids, tuple(float(x) for x in c.logprobs), r)
+        for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))
+    )
+    return sign_message(Contribution(
+        chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
+        node_key=identity.public_key, model_hash=announcement.model_hash, strategy=strategy,
+        samples=samples, samples_root=samples_root(samples), gradient=encode_gradient(gradients, compression),
+    ), identity)
+
+
+def resign(contribution: Contribution, identity: NodeIdentity, **changes) -> Contribution:
+    """`contribution` with `changes`, its root recomputed, signed by `identity` as its own."""
+    changed = dataclasses.replace(contribution, node_key=identity.public_key, **changes)
+    changed = dataclasses.replace(changed, samples_root=samples_root(changed.samples))
+    return sign_message(changed, identity)
+
+
+def _cheated_groups(contribution: Contribution, fraction: float) -> set[int]:
+    prompts = len(contribution.samples) // contribution.strategy.group_size
+    return set(range(max(1, round(fraction * prompts))))
+
+
+def _consistent_gradient(inputs: CheatInputs, samples: tuple[Sample, ...], model) -> dict[str, torch.Tensor]:
+    """The gradient the cheated samples imply, so the cheater's gradient agrees with its claims."""
+    prompts = prompt_ids_for(inputs.announcement, inputs.identity.public_key, inputs.tokenizer)
+    names = audited_parameter_names(model, "full", 1)
+    pad = inputs.tokenizer.pad_token_id or 0
+    return recompute_gradient(model, prompts, samples, [s.rewards for s in samples], inputs.honest.strategy,
+                              names, pad).gradients
+
+
+def _with_samples(inputs: CheatInputs, samples: tuple[Sample, ...], model) -> Contribution:
+    gradient = encode_gradient(_consistent_gradient(inputs, samples, model), inputs.honest.gradient.compression)
+    return resign(inputs.honest, inputs.identity, samples=samples, gradient=gradient)
+
+
+def fake_rewards(inputs: CheatInputs) -> Contribution:
+    groups = _cheated_groups(inputs.honest, inputs.fraction)
+    samples = tuple(
+        dataclasses.replace(s, rewards=dataclasses.replace(s.rewards, accuracy=1.0, format=1.0))
+        if s.prompt_index in groups else s
+        for s in inputs.honest.samples
+    )
+    return _with_samples(inputs, samples, inputs.model)
+
+
+def made_up_logprobs(inputs: CheatInputs) -> Contribution:
+    """Reference answers (full reward) in place of sampled completions, with invented logprobs."""
+    tasks = node_tasks(inputs.announcement, inputs.identity.public_key)
+    groups = _cheated_groups(inputs.honest, inputs.fraction)
+    strategy, tokenizer = inputs.honest.strategy, inputs.tokenizer
+    samples = []
+    for sample in inputs.honest.samples:
+        if sample.prompt_index not in groups:
+            samples.append(sample)
+            continue
+        task = tasks[sample.prompt_index]
+        text = reference_completion(task)
+        ids = tuple(tokenizer.encode(text, add_special_tokens=False))[: strategy.max_new_tokens]
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        rewards = score_completion(task, text, len(ids), strategy.max_new_tokens, CLAIMED_REWARD_OVERLONG_BUFFER)
+        samples.append(Sample(sample.prompt_index, ids, (MADE_UP_LOGPROB,) * len(ids), rewards))
+    return _with_samples(inputs, tuple(samples), inputs.model)
+
+
+def stale_model(inputs: CheatInputs) -> Contribution:
+    """The honest pipeline run on an older model, labelled with the announced model hash."""
+    if inputs.stale_model is None:
+        raise CheatError("stale-model needs CheatInputs.stale_model (an older model version)")
+    return honest_contribution(inputs.stale_model, inputs.tokenizer, inputs.announcement, inputs.identity,
+                               inputs.honest.strategy, inputs.honest.gradient.compression)
+
+
+def _decoded(contribution: Contribution, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return decode_gradient(contribution.gradient, shapes)
+
+
+def random_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> Contribution:
+    """Gaussian noise scaled to each honest tensor's norm: the global norm looks right."""
+    honest = _decoded(inputs.honest, shapes)
+    generator = torch.Generator().manual_seed(inputs.seed)
+    noise = {}
+    for name, tensor in honest.items():
+        draw = torch.randn(tensor.shape, generator=generator)
+        noise[name] = draw * (tensor.norm() / draw.norm().clamp(min=1e-30))
+    return resign(inputs.honest, inputs.identity, gradient=encode_gradient(noise, inputs.honest.gradient.compression))
+
+
+def scaled_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> Contribution:
+    """The honest gradient times `scale`: more pull on the global model than its samples earn."""
+    honest = _decoded(inputs.honest, shapes)
+    scaled = {name: tensor * inputs.scale for name, tensor in honest.items()}
+    return resign(inputs.honest, inputs.identity, gradient=encode_gradient(scaled, inputs.honest.gradient.compression))
+
+
+def copy_peer(inputs: CheatInputs) -> Contribution:
+    if inputs.peer is None:
+        raise CheatError("copy-peer needs CheatInputs.peer (another node's contribution)")
+    return resign(inputs.peer, inputs.identity)
+
+
+def replay(inputs: CheatInputs) -> Contribution:
+    """An earlier round's contribution, re-bound to this round's ids and model hash."""
+    if inputs.old is None:
+        raise CheatError("replay needs CheatInputs.old (an earlier round's contribution)")
+    a = inputs.announcement
+    return resign(inputs.old, inputs.identity, chain_id=a.chain_id, run_id=a.run_id, round_id=a.round_id,
+                  model_hash=a.model_hash)
+
+
+def apply_cheat(mode: str, inputs: CheatInputs) -> Contribution:
+    """The contribution a cheater of `mode` sends instead of `inputs.honest`."""
+    shapes = None
+    if mode in ("random-gradient", "scaled-gradient"):
+        if inputs.model is None:
+            raise CheatError(f"{mode} needs CheatInputs.model to know the gradient's shapes")
+        shapes = {name: tuple(p.shape) for name, p in inputs.model.named_parameters()}
+    table = {
+        "fake-rewards": lambda: fake_rewards(inputs),
+        "stale-model": lambda: stale_model(inputs),
+        "made-up-logprobs": lambda: made_up_logprobs(inputs),
+        "random-gradient": lambda: random_gradient(inputs, shapes),
+        "scaled-gradient": lambda: scaled_gradient(inputs, shapes),
+        "copy-peer": lambda: copy_peer(inputs),
+        "replay": lambda: replay(inputs),
+    }
+    if mode not in table:
+        raise CheatError(f"cheat mode: expected one of {', '.join(CHEAT_MODES)}, got {mode!r}")
+    if mode in ("fake-rewards", "made-up-logprobs", "stale-model") and inputs.tokenizer is None:
+        raise CheatError(f"{mode} needs CheatInputs.tokenizer")
+    if mode in ("fake-rewards", "made-up-logprobs") and inputs.model is None:
+        raise CheatError(f"{mode} needs CheatInputs.model")
+    return table[mode]()
+
+
+__all__ = ["CHEAT_MODES", "CheatError", "CheatInputs", "apply_cheat", "honest_contribution", "resign"]

@@ -1,0 +1,299 @@
+"""The model-side audit of one contribution: which samples are re-scored, and the gradient check.
+
+Everything here is a pure function of (round seed, contribution hash, beacon, policy, model):
+anyone holding the round's model can replay which samples were checked and get the same numbers.
+
+**Audit plan.** A `DrawStream` keyed by sha256(AUDIT_DOMAIN, round seed, contribution hash,
+beacon) picks, per contribution, a gradient audit level and a logprob subset:
+
+- `full` (probability `full_gradient_rate`): one forward over *all* samples with autograd on,
+  `strategy_loss` exactly as the node computes it, and the gradient of every parameter;
+- `probe` (probability `probe_rate` of the rest): the same forward, but the gradient of only the
+  model's trailing `probe_tensors` parameters (registration order: the end of the last block and
+  the final norm). `torch.autograd.grad` walks only the part of the graph those need, so a probe
+  costs one forward plus a short backward. A whole-gradient fake (random, scaled) shows in any
+  slice; a fake confined to other tensors is left to the `full` audit and its economics;
+- `none`: a no-grad prefill of `logprob_samples` samples drawn without replacement.
+Any gradient audit re-scores the logprobs of every sample for free (its forward computes them).
+
+**Beacon.** Signatures here are deterministic, so a node knows its contribution hash before it
+sends it, and the round seed is public from the announcement. With an empty beacon a cheater can
+grind (re-sign a slightly changed contribution until the plan misses its fakes). The coordinator
+must therefore pass a value fixed only after the deadline (a block hash after the deadline, or a
+secret committed on chain at round opening) and publish it with the evidence.
+
+**Gradient tolerances.** The verifier quantises its own float32 recomputation with the node's
+codec (`encode_gradient`, deterministic) and compares the decoded tensors, so the codec's own
+error cancels and what is left is (a) float32 kernel-order noise between two machines (measured
+~1e-6 relative; identical bits on one machine), (b) the codes that this noise pushes across a
+bin edge: with relative noise d, a fraction ~d of codes move by one bin, which changes the norm by
+far less than 1e-3. The bounds below leave >= 10x margin over the largest honest gap measured in
+`bench/verify.py`, and still reject a gradient scaled by 1.01 (8-bit) or 1.001 (fp32/fp16), or
+one turned by more than 2.6 degrees (cos 0.999) / 0.8 degrees (cos 0.9999). A gradient that
+passes moves the model at most that much differently from the honest one. All tolerances assume a
+float32 round model on both sides (a bf16 model needs `SCORING_TOLERANCE_BF16`-scale bounds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
+from thinkmesh.protocol.grpo import strategy_loss
+from thinkmesh.protocol.messages import COMPRESSIONS, Finding, Sample
+from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, total_reward
+from thinkmesh.protocol.scoring import SCORING_TOLERANCE_FP32, completion_logprobs, token_logprobs
+from thinkmesh.protocol.strategies import StrategySpec
+from thinkmesh.protocol.tasks import DrawStream
+
+AUDIT_DOMAIN = b"thinkmesh/audit/v1"
+RATE_SCALE = 1_000_000  # rates are compared as integer parts per million: exact on every platform
+GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL = "none", "probe", "full"
+GRADIENT_AUDITS = (GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL)
+CONTRIBUTION_LEVEL = -1  # Finding.sample_index of a finding about the whole contribution
+
+
+class AuditError(ProtocolError):
+    """An audit that cannot run: a bad policy, or a model that does not fit the contribution."""
+
+
+@dataclass(frozen=True)
+class GradientTolerance:
+    """Bounds for one compression mode: cosine(claimed, reference) >= min_cosine and
+    |norm(claimed) / norm(reference) - 1| <= max_norm_error (see the module docstring)."""
+
+    compression: str
+    min_cosine: float
+    max_norm_error: float
+
+
+GRADIENT_TOLERANCES: tuple[GradientTolerance, ...] = (
+    GradientTolerance("none", 0.9999, 1e-3),
+    GradientTolerance("fp16", 0.9999, 1e-3),
+    GradientTolerance("uniform8", 0.999, 1e-2),
+    GradientTolerance("blockwise8", 0.999, 1e-2),
+)
+
+
+@dataclass(frozen=True)
+class AuditPolicy:
+    """How hard the coordinator looks; travels inside evidence so a re-run uses the same numbers.
+
+    Rates are probabilities per contribution; `logprob_samples` counts samples; tolerances are
+    in nats per token (logprobs) and in the units of `GradientTolerance`.
+    """
+
+    logprob_samples: int = 8
+    probe_rate: float = 1.0
+    full_gradient_rate: float = 0.1
+    probe_tensors: int = 4
+    logprob_tolerance: float = SCORING_TOLERANCE_FP32
+    gradient_tolerances: tuple[GradientTolerance, ...] = GRADIENT_TOLERANCES
+
+    def __post_init__(self) -> None:
+        for name in ("probe_rate", "full_gradient_rate", "logprob_tolerance"):
+            value = getattr(self, name)
+            if type(value) is not float or not math.isfinite(value) or value < 0:
+                raise AuditError(f"audit policy {name}: expected a finite float >= 0, got {value!r}")
+        if self.probe_rate > 1 or self.full_gradient_rate > 1:
+            raise AuditError(
+                f"audit policy rates: expected <= 1, got probe {self.probe_rate}, full {self.full_gradient_rate}"
+            )
+        for name in ("logprob_samples", "probe_tensors"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise AuditError(f"audit policy {name}: expected an int >= 1, got {value!r}")
+        modes = [t.compression for t in self.gradient_tolerances]
+        if sorted(modes) != sorted(COMPRESSIONS):
+            raise AuditError(f"audit policy: expected one gradient tolerance per mode {COMPRESSIONS}, got {modes}")
+
+    def tolerance_for(self, compression: str) -> GradientTolerance:
+        for tolerance in self.gradient_tolerances:
+            if tolerance.compression == compression:
+                return tolerance
+        raise AuditError(f"no gradient tolerance for compression {compression!r}")
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What this contribution gets: a gradient audit level and the samples whose logprobs are
+    re-scored (sorted; every sample when a gradient audit runs)."""
+
+    gradient: str
+    rescored: tuple[int, ...]
+
+
+def _length_prefixed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def audit_seed(round_seed: bytes, contribution_hash: bytes, beacon: bytes) -> bytes:
+    """The 32-byte key of a contribution's audit draws (see the module docstring on `beacon`)."""
+    return hashlib.sha256(
+        AUDIT_DOMAIN + _length_prefixed(round_seed) + _length_prefixed(contribution_hash) + _length_prefixed(beacon)
+    ).digest()
+
+
+def audit_plan(
+    round_seed: bytes, contribution_hash: bytes, beacon: bytes, num_samples: int, policy: AuditPolicy
+) -> AuditPlan:
+    """The plan for one contribution: two rate draws, then a partial Fisher-Yates shuffle."""
+    if num_samples < 1:
+        raise AuditError(f"audit plan: expected at least one sample, got {num_samples}")
+    draws = DrawStream(audit_seed(round_seed, contribution_hash, beacon))
+    full = draws.below(RATE_SCALE) < round(policy.full_gradient_rate * RATE_SCALE)
+    probe = draws.below(RATE_SCALE) < round(policy.probe_rate * RATE_SCALE)
+    if full or probe:
+        return AuditPlan(GRADIENT_FULL if full else GRADIENT_PROBE, tuple(range(num_samples)))
+    order = list(range(num_samples))
+    for i in range(min(policy.logprob_samples, num_samples)):
+        j = i + draws.below(num_samples - i)
+        order[i], order[j] = order[j], order[i]
+    return AuditPlan(GRADIENT_NONE, tuple(sorted(order[: min(policy.logprob_samples, num_samples)])))
+
+
+def audited_parameter_names(model, level: str, probe_tensors: int) -> tuple[str, ...]:
+    """Every parameter for `full`; the trailing `probe_tensors` in registration order for `probe`.
+
+    Registration order runs embeddings -> blocks -> final norm (-> untied head), so the trailing
+    tensors need only a short backward. A tied head is registered under the embedding's name and
+    so is never a probe (its gradient would need the whole backward).
+    """
+    names = tuple(name for name, _ in model.named_parameters())
+    if level == GRADIENT_FULL:
+        return names
+    if level == GRADIENT_PROBE:
+        return names[-probe_tensors:]
+    raise AuditError(f"gradient audit level: expected probe or full, got {level!r}")
+
+
+def rescore_logprobs(
+    model, prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sample], indices: Sequence[int],
+    temperature: float, pad_token_id: int,
+) -> dict[int, list[float]]:
+    """Re-scored token logprobs of `samples[i]` for i in `indices`: one no-grad prefill."""
+    rows = token_logprobs(
+        model,
+        [prompt_ids[samples[i].prompt_index] for i in indices],
+        [samples[i].completion_ids for i in indices],
+        temperature,
+        pad_token_id,
+    )
+    return dict(zip(indices, rows))
+
+
+@dataclass(frozen=True)
+class Recomputation:
+    """The verifier's own forward/backward over every sample: logprobs per sample, gradients of
+    the audited parameters (float32, CPU)."""
+
+    logprobs: dict[int, list[float]]
+    gradients: dict[str, Tensor]
+
+
+def recompute_gradient(
+    model, prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sample], rewards: Sequence[RewardBreakdown],
+    strategy: StrategySpec, parameter_names: Sequence[str], pad_token_id: int,
+    reward_config: RewardConfig = RewardConfig(), reference_model=None,
+) -> Recomputation:
+    """The node's loss chain on the submitted samples, exactly: one batched `completion_logprobs`
+    over all samples in order, `strategy_loss` with old = detached current logprobs and the
+    config-weighted total rewards reshaped to [prompts, group_size]; then the gradient of the
+    named parameters only; with beta > 0 the k3 KL to `reference_model` (required then) enters
+    as in the node's step. The model must be in eval mode; it is not modified."""
+    params = dict(model.named_parameters())
+    missing = [n for n in parameter_names if n not in params]
+    if missing:
+        raise AuditError(f"recompute_gradient: the model has no parameters {missing[:3]}")
+    if strategy.beta > 0 and reference_model is None:
+        raise AuditError(f"strategy {strategy.name!r} has beta={strategy.beta}: the gradient audit needs the reference model")
+    prompts = [prompt_ids[s.prompt_index] for s in samples]
+    completions = [s.completion_ids for s in samples]
+    reference = None
+    if strategy.beta > 0:
+        with torch.no_grad():
+            reference = completion_logprobs(reference_model, prompts, completions, strategy.temperature, pad_token_id).logprobs
+    with torch.enable_grad():
+        scored = completion_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
+        totals = torch.tensor([total_reward(r, reward_config) for r in rewards], dtype=torch.float32)
+        totals = totals.reshape(-1, strategy.group_size).to(scored.logprobs.device)
+        loss, _stats = strategy_loss(scored.logprobs, scored.logprobs.detach(), totals, scored.mask, strategy, reference)
+        wanted = [params[n] for n in parameter_names]
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+    gradients = {
+        name: (g.detach().to("cpu", torch.float32) if g is not None else torch.zeros(p.shape))
+        for name, p, g in zip(parameter_names, wanted, grads)
+    }
+    rows = scored.logprobs.detach().cpu().tolist()
+    logprobs = {i: row[: len(s.completion_ids)] for i, (row, s) in enumerate(zip(rows, samples))}
+    return Recomputation(logprobs=logprobs, gradients=gradients)
+
+
+@dataclass(frozen=True)
+class GradientComparison:
+    """cosine(claimed, reference) and both norms, over the compared tensors flattened together."""
+
+    cosine: float
+    claimed_norm: float
+    reference_norm: float
+
+    @property
+    def norm_error(self) -> float:
+        """|claimed / reference - 1|; finite (1e30 stands for "reference is zero, claimed is not")."""
+        if self.reference_norm == 0.0:
+            return 0.0 if self.claimed_norm == 0.0 else 1e30
+        return abs(self.claimed_norm / self.reference_norm - 1.0)
+
+
+def quantized_reference(reference: Mapping[str, Tensor], compression: str) -> dict[str, Tensor]:
+    """`reference` passed through the node's codec and back: the value an honest node would
+    have sent for these tensors, so the codec's error cancels out of the comparison."""
+    shapes = {name: tuple(t.shape) for name, t in reference.items()}
+    return decode_gradient(encode_gradient(reference, compression), shapes)
+
+
+def compare_gradients(claimed: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> GradientComparison:
+    """Cosine and norms in float64 over the names of `reference` (which `claimed` must hold)."""
+    names = sorted(reference)
+    a = torch.cat([claimed[n].reshape(-1).double() for n in names])
+    b = torch.cat([reference[n].reshape(-1).double() for n in names])
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0.0 and nb == 0.0:
+        cosine = 1.0
+    elif na == 0.0 or nb == 0.0:
+        cosine = 0.0
+    else:
+        cosine = float(torch.dot(a, b)) / (na * nb)
+    return GradientComparison(cosine=cosine, claimed_norm=na, reference_norm=nb)
+
+
+def logprob_findings(samples, rescored: dict[int, list[float]], tolerance: float) -> tuple[Finding, ...]:
+    """Per checked sample over tolerance: its worst token, as check "logprob:<position>"."""
+    findings = []
+    for index in sorted(rescored):
+        recorded = samples[index].logprobs
+        gaps = [abs(a - b) for a, b in zip(recorded, rescored[index])]
+        worst = max(range(len(gaps)), key=gaps.__getitem__)
+        if not gaps[worst] <= tolerance:
+            findings.append(Finding(index, f"logprob:{worst}", rescored[index][worst], recorded[worst]))
+    return tuple(findings)
+
+
+def gradient_findings(claimed, reference, compression: str, policy: AuditPolicy) -> tuple[Finding, ...]:
+    """Cosine ("gradient-cosine": expected the bound, claimed the value) and norm
+    ("gradient-norm": expected the reference norm, claimed the submitted one)."""
+    tolerance = policy.tolerance_for(compression)
+    comparison = compare_gradients(claimed, quantized_reference(reference, compression))
+    findings = []
+    if not comparison.cosine >= tolerance.min_cosine:
+        findings.append(Finding(CONTRIBUTION_LEVEL, "gradient-cosine", tolerance.min_cosine, comparison.cosine))
+    if not comparison.norm_error <= tolerance.max_norm_error:
+        findings.append(Finding(CONTRIBUTION_LEVEL, "gradient-norm", comparison.reference_norm, comparison.claimed_norm))
+    return tuple(findings)

@@ -1,0 +1,421 @@
+"""Verification by re-scoring: the rules a coordinator applies to one contribution, in order.
+
+The checks run cheapest first and stop at the first that fails; its name is the verdict's reason:
+
+    bad-signature       the contribution is not signed by its node key
+    wrong-round         chain, run, round or model hash differ from the announcement
+    unknown-node        the node key is not in the registered set
+    samples-root        `samples_root` is not the Merkle root of the samples
+    prompt-set          prompt indices are not exactly 0..prompts_per_node-1, group_size each, in order
+    sample-shape        an empty completion, one over max_new_tokens, or a token outside the vocabulary
+    replay              a sample hash or the gradient digest was already accepted (any node, any round)
+    reward-mismatch     a reward component differs from `score_completion` on the decoded text
+    malformed-gradient  tensor names differ from the model's, or an audited tensor does not decode
+    logprob-mismatch    a re-scored token logprob differs by more than the policy's tolerance
+    gradient-mismatch   the recomputed gradient's cosine or norm is outside the mode's tolerance
+
+The first eight need no model (the reward check needs the tokenizer only to decode ids); the last
+three run under the round's model as planned by `thinkmesh.protocol.audit`. Findings name the
+sample (`CONTRIBUTION_LEVEL` for the whole contribution), the check, and the expected and claimed
+values; a hash-valued check carries the hash's first 48 bits as an exact float.
+
+Replay bookkeeping is the caller's: pass the hashes of *accepted* contributions as the seen sets
+and add `report.sample_hashes` / `report.gradient_digest` only when the report accepts, so a
+rejected copy can never block the honest original. Audit rates: see docs/verification.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from torch import Tensor
+
+from thinkmesh.protocol.audit import (
+    CONTRIBUTION_LEVEL,
+    GRADIENT_NONE,
+    AuditPolicy,
+    audit_plan,
+    audited_parameter_names,
+    gradient_findings,
+    logprob_findings,
+    recompute_gradient,
+    rescore_logprobs,
+)
+from thinkmesh.protocol.encoding import encode_record
+from thinkmesh.protocol.errors import ProtocolError, SignatureError
+from thinkmesh.protocol.gradient_codec import GradientCodecError, decode_gradient
+from thinkmesh.protocol.hashing import keccak256
+from thinkmesh.protocol.messages import (
+    Contribution,
+    Finding,
+    GradientPayload,
+    RoundAnnouncement,
+    Verdict,
+    message_hash,
+    sample_hash,
+    samples_root,
+    verify_message,
+)
+from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, differing_components, score_completion
+from thinkmesh.protocol.scoring import completion_text, prompt_token_ids
+from thinkmesh.protocol.strategies import validate_strategy
+from thinkmesh.protocol.tasks import Task, render_prompt, task_for_node
+
+REASON_OK = "ok"
+REASON_BAD_SIGNATURE = "bad-signature"
+REASON_WRONG_ROUND = "wrong-round"
+REASON_UNKNOWN_NODE = "unknown-node"
+REASON_SAMPLES_ROOT = "samples-root"
+REASON_PROMPT_SET = "prompt-set"
+REASON_SAMPLE_SHAPE = "sample-shape"
+REASON_REPLAY = "replay"
+REASON_REWARD_MISMATCH = "reward-mismatch"
+REASON_MALFORMED_GRADIENT = "malformed-gradient"
+REASON_LOGPROB_MISMATCH = "logprob-mismatch"
+REASON_GRADIENT_MISMATCH = "gradient-mismatch"
+REASONS = (
+    REASON_BAD_SIGNATURE, REASON_WRONG_ROUND, REASON_UNKNOWN_NODE, REASON_SAMPLES_ROOT, REASON_PROMPT_SET,
+    REASON_SAMPLE_SHAPE, REASON_REPLAY, REASON_REWARD_MISMATCH, REASON_MALFORMED_GRADIENT,
+    REASON_LOGPROB_MISMATCH, REASON_GRADIENT_MISMATCH,
+)
+MODEL_FREE_REASONS = REASONS[: REASONS.index(REASON_REWARD_MISMATCH) + 1]
+MAX_FINDINGS = 64  # per report: bounds a Verdict's size whatever a node sends
+REWARD_TOLERANCE = 1e-9  # rewards are rule outputs: equal up to float printing, nothing more
+# Claimed rewards carry no length shaping: DAPO's overlong penalty is applied once, inside
+# `strategy_loss`, from the completion lengths (as node/train_step.py scores them).
+CLAIMED_REWARD_OVERLONG_BUFFER = 0
+
+
+class VerificationError(ProtocolError):
+    """A verification that cannot run as asked (e.g. no tokenizer where text must be decoded)."""
+
+
+@dataclass(frozen=True)
+class VerificationContext:
+    """What the verifier knows beyond the two messages.
+
+    `registered_nodes` None means "not consulted" (a third-party re-run without the registry).
+    `beacon` is the post-deadline randomness of the audit plan (see `thinkmesh.protocol.audit`).
+    """
+
+    registered_nodes: frozenset[bytes] | None
+    seen_sample_hashes: frozenset[bytes] = frozenset()
+    seen_gradient_digests: frozenset[bytes] = frozenset()
+    policy: AuditPolicy = AuditPolicy()
+    reward_config: RewardConfig = RewardConfig()
+    beacon: bytes = b""
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """One contribution's outcome. `checked_samples` are those whose logprobs were re-scored;
+    `gradient_audit` is none/probe/full, or "" when verification stopped before the model."""
+
+    reason: str
+    findings: tuple[Finding, ...]
+    checked_samples: tuple[int, ...]
+    gradient_audit: str
+    contribution_hash: bytes
+    sample_hashes: tuple[bytes, ...]
+    gradient_digest: bytes
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason == REASON_OK
+
+
+def gradient_digest(gradient: GradientPayload) -> bytes:
+    """keccak256 of the gradient's canonical encoding: names one exact submitted gradient."""
+    return keccak256(encode_record(gradient))
+
+
+@dataclass(frozen=True)
+class ContributionDigests:
+    """The hashes a verification needs, computed once (each is a pass over megabytes)."""
+
+    contribution_hash: bytes
+    sample_hashes: tuple[bytes, ...]
+    gradient_digest: bytes
+
+
+def contribution_digests(contribution: Contribution) -> ContributionDigests:
+    return ContributionDigests(
+        contribution_hash=message_hash(contribution),
+        sample_hashes=tuple(sample_hash(s) for s in contribution.samples),
+        gradient_digest=gradient_digest(contribution.gradient),
+    )
+
+
+def hash48(value: bytes) -> float:
+    """The first 48 bits of a hash as a float (exact: float64 holds 53-bit integers)."""
+    return float(int.from_bytes(value[:6], "big"))
+
+
+def node_tasks(announcement: RoundAnnouncement, node_key: bytes) -> tuple[Task, ...]:
+    """The node's prompts for the round, regenerated from the seed: it cannot choose them."""
+    return tuple(
+        task_for_node(announcement.task, announcement.seed, node_key, i) for i in range(announcement.prompts_per_node)
+    )
+
+
+def prompt_ids_for(announcement: RoundAnnouncement, node_key: bytes, tokenizer) -> tuple[tuple[int, ...], ...]:
+    return tuple(
+        tuple(prompt_token_ids(tokenizer, render_prompt(task, announcement.prompt_template)))
+        for task in node_tasks(announcement, node_key)
+    )
+
+
+# --- the model-free checks, each returning its findings (empty: passed) ---------------------------
+
+
+def _contribution_finding(check: str, expected: float, claimed: float) -> tuple[Finding, ...]:
+    return (Finding(CONTRIBUTION_LEVEL, check, float(expected), float(claimed)),)
+
+
+def check_signature(contribution: Contribution) -> tuple[Finding, ...]:
+    try:
+        verify_message(contribution, contribution.node_key)
+    except SignatureError:
+        return _contribution_finding("signature", 1.0, 0.0)
+    return ()
+
+
+def check_round_binding(announcement: RoundAnnouncement, contribution: Contribution) -> tuple[Finding, ...]:
+    findings = []
+    if contribution.chain_id != announcement.chain_id:
+        findings += _contribution_finding("chain-id", announcement.chain_id, contribution.chain_id)
+    if contribution.run_id != announcement.run_id:
+        findings += _contribution_finding(
+            "run-id-hash48", hash48(keccak256(announcement.run_id.encode())), hash48(keccak256(contribution.run_id.encode()))
+        )
+    if contribution.round_id != announcement.round_id:
+        findings += _contribution_finding("round-id", announcement.round_id, contribution.round_id)
+    if contribution.model_hash != announcement.model_hash:
+        findings += _contribution_finding("model-hash48", hash48(announcement.model_hash), hash48(contribution.model_hash))
+    return tuple(findings)
+
+
+def check_registered(contribution: Contribution, registered_nodes: frozenset[bytes] | None) -> tuple[Finding, ...]:
+    if registered_nodes is None or contribution.node_key in registered_nodes:
+        return ()
+    return _contribution_finding("node-registered", 1.0, 0.0)
+
+
+def check_samples_root(contribution: Contribution) -> tuple[Finding, ...]:
+    actual = samples_root(contribution.samples)
+    if actual == contribution.samples_root:
+        return ()
+    return _contribution_finding("samples-root48", hash48(actual), hash48(contribution.samples_root))
+
+
+def check_prompt_set(announcement: RoundAnnouncement, contribution: Contribution) -> tuple[Finding, ...]:
+    """Exactly prompts 0..P-1, each group_size times, groups contiguous: no cherry-picking."""
+    group = contribution.strategy.group_size
+    expected = [i for i in range(announcement.prompts_per_node) for _ in range(group)]
+    claimed = [s.prompt_index for s in contribution.samples]
+    if len(claimed) != len(expected):
+        return _contribution_finding("sample-count", len(expected), len(claimed))
+    return tuple(
+        Finding(position, "prompt-index", float(e), float(c))
+        for position, (e, c) in enumerate(zip(expected, claimed))
+        if e != c
+    )
+
+
+def check_sample_shape(contribution: Contribution, vocab_size: int | None) -> tuple[Finding, ...]:
+    """Non-empty completions within max_new_tokens; token ids below `vocab_size` when given."""
+    limit = contribution.strategy.max_new_tokens
+    findings = []
+    for index, sample in enumerate(contribution.samples):
+        length = len(sample.completion_ids)
+        if length == 0:
+            findings.append(Finding(index, "completion-length", 1.0, 0.0))
+        elif length > limit:
+            findings.append(Finding(index, "completion-length", float(limit), float(length)))
+        elif vocab_size is not None and max(sample.completion_ids) >= vocab_size:
+            findings.append(Finding(index, "token-id", float(vocab_size - 1), float(max(sample.completion_ids))))
+    return tuple(findings)
+
+
+REPLAY_SAMPLE_FRACTION = 0.5  # more than this share of seen samples makes a contribution a replay
+
+
+def check_replay(
+    contribution: Contribution, seen_sample_hashes: frozenset[bytes], seen_gradient_digests: frozenset[bytes],
+    digests: ContributionDigests | None = None,
+) -> tuple[Finding, ...]:
+    """A replay resends a gradient already accepted, or most of a set of samples already accepted.
+
+    Single seen samples are not evidence: on a small task set an honest, nearly deterministic
+    model answers a recurring question with bit-identical tokens and logprobs, in another round
+    or at another node. Copies made by a cheater are wholesale, and any copied sample that
+    escapes this rule still has to pass the prompt, reward and logprob checks for its new sender.
+    """
+    digests = digests or contribution_digests(contribution)
+    findings = [
+        Finding(index, "sample-seen", 0.0, 1.0)
+        for index, hashed in enumerate(digests.sample_hashes)
+        if hashed in seen_sample_hashes
+    ]
+    if len(findings) <= REPLAY_SAMPLE_FRACTION * len(digests.sample_hashes):
+        findings = []
+    if digests.gradient_digest in seen_gradient_digests:
+        findings += _contribution_finding("gradient-seen", 0.0, 1.0)
+    return tuple(findings)
+
+
+def recompute_rewards(
+    announcement: RoundAnnouncement, contribution: Contribution, texts: Sequence[str], config: RewardConfig,
+    indices: Sequence[int] | None = None,
+) -> dict[int, RewardBreakdown]:
+    """`score_completion` of each sample's decoded text against its regenerated task."""
+    strategy = validate_strategy(contribution.strategy)
+    tasks = node_tasks(announcement, contribution.node_key)
+    chosen = range(len(contribution.samples)) if indices is None else indices
+    result = {}
+    for index, text in zip(chosen, texts):
+        sample = contribution.samples[index]
+        result[index] = score_completion(
+            tasks[sample.prompt_index], text, len(sample.completion_ids), strategy.max_new_tokens,
+            CLAIMED_REWARD_OVERLONG_BUFFER, config,
+        )
+    return result
+
+
+def reward_findings(contribution: Contribution, recomputed: dict[int, RewardBreakdown]) -> tuple[Finding, ...]:
+    """One finding per differing component, e.g. check "reward:accuracy", expected 0, claimed 1."""
+    findings = []
+    for index in sorted(recomputed):
+        claimed = contribution.samples[index].rewards
+        for component in differing_components(claimed, recomputed[index], REWARD_TOLERANCE):
+            findings.append(Finding(
+                index, f"reward:{component}", getattr(recomputed[index], component), getattr(claimed, component)
+            ))
+    return tuple(findings)
+
+
+# --- the whole pipeline --------------------------------------------------------------------------
+
+
+def _report(reason: str, findings, digests: ContributionDigests, checked=(), audit: str = "") -> VerificationReport:
+    return VerificationReport(
+        reason=reason, findings=tuple(findings)[:MAX_FINDINGS], checked_samples=tuple(checked), gradient_audit=audit,
+        contribution_hash=digests.contribution_hash, sample_hashes=digests.sample_hashes,
+        gradient_digest=digests.gradient_digest,
+    )
+
+
+def model_free_checks(
+    announcement: RoundAnnouncement, contribution: Contribution, context: VerificationContext,
+    vocab_size: int | None = None, digests: ContributionDigests | None = None,
+) -> list[tuple[str, Callable[[], tuple[Finding, ...]]]]:
+    """The checks before rewards, in order, as (reason, thunk) pairs."""
+    return [
+        (REASON_BAD_SIGNATURE, lambda: check_signature(contribution)),
+        (REASON_WRONG_ROUND, lambda: check_round_binding(announcement, contribution)),
+        (REASON_UNKNOWN_NODE, lambda: check_registered(contribution, context.registered_nodes)),
+        (REASON_SAMPLES_ROOT, lambda: check_samples_root(contribution)),
+        (REASON_PROMPT_SET, lambda: check_prompt_set(announcement, contribution)),
+        (REASON_SAMPLE_SHAPE, lambda: check_sample_shape(contribution, vocab_size)),
+        (REASON_REPLAY, lambda: check_replay(
+            contribution, context.seen_sample_hashes, context.seen_gradient_digests, digests)),
+    ]
+
+
+def first_failure(checks) -> tuple[str, tuple[Finding, ...]] | None:
+    for reason, run in checks:
+        findings = run()
+        if findings:
+            return reason, findings
+    return None
+
+
+def verify_contribution(
+    announcement: RoundAnnouncement, contribution: Contribution, model, tokenizer, context: VerificationContext,
+    reference_model=None,
+) -> VerificationReport:
+    """Every check of the module docstring, in order; the report of the first that fails, or ok.
+
+    `model` must be the round's model (hash `announcement.model_hash`, float32, eval mode); the
+    caller vouches for that (the coordinator announced it; `rerun_evidence` checks it). The
+    announcement's own signature is the caller's to check. `reference_model` (the KL reference)
+    is needed only to audit the gradient of a strategy with beta > 0. Deterministic for fixed
+    inputs on a fixed device; the model is not modified.
+    """
+    vocab_size = int(model.get_input_embeddings().num_embeddings)
+    digests = contribution_digests(contribution)
+    failed = first_failure(model_free_checks(announcement, contribution, context, vocab_size, digests))
+    if failed:
+        return _report(*failed, digests)
+    texts = [completion_text(tokenizer, s.completion_ids) for s in contribution.samples]
+    recomputed = recompute_rewards(announcement, contribution, texts, context.reward_config)
+    findings = reward_findings(contribution, recomputed)
+    if findings:
+        return _report(REASON_REWARD_MISMATCH, findings, digests)
+    return _model_audit(announcement, contribution, digests, model, tokenizer, context, recomputed, reference_model)
+
+
+def decode_audited_gradient(gradient: GradientPayload, shapes: dict[str, tuple[int, ...]], names) -> dict[str, Tensor]:
+    """The submitted tensors named in `names`, decoded and checked against the model's shapes.
+
+    Only the audited tensors are materialised; the payload's full name set must still be the
+    model's (intake has already decoded all of it for aggregation).
+    """
+    if [blob.name for blob in gradient.tensors] != sorted(shapes):
+        raise GradientCodecError("gradient tensor names differ from the model's parameters")
+    wanted = set(names)
+    subset = GradientPayload(gradient.compression, tuple(b for b in gradient.tensors if b.name in wanted))
+    return decode_gradient(subset, {name: shapes[name] for name in sorted(wanted)})
+
+
+def _model_audit(announcement, contribution, digests, model, tokenizer, context, rewards, reference_model):
+    policy, samples = context.policy, contribution.samples
+    strategy = validate_strategy(contribution.strategy)
+    plan = audit_plan(announcement.seed, digests.contribution_hash, context.beacon, len(samples), policy)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    names = audited_parameter_names(model, plan.gradient, policy.probe_tensors) if plan.gradient != GRADIENT_NONE else ()
+    try:
+        claimed = decode_audited_gradient(contribution.gradient, shapes, names)
+    except ProtocolError:
+        return _report(REASON_MALFORMED_GRADIENT, _contribution_finding("gradient-decode", 1.0, 0.0), digests)
+    prompts = prompt_ids_for(announcement, contribution.node_key, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    recomputation = None
+    if plan.gradient == GRADIENT_NONE:
+        rescored = rescore_logprobs(model, prompts, samples, plan.rescored, strategy.temperature, pad)
+    else:
+        ordered = [rewards[i] for i in range(len(samples))]
+        recomputation = recompute_gradient(
+            model, prompts, samples, ordered, strategy, names, pad, context.reward_config, reference_model
+        )
+        rescored = recomputation.logprobs
+    findings = logprob_findings(samples, rescored, policy.logprob_tolerance)
+    if findings:
+        return _report(REASON_LOGPROB_MISMATCH, findings, digests, plan.rescored, plan.gradient)
+    if recomputation is not None:
+        findings = gradient_findings(claimed, recomputation.gradients, contribution.gradient.compression, policy)
+        if findings:
+            return _report(REASON_GRADIENT_MISMATCH, findings, digests, plan.rescored, plan.gradient)
+    return _report(REASON_OK, (), digests, plan.rescored, plan.gradient)
+
+
+def verdict_for(report: VerificationReport, contribution: Contribution, evidence_hash: bytes) -> Verdict:
+    """The unsigned `Verdict` of a report; the coordinator signs it with `sign_message`."""
+    return Verdict(
+        chain_id=contribution.chain_id, run_id=contribution.run_id, round_id=contribution.round_id,
+        node_key=contribution.node_key, contribution_hash=report.contribution_hash, accepted=report.accepted,
+        reason=report.reason, checked_samples=report.checked_samples, findings=report.findings,
+        evidence_hash=evidence_hash,
+    )
+
+
+def with_seen(context: VerificationContext, report: VerificationReport) -> VerificationContext:
+    """The context after accepting `report`: its samples and gradient join the seen sets."""
+    if not report.accepted:
+        return context
+    return replace(
+        context,
+        seen_sample_hashes=context.seen_sample_hashes | frozenset(report.sample_hashes),
+        seen_gradient_digests=context.seen_gradient_digests | frozenset({report.gradient_digest}),
+    )
