@@ -67,6 +67,32 @@ class EvalConfig(_Section):
     template: str = "r1"
 
 
+class ChainConfig(_Section):
+    """Settlement on an EVM chain. The coordinator's EVM key is its keystore's (`identity.key_dir`)
+    unless `private_key_env` names an environment variable holding a 0x-hex key. Token amounts are
+    decimal strings of whole tokens (e.g. "0.05")."""
+
+    rpc_url: str
+    deployment_file: Path | None = None  # a Deployment JSON; else `ledger` (discovered from the chain)
+    ledger: str | None = None
+    from_block: int = Field(0, ge=0)  # with `ledger` only: the deployment block, for event scans
+    private_key_env: str | None = None
+    reward_per_sample: str = "0.01"  # tokens per verified sample at score 1.0
+    slash_amount: str = "5"  # tokens slashed per failed contribution (capped at the stake)
+    evidence_dir: Path | None = None  # default: <data_dir>/evidence
+
+
+class VerificationConfig(_Section):
+    """Re-scoring of every contribution (docs/verification.md). Runs whenever `[chain]` is set;
+    `enabled = true` turns it on for a mesh without a chain (no registry, nothing paid)."""
+
+    enabled: bool = False
+    logprob_samples: int = Field(8, ge=1)
+    probe_rate: float = Field(1.0, ge=0, le=1)
+    full_gradient_rate: float = Field(0.1, ge=0, le=1)
+    probe_tensors: int = Field(16, ge=1)
+
+
 class ObservabilityConfig(_Section):
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)  # 0 picks a free port (written to port_file)
@@ -88,6 +114,12 @@ class CoordinatorConfig(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     eval: EvalConfig = EvalConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    chain: ChainConfig | None = None
+    verification: VerificationConfig = VerificationConfig()
+
+    @property
+    def verifies(self) -> bool:
+        return self.chain is not None or self.verification.enabled
 
 
 def load_coordinator_config(path: str | Path | None, environ=None) -> CoordinatorConfig:

@@ -7,6 +7,10 @@ its P2P replica, the stream handlers and the HTTP status server live on this eve
 tensor work (aggregation, evaluation, checkpoint writes) runs in a worker thread so handlers
 keep answering. A round's outcome is committed only by the checkpoint rename: a coordinator
 killed at any point resumes at the last committed version and round, re-announcing that round.
+
+With `[chain]` (or `[verification] enabled`), every contribution is re-scored as it arrives
+(`verifier.py`); at close the round's settlement intent is journaled before the checkpoint commits
+it, and sent after (`settlement.py`), so a restart re-sends exactly what was committed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from thinkmesh.coordinator.config import CoordinatorConfig
 from thinkmesh.coordinator.evaluation import evaluate
 from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
 from thinkmesh.coordinator.p2p_service import CoordinatorService
+from thinkmesh.coordinator.settlement import RoundSettler, SettlementJournal
+from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.encoding import decode_message
 from thinkmesh.protocol.identity import NodeIdentity
@@ -51,10 +57,29 @@ def write_identity_file(path: Path, identity: NodeIdentity) -> Path:
     return path
 
 
+def load_tokenizer(directory: Path):
+    """A `tokenizer.json` loads as exactly that (`PreTrainedTokenizerFast`): transformers 5's
+    `AutoTokenizer` picks a class from `model_type`, which for the devnet's character tokenizer
+    drops spaces, and nodes and verifier must decode completions to the same text."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, identity: NodeIdentity):
+    def __init__(self, config: CoordinatorConfig, identity: NodeIdentity, evm_private_key: bytes | None = None):
         self.config = config
         self.identity = identity
+        self.evm_private_key = evm_private_key
+        self.verifier: ContributionVerifier | None = None
+        self.settler: RoundSettler | None = None
         self.phase = "starting"
         self.round_id = 0
         self.version = 0
@@ -85,16 +110,13 @@ class Coordinator:
 
     def _load_model(self):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         model = AutoModelForCausalLM.from_pretrained(str(self.config.base_model), dtype=torch.float32,
                                                      attn_implementation="sdpa").to(self.config.device)
-        tokenizer = AutoTokenizer.from_pretrained(str(self.config.base_model))
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(self.config.base_model)
         agg = self.config.aggregation
         optimizer = torch.optim.AdamW(model.parameters(), lr=agg.lr, betas=agg.betas, weight_decay=agg.weight_decay)
         return model.eval(), tokenizer, optimizer
@@ -145,7 +167,8 @@ class Coordinator:
         close_when = self.config.round.close_when
         while True:
             self.service.on_accept.clear()
-            if close_when and len(self.intake.current.accepted) >= close_when:
+            current = self.intake.current
+            if close_when and len(current.accepted) + len(current.rejected) >= close_when:  # one verdict each
                 return "all-arrived"
             remaining = announcement.deadline_ms / 1000 - time.time()
             if remaining <= 0:
@@ -157,6 +180,12 @@ class Coordinator:
 
     def _aggregate_and_commit(self, closed: OpenRound, next_round: int) -> dict:
         """Worker thread: the update, the new version, its evaluation and the checkpoint."""
+        if self.verifier is not None:
+            with self.verifier.lock:  # a verification still in flight uses the round's weights
+                return self._aggregate(closed)
+        return self._aggregate(closed)
+
+    def _aggregate(self, closed: OpenRound) -> dict:
         agg = self.config.aggregation
         items = [WeightedGradient(c.gradients, float(c.samples)) for c in closed.accepted.values()]
         grad = aggregate(items, agg.rule, agg.clip_norm, agg.centered_clip_iters)
@@ -180,6 +209,9 @@ class Coordinator:
     async def run_round(self, round_id: int) -> dict:
         self.round_id = round_id
         announcement = self._announcement(round_id)
+        if self.verifier is not None:
+            await asyncio.to_thread(self.verifier.open_round, round_id)
+            await asyncio.to_thread(self.settler.open_round, round_id, announcement.model_hash, announcement.seed)
         self.intake.open(announcement)
         self.phase = "collecting"
         stored = await self.dht.store(announcement_key(self.config.run_id), encode_message(announcement),
@@ -189,6 +221,7 @@ class Coordinator:
         started = time.time()
         closed_by = await self._collect(announcement)
         closed = self.intake.close()
+        rejected_peers = {r.peer_id for r in closed.rejected.values()}
         self.phase = "aggregating"
         before = (self.manifest.version, self.manifest.model_hash.hex())
         record = {
@@ -198,16 +231,31 @@ class Coordinator:
                  "compression": c.compression, "gradient_bytes": c.gradient_bytes, "upload_bytes": c.upload_bytes,
                  "mean_reward": c.mean_reward, "accuracy": c.accuracy}
                 for c in closed.accepted.values()],
-            "refusals": [dataclasses.asdict(r) for r in closed.refusals],
+            "refusals": [dataclasses.asdict(r) for r in closed.refusals if r.peer_id not in rejected_peers],
+            "rejected": [{"peer_id": r.peer_id, "reason": r.reason, "evidence_hash": r.verified.evidence_hash.hex()}
+                         for r in closed.rejected.values()],
         }
         if len(closed.accepted) >= self.config.round.min_contributions:
             record.update(await asyncio.to_thread(self._aggregate_and_commit, closed, round_id + 1))
         record.update({"model_version_after": self.manifest.version, "model_hash_after": self.manifest.model_hash.hex(),
                        "duration_s": round(time.time() - started, 3)})
+        intent = None
+        if self.settler is not None:
+            intent = await asyncio.to_thread(
+                self.settler.record, round_id, announcement.seed, [c.verified for c in closed.accepted.values()],
+                [r.verified for r in closed.rejected.values()], self.evals[-1].get("accuracy", 0.0))
+            record["settlement"] = {"traces_root": intent.traces_root.hex(), "stats": dataclasses.asdict(intent.stats),
+                                    "awards": [dataclasses.asdict(a) for a in intent.awards],
+                                    "slashes": [{"node": s.node, "reason": s.reason, "evidence_hash": s.evidence_hash.hex()}
+                                                for s in intent.slashes]}
         self.rounds.append(record)
         await asyncio.to_thread(self._commit, round_id + 1)
+        if intent is not None:
+            self.verifier.commit_round(round_id, [c.verified for c in closed.accepted.values()])
         self.service.publish(self.manifest, self.chunks)
         self.version = self.manifest.version
+        if intent is not None:
+            await asyncio.to_thread(self.settler.send, intent)
         logger.info("round %d closed by %s with %d contributions -> version %d", round_id, closed_by,
                     len(closed.accepted), self.version, extra={"event": "round", **record})
         return record
@@ -226,9 +274,12 @@ class Coordinator:
             if not self.evals:
                 self.evals.append(await asyncio.to_thread(self._evaluate))
             shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+            if cfg.verifies:
+                await asyncio.to_thread(self._start_verification, next_round)
             self.intake = ContributionIntake(
                 chain_id=cfg.chain_id, run_id=cfg.run_id, param_shapes=shapes, max_bytes=cfg.intake.max_contribution_bytes,
                 allowed_nodes=frozenset(cfg.intake.allowed_nodes), compressions=frozenset(cfg.intake.compressions),
+                verify=self.verifier.verify if self.verifier is not None else None,
             )
             self.service = CoordinatorService(self.p2p, cfg.run_id, self.intake)
             await self.service.start()
@@ -249,6 +300,34 @@ class Coordinator:
             await stop.wait()
         finally:
             await self.shutdown()
+
+    def _start_verification(self, next_round: int) -> None:
+        """Worker thread: the chain clients, the verifier, and the restart recovery of settlements."""
+        from thinkmesh.coordinator.settlement import connect_chain
+        from thinkmesh.protocol.audit import AuditPolicy
+
+        cfg = self.config
+        ver = cfg.verification
+        policy = AuditPolicy(logprob_samples=ver.logprob_samples, probe_rate=float(ver.probe_rate),
+                             full_gradient_rate=float(ver.full_gradient_rate), probe_tensors=ver.probe_tensors)
+        chain = connect_chain(cfg, self.evm_private_key) if cfg.chain is not None else None
+        evidence_dir = (cfg.chain.evidence_dir if cfg.chain and cfg.chain.evidence_dir else cfg.data_dir / "evidence")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        reference = AutoModelForCausalLM.from_pretrained(  # the KL reference of beta > 0 strategies
+            str(cfg.base_model), dtype=torch.float32, attn_implementation="sdpa").to(cfg.device).eval()
+        self.verifier = ContributionVerifier(
+            model=self.model, tokenizer=self.tokenizer, policy=policy, coordinator_seed=self.identity.seed(),
+            evidence_dir=evidence_dir, archive=ContributionArchive(cfg.data_dir / "contributions"),
+            registry=chain.registry if chain else None, reference_model=reference.requires_grad_(False),
+        )
+        journal = SettlementJournal(cfg.data_dir / "settlement")
+        self.settler = RoundSettler(journal, chain.signer if chain else None,
+                                    reward_per_sample=chain.reward_per_sample if chain else 0,
+                                    slash_amount=chain.slash_amount if chain else 0)
+        for intent in self.settler.recover(next_round):
+            self.verifier.committed.add_intent(intent)
 
     def _write_maddrs(self) -> None:
         maddrs = [str(m) for m in self.dht.get_visible_maddrs()]

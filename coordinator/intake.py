@@ -9,16 +9,19 @@ round's state changes in one place only:
    unknown-node; a second upload from one node -> duplicate.
 2. `decode` (pure, may run in a worker thread): canonical `Contribution` bytes, signature by the
    node key, header/body agreement, announced round and model, a gradient that decodes to the
-   model's exact names and shapes. This issue accepts every well-formed contribution; re-scoring
-   (verification) plugs in here later.
-3. `admit` (event loop): re-checks deadline and duplicates, then records the contribution.
+   model's exact names and shapes. With a `verify` hook (the coordinator's `ContributionVerifier`)
+   every contribution that is signed for the open round and model is then re-scored; a failing
+   verdict becomes a `RejectedContribution` (it carries the evidence and is slashed at settlement).
+3. `admit` (event loop): re-checks deadline and duplicates, then records the contribution (in
+   `accepted`, or in `rejected` for a failed verdict: a node gets one verdict per round).
 A refusal at any step leaves the round exactly as it was, apart from the refusal log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -30,6 +33,15 @@ from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, samples
 from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.strategies import validate_strategy
 from thinkmesh.protocol.transport import Receipt, RefusalReason, UploadHeader, refusal
+
+
+# The receipt a failed verdict gets: the wire's refusal reasons predate verification, so every
+# verdict without its own reason is reported as malformed, with the verdict named in the detail.
+VERDICT_REFUSALS = {
+    "bad-signature": RefusalReason.BAD_SIGNATURE,
+    "wrong-round": RefusalReason.WRONG_ROUND,
+    "unknown-node": RefusalReason.UNKNOWN_NODE,
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,19 @@ class AcceptedContribution:
     mean_reward: float
     accuracy: float
     arrived_ms: int
+    verified: Any = None  # the `VerifiedContribution` when a verify hook ran
+
+
+@dataclass(frozen=True)
+class RejectedContribution:
+    """A signed contribution whose verdict failed: kept for settlement (slashing), never aggregated."""
+
+    node_key: bytes
+    peer_id: str
+    round_id: int
+    reason: str
+    detail: str
+    verified: Any  # the `VerifiedContribution` (report, evidence path and hash)
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,7 @@ class Refusal:
 class OpenRound:
     announcement: RoundAnnouncement
     accepted: dict[bytes, AcceptedContribution] = field(default_factory=dict)
+    rejected: dict[bytes, RejectedContribution] = field(default_factory=dict)
     refusals: list[Refusal] = field(default_factory=list)
 
 
@@ -76,6 +102,7 @@ class ContributionIntake:
         max_bytes: int,
         allowed_nodes: frozenset[str] = frozenset(),
         compressions: frozenset[str] = frozenset({"none", "fp16", "uniform8", "blockwise8"}),
+        verify: Callable[[RoundAnnouncement, Contribution], Any] | None = None,
     ):
         self.chain_id = chain_id
         self.run_id = run_id
@@ -83,6 +110,7 @@ class ContributionIntake:
         self.max_bytes = max_bytes
         self.allowed_nodes = allowed_nodes
         self.compressions = compressions
+        self.verify = verify
         self.current: OpenRound | None = None
         self.refusal_counts: dict[str, int] = {}
 
@@ -118,11 +146,13 @@ class ContributionIntake:
             return self._refuse(sender, header.round_id, RefusalReason.WRONG_PEER, f"header names {claimed}, stream is from {sender}")
         if self.allowed_nodes and sender not in self.allowed_nodes:
             return self._refuse(sender, header.round_id, RefusalReason.UNKNOWN_NODE, f"{sender} is not admitted")
-        if header.node_key in current.accepted:
+        if header.node_key in current.accepted or header.node_key in current.rejected:
             return self._refuse(sender, header.round_id, RefusalReason.DUPLICATE, "this node already contributed")
         return None
 
-    def decode(self, header: UploadHeader, body: bytes, now_ms: int) -> AcceptedContribution | tuple[RefusalReason, str]:
+    def decode(
+        self, header: UploadHeader, body: bytes, now_ms: int
+    ) -> AcceptedContribution | RejectedContribution | tuple[RefusalReason, str]:
         """Pure: the accepted record, or (reason, detail). Safe to call from a worker thread."""
         announcement = self.current.announcement if self.current is not None else None
         if announcement is None:
@@ -143,6 +173,16 @@ class ContributionIntake:
             return RefusalReason.WRONG_ROUND, f"contribution for round {contribution.round_id}, open round is {announcement.round_id}"
         if contribution.model_hash != announcement.model_hash:
             return RefusalReason.WRONG_MODEL, f"computed on 0x{contribution.model_hash.hex()[:16]}, announced 0x{announcement.model_hash.hex()[:16]}"
+        verified = None
+        if self.verify is not None:
+            try:
+                verified = self.verify(announcement, contribution)
+            except ProtocolError as exc:  # a contribution the pipeline cannot run on (e.g. no KL reference)
+                return RefusalReason.MALFORMED, f"verification could not run: {exc}"
+            if not verified.accepted:
+                detail = f"verification: {verified.report.reason} (evidence 0x{verified.evidence_hash.hex()[:16]})"
+                return RejectedContribution(contribution.node_key, peer_id_from_public_key(contribution.node_key),
+                                            contribution.round_id, verified.report.reason, detail, verified)
         try:
             strategy = validate_strategy(contribution.strategy)
             if samples_root(contribution.samples) != contribution.samples_root:
@@ -160,10 +200,13 @@ class ContributionIntake:
             upload_bytes=len(body), strategy=strategy.name, loss=strategy.loss,
             mean_reward=sum(rewards) / len(rewards),
             accuracy=sum(s.rewards.accuracy for s in contribution.samples) / len(contribution.samples),
-            arrived_ms=now_ms,
+            arrived_ms=now_ms, verified=verified,
         )
 
-    def admit(self, header: UploadHeader, sender: str, outcome: AcceptedContribution | tuple[RefusalReason, str], now_ms: int) -> Receipt:
+    def admit(
+        self, header: UploadHeader, sender: str,
+        outcome: AcceptedContribution | RejectedContribution | tuple[RefusalReason, str], now_ms: int,
+    ) -> Receipt:
         if isinstance(outcome, tuple):
             return self._refuse(sender, header.round_id, outcome[0], outcome[1])
         current = self.current
@@ -171,7 +214,11 @@ class ContributionIntake:
             return self._refuse(sender, header.round_id, RefusalReason.LATE, "the round closed while the body arrived")
         if now_ms > current.announcement.deadline_ms:
             return self._refuse(sender, header.round_id, RefusalReason.LATE, "the body arrived after the deadline")
-        if outcome.node_key in current.accepted:
+        if outcome.node_key in current.accepted or outcome.node_key in current.rejected:
             return self._refuse(sender, header.round_id, RefusalReason.DUPLICATE, "this node already contributed")
+        if isinstance(outcome, RejectedContribution):
+            current.rejected[outcome.node_key] = outcome
+            return self._refuse(sender, header.round_id, VERDICT_REFUSALS.get(outcome.reason, RefusalReason.MALFORMED),
+                                outcome.detail)
         current.accepted[outcome.node_key] = outcome
         return refusal(outcome.round_id, RefusalReason.OK, f"accepted {outcome.samples} samples")

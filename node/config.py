@@ -36,14 +36,19 @@ class StrategyConfig(_Section):
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    overlong_buffer: int | None = None  # DAPO's soft length penalty window, in tokens
+    dynamic_sampling: bool | None = None  # DAPO: drop groups whose rewards are all equal
 
     def spec(self) -> StrategySpec:
-        """The preset with the overrides applied (DAPO's overlong buffer shrinks to fit)."""
+        """The preset with the overrides applied (DAPO's overlong buffer shrinks to fit unless set)."""
         base = strategy_from_name(self.preset)
-        overrides = {k: v for k, v in (("group_size", self.group_size), ("max_new_tokens", self.max_new_tokens),
-                                       ("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+        pairs = (("group_size", self.group_size), ("max_new_tokens", self.max_new_tokens),
+                 ("temperature", self.temperature), ("top_p", self.top_p),
+                 ("overlong_buffer", self.overlong_buffer), ("dynamic_sampling", self.dynamic_sampling))
+        overrides = {k: v for k, v in pairs if v is not None}
         spec = dataclasses.replace(base, **overrides)
-        if spec.overlong_buffer >= spec.max_new_tokens or (base.overlong_buffer and "max_new_tokens" in overrides):
+        shrink = spec.overlong_buffer >= spec.max_new_tokens or (base.overlong_buffer and "max_new_tokens" in overrides)
+        if shrink and "overlong_buffer" not in overrides:
             spec = dataclasses.replace(spec, overlong_buffer=spec.max_new_tokens // 5)
         return validate_strategy(spec)
 
@@ -54,6 +59,18 @@ class RoundConfig(_Section):
     compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "uniform8"
     template: str = "r1"
     upload_timeout_s: float = Field(120.0, gt=0)
+
+
+class ChainConfig(_Section):
+    """The ledger this node is paid on. The node registers itself (signing with its keystore's EVM
+    key) unless it already is; `stake` is a decimal string of whole tokens."""
+
+    rpc_url: str
+    deployment_file: Path | None = None  # a Deployment JSON; else `ledger` (discovered from the chain)
+    ledger: str | None = None
+    stake: str = "10"
+    auto_register: bool = True
+    endpoint: str = ""  # published with the registration (a multiaddr or URL)
 
 
 class ObservabilityConfig(_Section):
@@ -76,6 +93,11 @@ class NodeConfig(_Section):
     strategy: StrategyConfig = StrategyConfig()
     round: RoundConfig = RoundConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    chain: ChainConfig | None = None
+    # Adversarial mode for tests and the devnet (node/cheats.py); copy-peer needs another node's
+    # contribution, which a node of the star never sees, so it is verification-level only.
+    cheat: Literal["fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient",
+                   "replay"] | None = None
 
 
 def load_node_config(path: str | Path | None, environ=None) -> NodeConfig:

@@ -9,11 +9,16 @@ object stays on the main thread's event loop.
 A node holds one model version. It fetches a version only when the announced (or, when idle,
 the coordinator's head) hash differs from the one it holds, and it persists what it fetched
 (checked again on load), so a restarted node catches up from where it was.
+
+The round's work is `cheats.honest_contribution` (node/train_step.py's rollouts and gradient,
+exactly what the coordinator's verifier recomputes); with `cheat` set, `cheats.apply_cheat` turns
+it into that mode's contribution. With `[chain]`, the node registers itself before its first round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import sys
@@ -21,11 +26,9 @@ import time
 from pathlib import Path
 
 from thinkmesh.node.config import NodeConfig
-from thinkmesh.node.contribution_step import rollout_and_gradient
 from thinkmesh.node.p2p_client import FetchedModel, fetch_model, upload_contribution
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
 from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.messages import (
     ZERO_HASH,
@@ -35,9 +38,8 @@ from thinkmesh.protocol.messages import (
     decode_message,
     encode_message,
     message_hash,
-    samples_root,
-    sign_message,
 )
+from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.model_manifest import (
     ManifestError,
     assign_parameters,
@@ -52,10 +54,30 @@ logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
 
 
+def load_tokenizer(directory: Path):
+    """`tokenizer.json` as `PreTrainedTokenizerFast` (transformers 5's AutoTokenizer picks a class
+    from `model_type`, which drops spaces for the devnet's character tokenizer), left-padded."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class NodeDaemon:
-    def __init__(self, config: NodeConfig, identity: NodeIdentity):
+    def __init__(self, config: NodeConfig, identity: NodeIdentity, keys=None):
+        """`keys` (the keystore's `UnlockedKeys`) is needed only to register on chain."""
         self.config = config
         self.identity = identity
+        self.keys = keys
+        self.reference_model = self.stale_model = None
+        self.last_contribution: Contribution | None = None
+        self.registration: dict | None = None
         self.coordinator_key = public_key_from_peer_id(config.coordinator_peer_id)
         self.strategy = config.strategy.spec()
         self.phase = "starting"
@@ -93,17 +115,16 @@ class NodeDaemon:
 
     def _load_model(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         base = str(self.config.base_model)
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
         self.model = self.model.to(self.config.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.strategy.beta > 0:  # the KL reference: the base model, frozen
+            self.reference_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.tokenizer = load_tokenizer(self.config.base_model)
         self.architecture = canonical_architecture(self.model.config.to_dict())
         self.model_hash = parameters_hash(model_parameters(self.model), self.architecture)
         cache = self.config.data_dir / MODEL_CACHE
@@ -119,6 +140,8 @@ class NodeDaemon:
         if manifest.architecture != self.architecture:
             raise ManifestError("the coordinator's model has another architecture than base_model")
         tensors = load_state_dict(manifest, chunks)
+        if self.config.cheat == "stale-model" and manifest.model_hash != self.model_hash:
+            self.stale_model = copy.deepcopy(self.model)  # the version this one replaces
         assign_parameters(self.model, tensors)
         if persist:
             import torch
@@ -158,16 +181,46 @@ class NodeDaemon:
         return check_announcement_bytes(found.value, chain_id=self.config.chain_id, run_id=self.config.run_id,
                                         coordinator_key=self.coordinator_key)
 
-    def _work(self, announcement: RoundAnnouncement):
-        result = rollout_and_gradient(self.model, self.tokenizer, announcement, self.identity.public_key,
-                                      self.strategy, self.config.round.template)
-        gradient = encode_gradient(result.gradients, self.config.round.compression)
-        contribution = sign_message(Contribution(
-            chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
-            node_key=self.identity.public_key, model_hash=announcement.model_hash, strategy=self.strategy,
-            samples=result.samples, samples_root=samples_root(result.samples), gradient=gradient,
-        ), self.identity)
-        return result, contribution
+    def _work(self, announcement: RoundAnnouncement) -> tuple[dict, Contribution]:
+        from thinkmesh.node.cheats import CheatInputs, apply_cheat, honest_contribution
+
+        started = time.perf_counter()
+        honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, self.strategy,
+                                     self.config.round.compression, self.reference_model)
+        contribution = honest
+        mode = self.config.cheat
+        ready = {"stale-model": self.stale_model is not None, "replay": self.last_contribution is not None}
+        if mode is not None and ready.get(mode, True):
+            contribution = apply_cheat(mode, CheatInputs(
+                announcement=announcement, identity=self.identity, honest=honest, model=self.model,
+                tokenizer=self.tokenizer, stale_model=self.stale_model, old=self.last_contribution,
+                seed=announcement.round_id,
+            ))
+            logger.warning("round %d: sending a %s contribution (cheat mode)", announcement.round_id, mode)
+        elif mode is not None:
+            logger.info("round %d: %s has nothing to cheat with yet; sending honest work", announcement.round_id, mode)
+        self.last_contribution = honest
+        samples = contribution.samples
+        summary = {"samples": len(samples), "mean_reward": sum(total_reward(s.rewards) for s in samples) / len(samples),
+                   "work_s": round(time.perf_counter() - started, 3), "cheat": mode if contribution is not honest else None}
+        return summary, contribution
+
+    def _ensure_registered(self) -> dict:
+        """Registers this node's EVM account with its identity binding unless it is registered."""
+        from thinkmesh.node.operator_commands import connect_node_client
+        from thinkmesh.protocol.ledger import NodeStatus, tokens
+
+        chain = self.config.chain
+        client = connect_node_client(chain, self.keys)
+        record = client.node()
+        sent = False
+        if record.status == NodeStatus.NONE and chain.auto_register:
+            client.register(self.keys.binding, tokens(chain.stake), self.strategy.name, chain.endpoint)
+            record, sent = client.node(), True
+        logger.info("on chain as %s: %s, stake %d%s", record.address, record.status.name.lower(), record.stake,
+                    " (registered now)" if sent else "")
+        return {"address": record.address, "status": record.status.name.lower(), "stake": str(record.stake),
+                "registered_now": sent}
 
     async def take_part(self, announcement: RoundAnnouncement) -> None:
         key = message_hash(announcement)
@@ -188,9 +241,8 @@ class NodeDaemon:
         self.counters["contributions_accepted"] += int(receipt.accepted)
         self.last_receipt = {"round_id": receipt.round_id, "reason": receipt.reason, "detail": receipt.detail}
         self.history.append({"round_id": announcement.round_id, "model_version": announcement.model_version,
-                             "reason": receipt.reason, "samples": len(result.samples), "upload_bytes": sent,
-                             "gradient_bytes": contribution.gradient.nbytes, "mean_reward": result.mean_reward,
-                             "rollout_s": round(result.rollout_s, 3), "backward_s": round(result.backward_s, 3),
+                             "reason": receipt.reason, "detail": receipt.detail, "upload_bytes": sent,
+                             "gradient_bytes": contribution.gradient.nbytes, **result,
                              "total_s": round(time.time() - started, 3)})
         log = logger.info if receipt.accepted else logger.warning
         log("round %d: %s (%s)", announcement.round_id, receipt.reason, receipt.detail,
@@ -216,6 +268,8 @@ class NodeDaemon:
         try:
             self.p2p = await self.dht.replicate_p2p()
             await asyncio.to_thread(self._load_model)
+            if self.config.chain is not None:
+                self.registration = await asyncio.to_thread(self._ensure_registered)
             await self._start_status()
             self.phase = "idle"
             logger.info("node %s (%s, %s) joined; holding 0x%s", self.identity.peer_id, self.strategy.name,
@@ -249,6 +303,7 @@ class NodeDaemon:
                 "strategy": self.strategy.name, "compression": self.config.round.compression,
                 "model_version": self.model_version, "model_hash": self.model_hash.hex(),
                 "counters": self.counters, "last_receipt": self.last_receipt, "history": self.history,
+                "cheat": self.config.cheat, "chain": self.registration,
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def gauges(self) -> dict[str, float]:

@@ -21,16 +21,19 @@ from pathlib import Path
 
 import torch
 
-from thinkmesh.node.evaluation import evaluate
+from thinkmesh.node.evaluation import evaluate, heldout_tasks
 from thinkmesh.node.model_dir import load_model, load_tokenizer, save_model_atomically
 from thinkmesh.node.train_step import collect_rollouts, policy_gradient
 from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
-from thinkmesh.protocol.tasks import TaskSpec, generate_task
+from thinkmesh.protocol.errors import TaskError
+from thinkmesh.protocol.tasks import Task, TaskSpec, generate_task
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_SEED_DOMAIN = b"thinkmesh/train-local/v1"
+MAX_REDRAWS = 64  # per prompt slot, when a draw hits a held-out question
+REDRAW_INDEX_SHIFT = 40  # redraw k of slot i uses index (k << 40) + i: disjoint from first draws
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,33 @@ class TrainSummary:
     resumed_from: int
 
 
-def step_tasks(config: LocalTrainConfig, step: int):
+def heldout_questions(config: LocalTrainConfig) -> frozenset[str]:
+    """The questions of the run's held-out evaluation: training never draws one of them."""
+    return frozenset(task.question for task in heldout_tasks(TaskSpec(config.task, config.difficulty), config.eval_tasks))
+
+
+def step_tasks(config: LocalTrainConfig, step: int, excluded: frozenset[str] = frozenset()) -> list[Task]:
+    """The prompts of training step `step`: a pure function of (seed, step, excluded).
+
+    Held-out seeds are domain-separated, but a small task space (linear-1 has 720 problems)
+    still repeats questions across seeds. A drawn task whose question is in `excluded` is
+    replaced by a redraw from a disjoint index range, so held-out accuracy is measured on
+    problems the run never trained on, not merely on other seeds.
+    """
     seed = hashlib.sha256(TRAIN_SEED_DOMAIN + config.seed.to_bytes(8, "big")).digest()
     spec = TaskSpec(config.task, config.difficulty)
     first = step * config.prompts_per_step
-    return [generate_task(spec, seed, first + i) for i in range(config.prompts_per_step)]
+    tasks = []
+    for slot in range(first, first + config.prompts_per_step):
+        for attempt in range(MAX_REDRAWS):
+            task = generate_task(spec, seed, (attempt << REDRAW_INDEX_SHIFT) + slot)
+            if task.question not in excluded:
+                break
+        else:
+            raise TaskError(f"{spec}: expected tasks outside the {len(excluded)} held-out questions, "
+                            f"got only held-out ones in {MAX_REDRAWS} draws")
+        tasks.append(task)
+    return tasks
 
 
 def step_generator(config: LocalTrainConfig, step: int, device) -> torch.Generator:
@@ -147,6 +172,7 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
         metrics_path.unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
     task_spec = TaskSpec(config.task, config.difficulty)
+    excluded = heldout_questions(config)
     evals: list[tuple[int, float]] = []
     device = next(model.parameters()).device
     done = start_step
@@ -165,7 +191,7 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
         for step in range(start_step, config.steps):
             t0 = time.perf_counter()
             model.eval()
-            rollouts = collect_rollouts(model, tokenizer, step_tasks(config, step), strategy, config.template,
+            rollouts = collect_rollouts(model, tokenizer, step_tasks(config, step, excluded), strategy, config.template,
                                         step_generator(config, step, device))
             t1 = time.perf_counter()
             model.train()

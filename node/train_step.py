@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from thinkmesh.node.rollout import Completion, SamplingSettings, generate, stop_rule_for
-from thinkmesh.protocol.grpo import LossStats, strategy_loss
+from thinkmesh.protocol.grpo import LossStats, dynamic_sampling_mask, strategy_loss
 from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, score_completion, total_reward
 from thinkmesh.protocol.scoring import completion_logprobs, completion_text, prompt_token_ids
 from thinkmesh.protocol.strategies import StrategySpec
@@ -100,10 +100,19 @@ def policy_gradient(
     """Backpropagates the strategy's loss into `model`'s `.grad` (accumulating; zero it first).
 
     `reference_model` is needed only when `strategy.beta > 0` (k3 KL to the reference).
+    With dynamic sampling, groups whose rewards are all equal are dropped *before* the forward
+    pass: `strategy_loss` would drop them anyway (they carry no gradient), so the gradient is the
+    same while the update costs only the informative groups (often half the batch or less).
     """
-    prompts = [rollouts.prompt_ids[i // rollouts.group_size] for i in range(len(rollouts.completions))]
-    completions = [c.token_ids for c in rollouts.completions]
     rewards = rollouts.reward_matrix(reward_config)
+    groups = list(range(rewards.shape[0]))
+    if strategy.dynamic_sampling:
+        informative = [g for g, keep in enumerate(dynamic_sampling_mask(rewards).tolist()) if keep]
+        groups = informative or groups  # none informative: strategy_loss returns its zero loss
+    rows = [g * rollouts.group_size + k for g in groups for k in range(rollouts.group_size)]
+    rewards = rewards[groups]
+    prompts = [rollouts.prompt_ids[i // rollouts.group_size] for i in rows]
+    completions = [rollouts.completions[i].token_ids for i in rows]
     device = next(model.parameters()).device
     scored = completion_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
     reference = None

@@ -2,7 +2,7 @@
 
     client = LedgerClient.connect(rpc_url, deployment, private_key=key)
     client.open_round(round_id, model_hash, seed_commitment(seed))
-    client.settle_round(round_id, seed, traces_root, awards)   # safe to retry after a crash
+    client.settle_round(round_id, seed, traces_root, awards, stats)   # safe to retry after a crash
 
 Reads need no key; writes sign locally with eth-account (keys never go to the node). Every failure
 is a `ChainError` (protocol/chain_errors.py). Records are the frozen types of protocol/ledger.py.
@@ -18,6 +18,7 @@ import base58
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.exceptions import Web3Exception
 from web3.logs import DISCARD
 
 from thinkmesh.protocol.chain_abi import LEDGER_CONTRACT, TOKEN_CONTRACT, RevertDecoder, load_artifact
@@ -38,6 +39,7 @@ from thinkmesh.protocol.ledger import (
     NodeStatus,
     PoolTotals,
     RoundRecord,
+    RoundStats,
     RoundStatus,
     Settlement,
     SlashReason,
@@ -101,6 +103,29 @@ def deploy(
     return Deployment(
         chain_id=web3.eth.chain_id, ledger=receipt["contractAddress"], token=token, block_number=result.block_number
     )
+
+
+def discover_deployment(rpc_url: str, ledger_address: str, *, from_block: int = 0) -> Deployment:
+    """The `Deployment` of the ledger at `ledger_address`: chain id from the RPC, token from
+    `ledger.token()`. `from_block` (the deployment block, if known) bounds event scans.
+
+    Raises `ContractMissingError` when no code is at the address and `ChainError` when the
+    contract there does not answer `token()` like a ledger.
+    """
+    web3 = connect_web3(rpc_url)
+    ledger = checksum_address(ledger_address, "ledger address")
+    with rpc_errors(rpc_url):
+        if not web3.eth.get_code(ledger):
+            raise ContractMissingError(LEDGER_CONTRACT, ledger)
+        chain_id = web3.eth.chain_id
+    contract = web3.eth.contract(address=ledger, abi=load_artifact(LEDGER_CONTRACT).abi)
+    try:
+        token = call_contract(rpc_url, RevertDecoder.for_artifacts(), "token", contract.functions.token())
+    except (ContractRevertError, Web3Exception) as exc:  # code that is not a ledger
+        raise ChainError(f"expected a ThinkMeshLedger at {ledger}; its token() call failed: {exc}") from exc
+    if not isinstance(token, str):
+        raise ChainError(f"expected a ThinkMeshLedger at {ledger} answering token() with an address, got {token!r}")
+    return Deployment(chain_id=chain_id, ledger=ledger, token=token, block_number=from_block)
 
 
 class LedgerClient:
@@ -231,21 +256,24 @@ class LedgerClient:
         )
         return self._transact("openRound", function)
 
-    def settle_round(self, round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award]) -> Settlement:
+    def settle_round(
+        self, round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+    ) -> Settlement:
         """Settles `round_id` once; retrying the same settlement (after a crash, a timeout) is a no-op.
 
-        Awards are put in canonical order. If the round is already settled with this exact payload
+        Awards are put in canonical order; `stats` go out in the same transaction's `RoundMetrics`
+        event (and into the settlement hash). If the round is already settled with this exact payload
         (same settlement hash), returns `Settlement(tx=None)`; with a different payload, raises
         `SettlementConflictError`. The contract itself refuses any second settlement, so a retry
         can never pay twice, even when two retries race.
         """
         ordered = canonical_awards(awards)
-        expected = settlement_hash(round_id, seed, traces_root, ordered)
+        expected = settlement_hash(round_id, seed, traces_root, ordered, stats)
         existing = self.round(round_id)
         if existing.status == RoundStatus.SETTLED:
             return self._already_settled(round_id, existing.settlement_hash, expected)
         function = self.ledger.functions.settleRound(
-            round_id, seed, traces_root, [award.as_abi() for award in ordered]
+            round_id, seed, traces_root, [award.as_abi() for award in ordered], stats.as_abi()
         )
         try:
             result = self._transact("settleRound", function)

@@ -13,8 +13,12 @@ from eth_utils import to_checksum_address
 
 from thinkmesh.protocol.chain_tx import rpc_errors
 from thinkmesh.protocol.ledger import (
+    SCORE_SCALE,
+    ClaimRecord,
     Compensation,
     NodeRegistration,
+    RoundMetricsRecord,
+    RoundOpening,
     RoundSettlementRecord,
     SlashRecord,
     checksum_address,
@@ -90,6 +94,50 @@ class LedgerEvents:
                 tx_hash=tx_hash,
             )
             for args, block, tx_hash in self._logs("RoundSettled", filters, from_block)
+        ]
+
+    def round_openings(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundOpening]:
+        """`RoundOpened` events: every round the coordinator opened, with its model and seed commitment."""
+        filters = {"roundId": round_id} if round_id is not None else {}
+        return [
+            RoundOpening(
+                round_id=args["roundId"],
+                model_hash=bytes(args["modelHash"]),
+                seed_commitment=bytes(args["seedCommitment"]),
+                block_number=block,
+                tx_hash=tx_hash,
+            )
+            for args, block, tx_hash in self._logs("RoundOpened", filters, from_block)
+        ]
+
+    def round_metrics(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundMetricsRecord]:
+        """`RoundMetrics` events (one per settled round), fixed-point figures as floats."""
+        filters = {"roundId": round_id} if round_id is not None else {}
+        return [
+            RoundMetricsRecord(
+                round_id=args["roundId"],
+                accepted=args["accepted"],
+                rejected=args["rejected"],
+                mean_reward=args["meanReward"] / SCORE_SCALE,
+                held_out_accuracy=args["heldOutAccuracy"] / SCORE_SCALE,
+                block_number=block,
+                tx_hash=tx_hash,
+            )
+            for args, block, tx_hash in self._logs("RoundMetrics", filters, from_block)
+        ]
+
+    def claims(self, *, node: str | None = None, from_block: int | None = None) -> list[ClaimRecord]:
+        """`RewardClaimed` events, optionally of one node."""
+        filters = {"node": checksum_address(node)} if node is not None else {}
+        return [
+            ClaimRecord(
+                node=to_checksum_address(args["node"]),
+                recipient=to_checksum_address(args["recipient"]),
+                amount=args["amount"],
+                block_number=block,
+                tx_hash=tx_hash,
+            )
+            for args, block, tx_hash in self._logs("RewardClaimed", filters, from_block)
         ]
 
     def registrations(self, *, from_block: int | None = None) -> list[NodeRegistration]:

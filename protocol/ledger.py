@@ -5,8 +5,9 @@ seed is committed, what each slash reason means. The coordinator builds these re
 client (`protocol/chain.py`) sends them, and any third party can recompute a round's settlement
 hash from its published awards and compare it with the chain's.
 
-Units: token amounts are integers in the reward token's smallest unit (18 decimals); scores are
-fixed point with `SCORE_SCALE` = 1.0; times are unix seconds; hashes are 32 raw bytes.
+Units: token amounts are integers in the reward token's smallest unit (18 decimals); scores and
+round metrics are fixed point with `SCORE_SCALE` = 1.0; times are unix seconds; hashes are 32 raw
+bytes.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ MAX_ENDPOINT_BYTES = 256
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 UINT96_MAX = 2**96 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 AWARD_ABI_TYPE = "(address,uint32,uint64,uint96)"
-SETTLE_ARGUMENT_TYPES = ("uint64", "bytes32", "bytes32", f"{AWARD_ABI_TYPE}[]")
+ROUND_STATS_ABI_TYPE = "(uint32,uint32,int64,uint32)"
+SETTLE_ARGUMENT_TYPES = ("uint64", "bytes32", "bytes32", f"{AWARD_ABI_TYPE}[]", ROUND_STATS_ABI_TYPE)
 
 
 class NodeStatus(enum.IntEnum):
@@ -148,6 +151,36 @@ class Award:
         return (self.node, self.verified_samples, self.score, self.payout)
 
 
+@dataclass(frozen=True)
+class RoundStats:
+    """A round's quality figures, published in the settle transaction's `RoundMetrics` event.
+
+    `mean_reward` (signed) and `held_out_accuracy` are fixed point with `SCORE_SCALE` = 1.0; build
+    from floats with `RoundStats.of`. The settlement hash covers them, so a retried settlement must
+    carry the same figures (they are derived from the coordinator's persisted round record).
+    """
+
+    accepted: int = 0
+    rejected: int = 0
+    mean_reward: int = 0
+    held_out_accuracy: int = 0
+
+    def __post_init__(self) -> None:
+        _uint(self.accepted, UINT32_MAX, "accepted")
+        _uint(self.rejected, UINT32_MAX, "rejected")
+        if not isinstance(self.mean_reward, int) or not INT64_MIN <= self.mean_reward <= INT64_MAX:
+            raise LedgerRecordError(f"expected mean_reward as a signed 64-bit integer, got {self.mean_reward!r}")
+        _uint(self.held_out_accuracy, SCORE_SCALE, "held_out_accuracy * SCORE_SCALE")
+
+    @classmethod
+    def of(cls, accepted: int, rejected: int, mean_reward: float, held_out_accuracy: float) -> RoundStats:
+        """From float figures (rounded half to even to the fixed-point grid)."""
+        return cls(accepted, rejected, round(mean_reward * SCORE_SCALE), round(held_out_accuracy * SCORE_SCALE))
+
+    def as_abi(self) -> tuple[int, int, int, int]:
+        return (self.accepted, self.rejected, self.mean_reward, self.held_out_accuracy)
+
+
 def canonical_awards(awards: Iterable[Award]) -> tuple[Award, ...]:
     """Awards in the order the contract requires (strictly ascending node address); duplicates are refused."""
     ordered = tuple(sorted(awards, key=lambda award: int(award.node, 16)))
@@ -173,7 +206,9 @@ def seed_commitment(seed: bytes) -> bytes:
     return keccak(hash32(seed, "round seed"))
 
 
-def settlement_payload(round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award]) -> bytes:
+def settlement_payload(
+    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+) -> bytes:
     """The ABI-encoded arguments of `settleRound` for canonically ordered awards."""
     return abi_encode(
         list(SETTLE_ARGUMENT_TYPES),
@@ -182,13 +217,16 @@ def settlement_payload(round_id: int, seed: bytes, traces_root: bytes, awards: S
             hash32(seed, "round seed"),
             hash32(traces_root, "traces root"),
             [award.as_abi() for award in canonical_awards(awards)],
+            stats.as_abi(),
         ],
     )
 
 
-def settlement_hash(round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award]) -> bytes:
+def settlement_hash(
+    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+) -> bytes:
     """The hash the contract stores for a settlement: keccak256 of `settlement_payload`."""
-    return keccak(settlement_payload(round_id, seed, traces_root, awards))
+    return keccak(settlement_payload(round_id, seed, traces_root, awards, stats))
 
 
 # ---------------------------------------------------------------------- views of chain state
@@ -342,6 +380,41 @@ class RoundSettlementRecord:
     node_count: int
     total_samples: int
     total_payout: int
+    block_number: int
+    tx_hash: bytes
+
+
+@dataclass(frozen=True)
+class RoundOpening:
+    """One `RoundOpened` event."""
+
+    round_id: int
+    model_hash: bytes
+    seed_commitment: bytes
+    block_number: int
+    tx_hash: bytes
+
+
+@dataclass(frozen=True)
+class RoundMetricsRecord:
+    """One `RoundMetrics` event, its fixed-point figures as floats (`mean_reward` may be negative)."""
+
+    round_id: int
+    accepted: int
+    rejected: int
+    mean_reward: float
+    held_out_accuracy: float
+    block_number: int
+    tx_hash: bytes
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """One `RewardClaimed` event: `node` pulled `amount` (token units) to `recipient`."""
+
+    node: str
+    recipient: str
+    amount: int
     block_number: int
     tx_hash: bytes
 

@@ -38,6 +38,19 @@ interface IThinkMeshLedger {
         uint96 payout;
     }
 
+    /// @notice A round's quality figures, published with its settlement (in an event, not stored).
+    /// @param accepted contributions that passed verification
+    /// @param rejected contributions that failed verification (their nodes are slashed)
+    /// @param meanReward mean total reward over the accepted samples, fixed point with 1e6 = 1.0
+    /// (signed: length shaping can make rewards negative)
+    /// @param heldOutAccuracy held-out accuracy of the model version the round produced, 1e6 = 100%
+    struct RoundStats {
+        uint32 accepted;
+        uint32 rejected;
+        int64 meanReward;
+        uint32 heldOutAccuracy;
+    }
+
     /// @notice Everything the ledger knows about a node.
     struct NodeView {
         NodeStatus status;
@@ -138,6 +151,9 @@ interface IThinkMeshLedger {
         uint64 totalSamples,
         uint128 totalPayout
     );
+    event RoundMetrics(
+        uint64 indexed roundId, uint32 accepted, uint32 rejected, int64 meanReward, uint32 heldOutAccuracy
+    );
     event NodeSlashed(
         uint64 indexed roundId,
         address indexed node,
@@ -220,7 +236,8 @@ interface IThinkMeshLedger {
     function openRound(uint64 roundId, bytes32 modelHash, bytes32 seedCommitment) external;
 
     /// @notice Settles round `roundId` in one transaction: credits every award to its node's
-    /// claimable balance, reveals the seed, and records the traces Merkle root.
+    /// claimable balance, reveals the seed, records the traces Merkle root, and publishes the
+    /// round's quality figures in a {RoundMetrics} event.
     /// @dev Coordinator only. A round settles once; a second call reverts with
     /// {RoundAlreadySettled} naming the stored settlement hash, so a retried call is detectable.
     /// @param roundId an Open round
@@ -228,10 +245,15 @@ interface IThinkMeshLedger {
     /// @param tracesRoot OpenZeppelin StandardMerkleTree root over the accepted traces' hashes
     /// @param awards one line per accepted node, sorted by strictly ascending node address;
     /// the payouts' sum must not exceed the unallocated pool
+    /// @param stats the round's quality figures (emitted, not stored; covered by the settlement hash)
     /// @return settlementHash keccak256 of the call's ABI-encoded arguments
-    function settleRound(uint64 roundId, bytes32 seed, bytes32 tracesRoot, Award[] calldata awards)
-        external
-        returns (bytes32 settlementHash);
+    function settleRound(
+        uint64 roundId,
+        bytes32 seed,
+        bytes32 tracesRoot,
+        Award[] calldata awards,
+        RoundStats calldata stats
+    ) external returns (bytes32 settlementHash);
 
     /// @notice Slashes `amount` of `account`'s stake for round `roundId`; the tokens return to the
     /// unallocated pool.

@@ -29,12 +29,13 @@ abstract contract RoundBook is LedgerStorage {
     }
 
     /// @inheritdoc IThinkMeshLedger
-    function settleRound(uint64 roundId, bytes32 seed, bytes32 tracesRoot, Award[] calldata awards)
-        external
-        onlyRole(COORDINATOR_ROLE)
-        whenNotPaused
-        returns (bytes32 settlementHash)
-    {
+    function settleRound(
+        uint64 roundId,
+        bytes32 seed,
+        bytes32 tracesRoot,
+        Award[] calldata awards,
+        RoundStats calldata stats
+    ) external onlyRole(COORDINATOR_ROLE) whenNotPaused returns (bytes32 settlementHash) {
         Round storage r = _rounds[roundId];
         RoundStatus status = r.status;
         if (status == RoundStatus.Settled) revert RoundAlreadySettled(roundId, r.settlementHash);
@@ -69,6 +70,7 @@ abstract contract RoundBook is LedgerStorage {
             roundId, settlementHash, tracesRoot, seed, uint32(awards.length), uint64(totalSamples), uint128(totalPayout)
         );
         // forge-lint: disable-end(unsafe-typecast)
+        emit RoundMetrics(roundId, stats.accepted, stats.rejected, stats.meanReward, stats.heldOutAccuracy);
     }
 
     /// @dev Credits every award. Each failed check reverts the whole settlement, so crediting

@@ -116,7 +116,7 @@ contract RewardPoolTest is LedgerFixture {
         address[] memory nodes = new address[](1);
         nodes[0] = node;
         vm.prank(coordinator);
-        hostileLedger.settleRound(1, SEED, bytes32(0), awardsFor(nodes, 50));
+        hostileLedger.settleRound(1, SEED, bytes32(0), awardsFor(nodes, 50), stats());
 
         hostile.setTarget(hostileLedger);
         vm.expectRevert(abi.encodeWithSignature("ReentrancyGuardReentrantCall()"));

@@ -40,7 +40,7 @@ contract RoundBookTest is LedgerFixture {
         openRound(1);
         IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 10 ether);
         bytes32 root = keccak256("traces");
-        bytes32 expectedHash = keccak256(abi.encode(uint64(1), SEED, root, awards));
+        bytes32 expectedHash = keccak256(abi.encode(uint64(1), SEED, root, awards, stats()));
 
         vm.expectEmit(address(ledger));
         emit IThinkMeshLedger.NodeCompensated(1, nodes[0], 8, 500_000, 10 ether);
@@ -50,6 +50,8 @@ contract RoundBookTest is LedgerFixture {
         emit IThinkMeshLedger.NodeCompensated(1, nodes[2], 10, 500_002, 10 ether);
         vm.expectEmit(address(ledger));
         emit IThinkMeshLedger.RoundSettled(1, expectedHash, root, SEED, 3, 27, 30 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundMetrics(1, 3, 1, -250_000, 625_000);
         bytes32 settlementHash = settle(1, root, awards);
 
         vm.assertEq(settlementHash, expectedHash, "settlement hash = keccak of the ABI-encoded args");
@@ -98,7 +100,7 @@ contract RoundBookTest is LedgerFixture {
         bytes32 wrong = keccak256("not the seed");
         vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.SeedMismatch.selector, 1, commitment(SEED), wrong));
         vm.prank(coordinator);
-        ledger.settleRound(1, wrong, bytes32(0), new IThinkMeshLedger.Award[](0));
+        ledger.settleRound(1, wrong, bytes32(0), new IThinkMeshLedger.Award[](0), stats());
     }
 
     function test_settleRound_revertsOnUnsortedAwards() public {
@@ -140,7 +142,7 @@ contract RoundBookTest is LedgerFixture {
         openRound(1);
         vm.expectRevert(accessDenied(admin, COORDINATOR_ROLE));
         vm.prank(admin);
-        ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0));
+        ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), stats());
     }
 
     function test_settleRound_paysUnbondingNodesForPastWork() public {
@@ -174,6 +176,31 @@ contract RoundBookTest is LedgerFixture {
         vm.assertEq(ledger.poolTotals().unallocated, POOL - total, "unallocated");
         vm.assertEq(ledger.round(1).totalPayout, total, "round total");
         assertBooksBalance();
+    }
+
+    function testFuzz_settleRound_publishesStatsAndHashesThem(uint32 accepted, uint32 rejected, int64 meanReward)
+        public
+    {
+        openRound(1);
+        IThinkMeshLedger.RoundStats memory figures = IThinkMeshLedger.RoundStats({
+            accepted: accepted, rejected: rejected, meanReward: meanReward, heldOutAccuracy: 1_000_000
+        });
+        IThinkMeshLedger.Award[] memory none = new IThinkMeshLedger.Award[](0);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundMetrics(1, accepted, rejected, meanReward, 1_000_000);
+        vm.prank(coordinator);
+        bytes32 settlementHash = ledger.settleRound(1, SEED, bytes32(0), none, figures);
+        vm.assertEq(settlementHash, keccak256(abi.encode(uint64(1), SEED, bytes32(0), none, figures)), "hash covers stats");
+    }
+
+    function test_settleRound_retryWithOtherStatsRevertsNamingStoredHash() public {
+        openRound(1);
+        bytes32 settlementHash = settle(1, bytes32(0), new IThinkMeshLedger.Award[](0));
+        IThinkMeshLedger.RoundStats memory other = stats();
+        other.rejected += 1;
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadySettled.selector, 1, settlementHash));
+        vm.prank(coordinator);
+        ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), other);
     }
 
     // ------------------------------------------------------------ slash

@@ -53,7 +53,9 @@ def test_ledger_abi_has_every_function_the_client_calls() -> None:
     settle = next(entry for entry in abi if entry.get("name") == "settleRound")
     from eth_utils import keccak
 
-    assert selector(settle) == keccak(text="settleRound(uint64,bytes32,bytes32,(address,uint32,uint64,uint96)[])")[:4]
+    assert selector(settle) == keccak(
+        text="settleRound(uint64,bytes32,bytes32,(address,uint32,uint64,uint96)[],(uint32,uint32,int64,uint32))"
+    )[:4]
 
 
 def test_sources_hash_changes_with_any_source_byte(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from thinkmesh.protocol.ledger import (
     Deployment,
     NodeRegistration,
     PoolTotals,
+    RoundStats,
     SlashReason,
     binding_bytes,
     bound_nodes,
@@ -77,10 +78,12 @@ def test_settlement_hash_is_order_independent_and_covers_every_field() -> None:
 
 def test_settlement_payload_is_the_settle_round_abi_encoding() -> None:
     awards = [Award(HIGH, 1, 2, 3), Award(LOW, 4, 5, 6)]
-    round_id, seed, root, decoded = abi_decode(
-        list(SETTLE_ARGUMENT_TYPES), settlement_payload(7, b"\x01" * 32, b"\x02" * 32, awards)
+    round_id, seed, root, decoded, stats = abi_decode(
+        list(SETTLE_ARGUMENT_TYPES),
+        settlement_payload(7, b"\x01" * 32, b"\x02" * 32, awards, RoundStats.of(3, 1, -0.25, 0.625)),
     )
     assert (round_id, seed, root) == (7, b"\x01" * 32, b"\x02" * 32)
+    assert stats == (3, 1, -250_000, 625_000)
     assert [(node.lower(), samples, score, payout) for node, samples, score, payout in decoded] == [
         (LOW.lower(), 4, 5, 6),
         (HIGH.lower(), 1, 2, 3),

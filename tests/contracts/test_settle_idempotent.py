@@ -9,7 +9,7 @@ import pytest
 from thinkmesh.devnet.anvil import Anvil
 from thinkmesh.protocol.chain_errors import SettlementConflictError
 from thinkmesh.protocol.chain_tx import TransactionSender
-from thinkmesh.protocol.ledger import Award, RoundStatus, seed_commitment, settlement_hash, tokens
+from thinkmesh.protocol.ledger import Award, RoundStats, RoundStatus, seed_commitment, settlement_hash, tokens
 
 from .conftest import MIN_STAKE, Actors
 
@@ -78,7 +78,9 @@ def test_retry_racing_a_pending_first_settlement(
                 "from": coordinator.address,
                 "to": coordinator.deployment.ledger,
                 "gas": 1_000_000,
-                "data": coordinator.ledger.functions.settleRound(1, SEED, ROOT, payload)._encode_transaction_data(),
+                "data": coordinator.ledger.functions.settleRound(
+                    1, SEED, ROOT, payload, RoundStats().as_abi()
+                )._encode_transaction_data(),
             }
         )
         assert coordinator.round(1).status == RoundStatus.OPEN  # not mined yet

@@ -73,3 +73,55 @@ def test_grpo_steps_raise_mean_reward_on_their_prompts(coldstarted_micro_dir):
         optimizer.step()
     after = mean_reward()
     assert after > before + 0.08, (before, after)
+
+
+def test_training_prompts_never_repeat_a_heldout_question(tmp_path):
+    """linear-1 has 720 problems, so seeds alone cannot keep 256 held-out tasks out of training."""
+    from thinkmesh.node.train_local import heldout_questions, step_tasks
+
+    config = _config(tmp_path, tmp_path / "run", eval_tasks=256, prompts_per_step=16)
+    excluded = heldout_questions(config)
+    drawn = [task for step in range(40) for task in step_tasks(config, step, excluded)]
+    unfiltered = [task for step in range(40) for task in step_tasks(config, step)]
+    assert len(excluded) > 200
+    assert any(task.question in excluded for task in unfiltered), "the filter must have something to do"
+    assert not any(task.question in excluded for task in drawn)
+    assert [t.question for t in step_tasks(config, 7, excluded)] == [t.question for t in drawn[7 * 16: 8 * 16]]
+
+
+@pytest.mark.timeout(60)
+def test_dynamic_sampling_skips_uninformative_groups_without_changing_the_gradient(coldstarted_micro_dir):
+    """Dropping all-equal groups before the forward pass is an optimisation, not a new objective:
+    the gradient equals `strategy_loss` over the whole batch (which drops them itself)."""
+    import dataclasses
+
+    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.rollout import Completion
+    from thinkmesh.node.train_step import ScoredRollouts, collect_rollouts, policy_gradient
+    from thinkmesh.protocol.grpo import strategy_loss
+    from thinkmesh.protocol.rewards import RewardBreakdown
+    from thinkmesh.protocol.scoring import completion_logprobs
+    from thinkmesh.protocol.strategies import strategy_from_name
+    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+
+    model, tokenizer = load_model(coldstarted_micro_dir), load_tokenizer(coldstarted_micro_dir)
+    tasks = [generate_task(TaskSpec("linear", 1), b"ds", i) for i in range(3)]
+    spec = dataclasses.replace(strategy_from_name("dapo"), group_size=4, max_new_tokens=16, overlong_buffer=4)
+    sampled = collect_rollouts(model, tokenizer, tasks, spec, "r1-compact", torch.Generator().manual_seed(0))
+    right, wrong = RewardBreakdown(1.0, 1.0, 1.0, 0.0), RewardBreakdown(0.0, 1.0, 1.0, 0.0)
+    rewards = (wrong,) * 4 + (right, wrong, wrong, right) + (right,) * 4  # only the middle group informs
+    rollouts = dataclasses.replace(sampled, rewards=rewards)
+
+    model.zero_grad(set_to_none=True)
+    result = policy_gradient(model, rollouts, spec, tokenizer.pad_token_id)
+    fast = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    prompts = [rollouts.prompt_ids[i // 4] for i in range(12)]
+    scored = completion_logprobs(model, prompts, [c.token_ids for c in rollouts.completions], spec.temperature,
+                                 tokenizer.pad_token_id)
+    loss, _ = strategy_loss(scored.logprobs, scored.logprobs.detach(), rollouts.reward_matrix(), scored.mask, spec)
+    loss.backward()
+    assert result.kept_groups == 1
+    for slow_grad, fast_grad in zip((p.grad for p in model.parameters()), fast):
+        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in fast)

@@ -169,7 +169,7 @@ contract LedgerHandler {
             mstore(awards, count)
         }
         vm.prank(coordinator);
-        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), awards);
+        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), awards, _stats());
         ghostSettleSuccesses[roundId]++;
         settledRounds.push(roundId);
         settlements++;
@@ -180,7 +180,7 @@ contract LedgerHandler {
         if (settledRounds.length == 0) return;
         uint64 roundId = settledRounds[which % settledRounds.length];
         vm.prank(coordinator);
-        try ledger.settleRound(roundId, SEED, bytes32(0), new IThinkMeshLedger.Award[](0)) {
+        try ledger.settleRound(roundId, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), _stats()) {
             ghostSettleSuccesses[roundId]++;
             ghostDoubleSettlements++;
         } catch {}
@@ -200,6 +200,12 @@ contract LedgerHandler {
         slashes++;
     }
 
+    function _stats() internal view returns (IThinkMeshLedger.RoundStats memory) {
+        return IThinkMeshLedger.RoundStats({
+            accepted: uint32(openRounds.length), rejected: 0, meanReward: 0, heldOutAccuracy: 0
+        });
+    }
+
     /// A non-coordinator (a node, the sponsor, or the handler itself) tries every coordinator action.
     function strangerActs(uint256 who, uint256 amount) external {
         address caller = who % 3 == 0 ? SPONSOR : (who % 3 == 1 ? address(this) : nodes[who % NODE_COUNT]);
@@ -209,7 +215,7 @@ contract LedgerHandler {
             ghostUnauthorizedSuccesses++;
         } catch {}
         vm.prank(caller);
-        try ledger.settleRound(roundId, SEED, bytes32(0), new IThinkMeshLedger.Award[](0)) {
+        try ledger.settleRound(roundId, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), _stats()) {
             ghostUnauthorizedSuccesses++;
         } catch {}
         vm.prank(caller);

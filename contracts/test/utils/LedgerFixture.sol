@@ -16,6 +16,13 @@ abstract contract LedgerFixture is TestBase {
     bytes32 internal constant MODEL_HASH = keccak256("model-v0");
     bytes32 internal constant SEED = keccak256("seed-of-round");
 
+
+    /// @dev The quality figures every fixture settlement publishes: 3 accepted, 1 rejected,
+    /// mean reward -0.25 (signed fixed point), held-out accuracy 62.5%.
+    function stats() internal pure returns (IThinkMeshLedger.RoundStats memory) {
+        return IThinkMeshLedger.RoundStats({accepted: 3, rejected: 1, meanReward: -250_000, heldOutAccuracy: 625_000});
+    }
+
     address internal admin = address(0xAD);
     address internal coordinator = address(0xC0);
     address internal sponsor = address(0x5B);
@@ -109,7 +116,7 @@ abstract contract LedgerFixture is TestBase {
         returns (bytes32)
     {
         vm.prank(coordinator);
-        return ledger.settleRound(roundId, SEED, tracesRoot, awards);
+        return ledger.settleRound(roundId, SEED, tracesRoot, awards, stats());
     }
 
     function accessDenied(address account, bytes32 role) internal pure returns (bytes memory) {

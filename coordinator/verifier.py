@@ -1,0 +1,223 @@
+"""The coordinator's verification step: one contribution in, a verdict and its evidence file out.
+
+`ContributionVerifier.verify` runs `protocol.verification.verify_contribution` under the round's
+model with everything the pure pipeline leaves to its caller:
+
+- the registry: node keys bound on chain (`ledger.bound_nodes`) to an Active address, re-read at
+  each round's announcement and, at most every `REGISTRY_REFRESH_S`, on an unknown key;
+- the replay sets: sample hashes and gradient digests of every contribution accepted in a
+  committed round (restored from the settlement intents on restart, see `settlement.py`) plus
+  those accepted so far in the open round; a rejected copy never joins them;
+- the beacon: sha256(BEACON_DOMAIN, coordinator seed, round seed), unknown to nodes before the
+  deadline (they cannot grind their audit plan) and the same after a restart; it is published in
+  every evidence file, so anyone can replay the plan;
+- the evidence file, `<evidence_dir>/round-NNNNNN/<node key hex>.evidence` (canonical bytes, so
+  its keccak256 is the hash put on chain), and the accepted contribution itself under
+  `<data_dir>/contributions/` (replay evidence and trace export read it back).
+
+Thread-safety: `verify` may be called from worker threads; model work is serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from thinkmesh.protocol.audit import AuditPolicy
+from thinkmesh.protocol.encoding import decode_message, encode_message
+from thinkmesh.protocol.evidence import build_evidence, write_evidence
+from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sample_hash
+from thinkmesh.protocol.verification import (
+    REASON_BAD_SIGNATURE,
+    REASON_REPLAY,
+    REASON_UNKNOWN_NODE,
+    REASON_WRONG_ROUND,
+    VerificationContext,
+    VerificationReport,
+    gradient_digest,
+    verify_contribution,
+)
+
+logger = logging.getLogger(__name__)
+BEACON_DOMAIN = b"thinkmesh/audit-beacon/v1"
+REGISTRY_REFRESH_S = 5.0
+# Verdicts that do not prove the registered node cheated: an unsigned or foreign message proves
+# nothing about the key's owner, a wrong round is what a lagging honest node sends, and an
+# unregistered key has no stake. Every other failing verdict is slashed.
+UNSLASHABLE_REASONS = frozenset({REASON_BAD_SIGNATURE, REASON_WRONG_ROUND, REASON_UNKNOWN_NODE})
+
+
+def audit_beacon(coordinator_seed: bytes, round_seed: bytes) -> bytes:
+    """The audit plan's post-deadline randomness for one round (see the module docstring)."""
+    return hashlib.sha256(BEACON_DOMAIN + coordinator_seed + round_seed).digest()
+
+
+def round_dir(root: Path, round_id: int) -> Path:
+    return root / f"round-{round_id:06d}"
+
+
+@dataclass(frozen=True)
+class VerifiedContribution:
+    """One verdict: the report, the evidence file and its hash, and the paid address if registered."""
+
+    contribution: Contribution
+    report: VerificationReport
+    evidence_path: Path
+    evidence_hash: bytes
+    address: str | None
+    seconds: float
+
+    @property
+    def accepted(self) -> bool:
+        return self.report.accepted
+
+    @property
+    def slashable(self) -> bool:
+        return not self.report.accepted and self.report.reason not in UNSLASHABLE_REASONS and self.address is not None
+
+
+class ContributionArchive:
+    """Accepted contributions on disk, one canonical file per (round, node key)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, round_id: int, node_key: bytes) -> Path:
+        return round_dir(self.root, round_id) / f"{node_key.hex()}.contribution"
+
+    def save(self, contribution: Contribution) -> Path:
+        path = self.path(contribution.round_id, contribution.node_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(encode_message(contribution))
+        tmp.replace(path)
+        return path
+
+    def load(self, round_id: int, node_key: bytes) -> Contribution | None:
+        path = self.path(round_id, node_key)
+        return decode_message(path.read_bytes(), Contribution) if path.exists() else None
+
+    def discard_round(self, round_id: int) -> None:
+        """Forgets a round that is being re-run (it was never committed)."""
+        shutil.rmtree(round_dir(self.root, round_id), ignore_errors=True)
+
+
+@dataclass
+class ReplayIndex:
+    """Hash -> (round, node key) of every accepted sample and gradient: the replay sets, and where
+    the earlier contribution lies for the evidence."""
+
+    samples: dict[bytes, tuple[int, bytes]]
+    gradients: dict[bytes, tuple[int, bytes]]
+
+    @classmethod
+    def empty(cls) -> ReplayIndex:
+        return cls({}, {})
+
+    def add(self, round_id: int, node_key: bytes, sample_hashes: Iterable[bytes], digest: bytes) -> None:
+        for digest_of_sample in sample_hashes:
+            self.samples.setdefault(digest_of_sample, (round_id, node_key))
+        self.gradients.setdefault(digest, (round_id, node_key))
+
+    def add_intent(self, intent) -> None:
+        """The accepted hashes a committed round's `SettlementIntent` recorded."""
+        for entry in intent.accepted:
+            self.add(intent.round_id, entry.node_key, entry.sample_hashes, entry.gradient_digest)
+
+    def sources(self, contribution: Contribution) -> set[tuple[int, bytes]]:
+        found = {self.samples[h] for s in contribution.samples if (h := sample_hash(s)) in self.samples}
+        digest = gradient_digest(contribution.gradient)
+        if digest in self.gradients:
+            found.add(self.gradients[digest])
+        return found
+
+
+class ContributionVerifier:
+    """Verifies contributions to the open round; see the module docstring."""
+
+    def __init__(
+        self, *, model, tokenizer, policy: AuditPolicy, coordinator_seed: bytes, evidence_dir: Path,
+        archive: ContributionArchive, registry: Callable[[], dict[bytes, str]] | None = None, reference_model=None,
+    ):
+        """`reference_model` (the base model, frozen) audits the gradients of strategies with a KL term."""
+        self.model, self.tokenizer, self.policy = model, tokenizer, policy
+        self.reference_model = reference_model
+        self.coordinator_seed = coordinator_seed
+        self.evidence_dir = evidence_dir
+        self.archive = archive
+        self._read_registry = registry
+        self.registered: dict[bytes, str] | None = None if registry is None else {}
+        self._registry_read_at = 0.0
+        self._refreshed_for: set[bytes] = set()
+        self.committed = ReplayIndex.empty()  # rounds whose settlement intent is on disk
+        self.current = ReplayIndex.empty()  # the open round's accepted contributions
+        self.lock = threading.Lock()  # held for every use of the model's weights
+
+    # ---- round lifecycle -------------------------------------------------------------------
+    def refresh_registry(self) -> None:
+        if self._read_registry is not None:
+            self.registered = self._read_registry()
+            self._registry_read_at = time.monotonic()
+
+    def open_round(self, round_id: int) -> None:
+        """A fresh round (or a re-run of an uncommitted one): forget its earlier accepted state."""
+        self.current = ReplayIndex.empty()
+        self.archive.discard_round(round_id)
+        shutil.rmtree(round_dir(self.evidence_dir, round_id), ignore_errors=True)
+        self.refresh_registry()
+
+    def commit_round(self, round_id: int, accepted: Iterable[VerifiedContribution]) -> None:
+        for item in accepted:
+            self.committed.add(round_id, item.contribution.node_key, item.report.sample_hashes, item.report.gradient_digest)
+        self.current = ReplayIndex.empty()
+
+    # ---- one contribution -----------------------------------------------------------------
+    def _context(self, announcement: RoundAnnouncement) -> VerificationContext:
+        seen = (self.committed, self.current)
+        return VerificationContext(
+            registered_nodes=None if self.registered is None else frozenset(self.registered),
+            seen_sample_hashes=frozenset(h for index in seen for h in index.samples),
+            seen_gradient_digests=frozenset(h for index in seen for h in index.gradients),
+            policy=self.policy, beacon=audit_beacon(self.coordinator_seed, announcement.seed),
+        )
+
+    def _maybe_refresh(self, node_key: bytes) -> None:
+        """Re-reads the registry for a key it lacks: at once the first time the key is seen (it may
+        have registered a moment ago), then at most every REGISTRY_REFRESH_S."""
+        if self.registered is None or node_key in self.registered:
+            return
+        if node_key not in self._refreshed_for or time.monotonic() - self._registry_read_at >= REGISTRY_REFRESH_S:
+            self._refreshed_for.add(node_key)
+            self.refresh_registry()
+
+    def _prior(self, contribution: Contribution) -> list[Contribution]:
+        sources = self.committed.sources(contribution) | self.current.sources(contribution)
+        found = (self.archive.load(round_id, key) for round_id, key in sorted(sources))
+        return [c for c in found if c is not None][:1]  # one suffices to re-run the verdict
+
+    def verify(self, announcement: RoundAnnouncement, contribution: Contribution) -> VerifiedContribution:
+        started = time.perf_counter()
+        with self.lock:
+            self._maybe_refresh(contribution.node_key)
+            context = self._context(announcement)
+            report = verify_contribution(announcement, contribution, self.model, self.tokenizer, context,
+                                         self.reference_model)
+            prior = self._prior(contribution) if report.reason == REASON_REPLAY else []
+            evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior)
+            path = round_dir(self.evidence_dir, contribution.round_id) / f"{contribution.node_key.hex()}.evidence"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            digest = write_evidence(path, evidence)
+            if report.accepted:
+                self.archive.save(contribution)
+                self.current.add(contribution.round_id, contribution.node_key, report.sample_hashes, report.gradient_digest)
+        address = self.registered.get(contribution.node_key) if self.registered is not None else None
+        outcome = VerifiedContribution(contribution, report, path, digest, address, time.perf_counter() - started)
+        logger.info("verified round %d contribution of 0x%s: %s (audit %s, %.2fs)", contribution.round_id,
+                    contribution.node_key.hex()[:16], report.reason, report.gradient_audit or "-", outcome.seconds)
+        return outcome

@@ -1,0 +1,201 @@
+"""The coordinator's verification and settlement, short of the network: every cheat mode is rejected
+with evidence and slashed, honest work is paid by the documented rule, and a settlement replayed
+after a crash at any step lands exactly once on a real anvil."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.verification_world import world
+from thinkmesh.coordinator.settlement import (
+    SCORE_FLOOR,
+    RoundSettler,
+    SettlementIntent,
+    SettlementJournal,
+    build_intent,
+    contribution_score,
+    payout_for,
+    read_registry,
+    send_settlement,
+)
+from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
+from thinkmesh.node.cheats import CHEAT_MODES, apply_cheat
+from thinkmesh.protocol.audit import AuditPolicy
+from thinkmesh.protocol.evidence import evidence_hash, read_evidence, rerun_evidence
+from thinkmesh.protocol.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.merkle import verify_proof
+from thinkmesh.protocol.messages import Sample, sample_hash
+from thinkmesh.protocol.rewards import RewardBreakdown
+from thinkmesh.protocol.traces import contribution_traces, leaf_trace_hash, traces_tree
+from thinkmesh.protocol.verification import REASON_OK, REASON_REPLAY, gradient_digest
+
+pytestmark = pytest.mark.timeout(300)
+REWARD_PER_SAMPLE = tokens("0.01")
+SLASH = tokens(5)
+
+
+def make_verifier(tmp_path, registry):
+    w = world()
+    return ContributionVerifier(
+        model=w.model, tokenizer=w.tokenizer, policy=AuditPolicy(), coordinator_seed=b"\xc0" * 32,
+        evidence_dir=tmp_path / "evidence", archive=ContributionArchive(tmp_path / "contributions"),
+        registry=lambda: dict(registry),
+    )
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory):
+    """Round 2 of the world: nodes 0 and 1 honest, node 2 cheating in every mode (one verdict each)."""
+    tmp_path = tmp_path_factory.mktemp("verdicts")
+    w = world()
+    registry = {node.public_key: f"0x{index + 1:040x}" for index, node in enumerate(w.nodes)}
+    verifier = make_verifier(tmp_path, registry)
+    verifier.archive.save(w.old_honest)  # node 0's round-1 work, committed: what `replay` resubmits
+    verifier.committed.add(1, w.old_honest.node_key, [sample_hash(s) for s in w.old_honest.samples],
+                           gradient_digest(w.old_honest.gradient))
+    verifier.open_round(2)
+    honest = [verifier.verify(w.round, w.honest[i]) for i in (0, 1)]
+    cheats = {}
+    for mode in CHEAT_MODES:
+        node = 0 if mode == "replay" else 2
+        cheated = apply_cheat(mode, w.cheat_inputs(node=node))
+        item = verifier.verify(w.round, cheated)
+        # One node, one verdict per round in the network; here node 2 cheats seven times, so each
+        # verdict's evidence file is read back before the next one replaces it.
+        cheats[mode] = (item, read_evidence(item.evidence_path))
+    return verifier, honest, {mode: item for mode, (item, _) in cheats.items()}, {
+        mode: evidence for mode, (_, evidence) in cheats.items()}
+
+
+def test_honest_contributions_are_accepted_and_archived(verdicts):
+    verifier, honest, _, _ = verdicts
+    for item in honest:
+        assert item.report.reason == REASON_OK, item.report.findings
+        assert item.report.gradient_audit in ("probe", "full")
+        assert verifier.archive.load(2, item.contribution.node_key) == item.contribution
+        assert item.address is not None and not item.slashable
+
+
+@pytest.mark.parametrize("mode", CHEAT_MODES)
+def test_every_cheat_mode_is_rejected_with_replayable_evidence_and_is_slashable(verdicts, mode):
+    _, _, cheats, evidences = verdicts
+    item = cheats[mode]
+    assert not item.accepted, f"{mode} passed verification"
+    assert item.slashable, f"{mode}: {item.report.reason} should cost stake"
+    SlashReason.from_verdict_reason(item.report.reason)  # it has an on-chain code
+    evidence = evidences[mode]
+    assert evidence_hash(evidence) == item.evidence_hash
+    w = world()
+    outcome = rerun_evidence(evidence, w.model, w.tokenizer, registered_nodes=frozenset(n.public_key for n in w.nodes))
+    assert outcome.agrees, outcome.notes
+    if item.report.reason == REASON_REPLAY:
+        assert evidence.prior, "a replay verdict carries the earlier contribution"
+
+
+def test_intent_pays_accepted_by_score_and_slashes_every_cheater(verdicts):
+    _, honest, cheats, _ = verdicts
+    rejected = list(cheats.values())
+    intent = build_intent(2, world().round.seed, honest, rejected, 0.375,
+                          reward_per_sample=REWARD_PER_SAMPLE, slash_amount=SLASH)
+    assert (intent.stats.accepted, intent.stats.rejected, intent.stats.held_out_accuracy) == (2, len(CHEAT_MODES), 375_000)
+    paid = {a.node: a for a in intent.awards}
+    for item in honest:
+        award = paid[item.address]
+        assert award.verified_samples == len(item.contribution.samples)
+        assert award.score == contribution_score(item.contribution)
+        assert award.payout == payout_for(award.verified_samples, award.score, REWARD_PER_SAMPLE) > 0
+    assert {s.evidence_hash for s in intent.slashes} == {c.evidence_hash for c in rejected}
+    assert all(s.amount == SLASH for s in intent.slashes)
+    tree = traces_tree(leaf for item in honest for leaf in contribution_traces(item.contribution))
+    assert intent.traces_root == tree.root and len(tree.leaves) == sum(len(i.contribution.samples) for i in honest)
+    for position, leaf in enumerate(tree.leaves):
+        assert verify_proof(intent.traces_root, leaf_trace_hash(leaf), tree.proof(position))
+    assert SettlementIntent.from_json(intent.to_json()) == intent
+
+
+def test_score_pays_informative_groups_above_the_floor():
+    w = world()
+    honest = w.honest[0]
+    group = honest.strategy.group_size
+
+    def with_totals(totals):
+        samples = tuple(dataclasses.replace(s, rewards=RewardBreakdown(t, 0.0, 0.0, 0.0))
+                        for s, t in zip(honest.samples, totals))
+        return dataclasses.replace(honest, samples=samples)
+
+    flat = with_totals([0.0] * len(honest.samples))
+    mixed = with_totals([1.0] + [0.0] * (len(honest.samples) - 1))  # only the first group varies
+    groups = len(honest.samples) // group
+    assert contribution_score(flat) == round(SCORE_FLOOR * SCORE_SCALE)
+    assert contribution_score(mixed) == round(SCORE_FLOOR * SCORE_SCALE) + round((1 - SCORE_FLOOR) * SCORE_SCALE) // groups
+    assert isinstance(honest.samples[0], Sample)
+
+
+# ---------------------------------------------------------------- on a real chain
+
+
+@pytest.fixture(scope="module")
+def chain():
+    from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
+
+    try:
+        find_anvil_binary()
+    except AnvilError as exc:
+        pytest.skip(f"anvil is not installed ({exc})")
+    with Anvil(accounts=5) as anvil:
+        yield anvil
+
+
+@pytest.mark.timeout(180)
+def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
+    from thinkmesh.protocol.chain import LedgerClient, deploy
+    from thinkmesh.protocol.identity import bind_identity
+
+    w = world()
+    admin, *accounts = chain.accounts
+    deployment = deploy(chain.rpc_url, admin.private_key, unbonding_delay_s=60, min_stake=tokens(1))
+    coordinator = LedgerClient.connect(chain.rpc_url, deployment, private_key=admin.private_key)
+    coordinator.mint(admin.address, tokens(1000))
+    coordinator.fund(tokens(1000))
+    for identity, account in zip(w.nodes, accounts):
+        coordinator.mint(account.address, tokens(20))
+        node = LedgerClient.connect(chain.rpc_url, deployment, private_key=account.private_key)
+        node.register(bind_identity(identity, bytes.fromhex(account.private_key[2:])), tokens(20), "grpo", "")
+    registry = read_registry(LedgerClient.connect(chain.rpc_url, deployment))
+    assert registry == {n.public_key: a.address for n, a in zip(w.nodes, accounts)}
+
+    _, honest, cheats, _ = verdicts
+    bind = lambda item: dataclasses.replace(item, address=registry[item.contribution.node_key])  # noqa: E731
+    accepted = [bind(item) for item in honest]
+    rejected = [bind(cheats["fake-rewards"])]
+    settler = RoundSettler(SettlementJournal(tmp_path / "settlement"), coordinator,
+                           reward_per_sample=REWARD_PER_SAMPLE, slash_amount=SLASH)
+    settler.open_round(2, w.round.model_hash, w.round.seed)
+    settler.open_round(2, w.round.model_hash, w.round.seed)  # a re-announced round: no second opening
+    assert coordinator.round(2).seed_commitment == seed_commitment(w.round.seed)
+    intent = settler.record(2, w.round.seed, accepted, rejected, 0.5)
+
+    # Crash after the intent, before the checkpoint committed the round: the intent is dropped.
+    assert settler.recover(next_round=2) == [] and coordinator.round(2).status == RoundStatus.OPEN
+    intent = settler.record(2, w.round.seed, accepted, rejected, 0.5)
+    # Crash after the settle transaction, before the slash: recovery sends only what is missing.
+    first = send_settlement(coordinator, dataclasses.replace(intent, slashes=()))
+    assert first.settle_tx is not None
+    (recovered,) = settler.recover(next_round=3)
+    assert recovered.done
+    # And once more (a crash after the slash, before the intent was marked done).
+    again = send_settlement(coordinator, intent)
+    assert again.settle_tx is None and again.slashed == [] and again.skipped == [rejected[0].address]
+
+    assert len(coordinator.events.settlements(round_id=2)) == 1
+    assert len(coordinator.events.slashes(round_id=2)) == 1
+    for award in intent.awards:
+        assert coordinator.node(award.node).claimable == award.payout
+    (slash,) = coordinator.events.slashes(round_id=2)
+    assert (slash.node, slash.amount, slash.evidence_hash) == (rejected[0].address, SLASH, rejected[0].evidence_hash)
+    assert slash.reason == SlashReason.REWARD_MISMATCH
+    (metrics,) = coordinator.events.round_metrics(round_id=2)
+    assert (metrics.accepted, metrics.rejected, metrics.held_out_accuracy) == (2, 1, 0.5)
+    assert coordinator.round(2).traces_root == intent.traces_root

@@ -1,0 +1,352 @@
+"""End to end with real money movements: anvil, the deployed ledger, real p2pd daemons, a tiny model.
+
+A coordinator with a `[chain]` section verifies every contribution, settles each round in one
+transaction and slashes cheaters; three honest nodes and one cheater register themselves on chain.
+The chain must then say exactly what the coordinator's settlement journal says: every honest
+contribution paid, every cheating one rejected, slashed and never paid. The crash test kills the
+coordinator between verification and settlement and during settlement; after restarts every
+round is settled exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_mesh import get_status, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PASSWORD = "settle-test-password"
+HONEST = (("alice", "dapo", "uniform8"), ("bob", "gspo", "fp16"), ("carol", "grpo", "blockwise8"))
+CHEATER = ("mallory", "dapo", "uniform8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def boost_eos(directory: Path, factor: float = 12.0) -> None:
+    """Scales the <eos> embedding (as tests/verification_world.py does, more gently: a near-certain
+    <eos> makes one-token samples with identical logprobs, whose equal sample hashes the replay
+    check then flags across rounds) so completions end at varied
+    lengths: DAPO's length shaping then gives groups unequal rewards and gradients are non-zero,
+    which a gradient cheat needs to be told apart from honest work (an untrained model's honest
+    gradient is otherwise exactly zero, and so is the noise scaled to its norms)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from thinkmesh.node.tokenizer import vocabulary
+
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[vocabulary()["<eos>"]] *= factor
+    model.save_pretrained(str(directory), safe_serialization=True)
+
+
+class PaidMesh:
+    """anvil + ledger + keys + config files + processes of one settled mesh under `root`."""
+
+    def __init__(self, root: Path, anvil, cheat: str):
+        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.protocol.chain import LedgerClient, deploy
+        from thinkmesh.protocol.keystore import create_keys
+        from thinkmesh.protocol.ledger import tokens
+
+        self.root, self.anvil, self.cheat = root, anvil, cheat
+        self.base = root / "base-model"
+        init_model_dir(self.base, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                                intermediate_size=128, max_positions=512))
+        boost_eos(self.base)
+        names = ["coordinator", *(n for n, _, _ in HONEST), CHEATER[0]]
+        self.keys = {name: create_keys(root / "keys" / name, PASSWORD, kdf="light") for name in names}
+        admin = anvil.accounts[0]
+        self.deployment = deploy(anvil.rpc_url, admin.private_key, unbonding_delay_s=3600, min_stake=tokens(1),
+                                 coordinator=self.keys["coordinator"].evm_address)
+        (root / "deployment.json").write_text(self.deployment.to_json())
+        self.admin = LedgerClient.connect(anvil.rpc_url, self.deployment, private_key=admin.private_key)
+        self.admin.mint(admin.address, tokens(1000))
+        self.admin.fund(tokens(1000))
+        for name in names:
+            anvil.rpc("anvil_setBalance", [self.keys[name].evm_address, hex(10**20)])  # gas
+            if name != "coordinator":
+                self.admin.mint(self.keys[name].evm_address, tokens(50))  # the node stakes it itself
+        self.reader = LedgerClient.connect(anvil.rpc_url, self.deployment)
+        self.p2p_port = free_port()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+    def address(self, name: str) -> str:
+        return self.keys[name].evm_address
+
+    def coordinator_config(self, rounds: int, min_peers: int = 4) -> Path:
+        path = self.root / "coordinator.toml"
+        path.write_text(f"""
+run_id = "settle"
+base_model = "{self.base}"
+data_dir = "{self.root / 'coordinator'}"
+[identity]
+key_dir = "{self.root / 'keys' / 'coordinator'}"
+[network]
+host_maddrs = ["/ip4/127.0.0.1/tcp/{self.p2p_port}"]
+maddrs_file = "{self.root / 'coordinator.maddrs'}"
+[round]
+rounds = {rounds}
+deadline_s = 90
+close_when = 4
+prompts_per_node = 2
+start_delay_s = 1.0
+min_peers = {min_peers}
+[aggregation]
+rule = "norm_clip"
+clip_norm = 10.0
+lr = 0.001
+[eval]
+prompts = 4
+max_new_tokens = 12
+[observability]
+port_file = "{self.root / 'coordinator.port'}"
+console = false
+[chain]
+rpc_url = "{self.anvil.rpc_url}"
+deployment_file = "{self.root / 'deployment.json'}"
+reward_per_sample = "0.5"
+slash_amount = "7"
+""")
+        return path
+
+    def node_config(self, name: str, preset: str, compression: str) -> Path:
+        maddrs = [m for m in (self.root / "coordinator.maddrs").read_text().split() if m]
+        path = self.root / f"node-{name}.toml"
+        path.write_text(f"""
+run_id = "settle"
+coordinator_peer_id = "{self.keys['coordinator'].identity.peer_id}"
+base_model = "{self.base}"
+data_dir = "{self.root / ('node-' + name)}"
+[identity]
+key_dir = "{self.root / 'keys' / name}"
+[network]
+initial_peers = {json.dumps(maddrs)}
+[strategy]
+preset = "{preset}"
+group_size = 4
+max_new_tokens = 8
+overlong_buffer = 7
+dynamic_sampling = false
+[round]
+poll_s = 0.3
+sync_interval_s = 1.0
+compression = "{compression}"
+[observability]
+port_file = "{self.root / ('node-' + name + '.port')}"
+console = false
+[chain]
+rpc_url = "{self.anvil.rpc_url}"
+deployment_file = "{self.root / 'deployment.json'}"
+stake = "20"
+""")
+        return path
+
+    def start(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", *argv],
+                                            env={**self.env, **(extra_env or {})}, stdout=log, stderr=log,
+                                            start_new_session=True, cwd=self.root)
+
+    def start_coordinator(self, rounds: int, crash_at: str | None = None, min_peers: int = 4) -> None:
+        env = {"THINKMESH_COORDINATOR_CRASH_AT": crash_at} if crash_at else {}
+        config = self.coordinator_config(rounds, min_peers)
+        self.start("coordinator", ["coordinator", "run", "--config", str(config)], env)
+
+    def start_nodes(self) -> None:
+        wait_for(lambda: (self.root / "coordinator.maddrs").exists(), 120, "the coordinator's multiaddrs")
+        for name, preset, compression in HONEST:
+            self.start(name, ["node", "run", "--config", str(self.node_config(name, preset, compression))])
+        name, preset, compression = CHEATER
+        self.start(name, ["node", "run", "--config", str(self.node_config(name, preset, compression)),
+                          "--cheat", self.cheat])
+
+    def restart_nodes(self) -> None:
+        """Nodes are restarted with the coordinator: go-libp2p backs off dialing a peer whose
+        connection died, so a live node may take minutes to reach a restarted coordinator."""
+        for name in [n for n in self.procs if n != "coordinator"]:
+            proc = self.procs.pop(name)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        self.start_nodes()
+
+    def wait_exit(self, name: str, timeout: float) -> int:
+        code = self.procs[name].wait(timeout=timeout)  # on a timeout it stays in procs, for stop_all
+        del self.procs[name]
+        return code
+
+    def stop_all(self) -> None:
+        for name, proc in list(self.procs.items()):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+            except ProcessLookupError:
+                pass
+        self.procs.clear()
+
+    def journal(self):
+        from thinkmesh.coordinator.settlement import SettlementJournal
+
+        return SettlementJournal(self.root / "coordinator" / "settlement").load()
+
+    def dump_logs(self) -> None:
+        for path in sorted(self.root.glob("*.log")):
+            print(f"===== {path.name} =====\n{path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def anvil():
+    from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
+
+    try:
+        find_anvil_binary()
+    except AnvilError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"anvil is not installed ({exc})")
+    with Anvil(accounts=2) as chain:
+        yield chain
+
+
+def assert_chain_matches_journal(mesh: PaidMesh, rounds: int, everyone_each_round: bool = True) -> None:
+    """The chain's record equals the coordinator's: each round settled once with the journaled
+    payload, honest nodes paid exactly their awards, the cheater slashed whenever it was heard,
+    never paid. `everyone_each_round`: every node's contribution made every round."""
+    from thinkmesh.protocol.ledger import RoundStatus, settlement_hash
+
+    intents = mesh.journal()
+    assert [i.round_id for i in intents] == list(range(1, rounds + 1)) and all(i.done for i in intents)
+    owed: dict[str, int] = {}
+    for intent in intents:
+        record = mesh.reader.round(intent.round_id)
+        assert record.status == RoundStatus.SETTLED
+        assert record.settlement_hash == settlement_hash(intent.round_id, intent.seed, intent.traces_root,
+                                                         intent.awards, intent.stats)
+        assert len(mesh.reader.events.settlements(round_id=intent.round_id)) == 1
+        honest = {mesh.address(n) for n, _, _ in HONEST}
+        paid = {a.node for a in intent.awards}
+        assert paid == honest if everyone_each_round else paid <= honest, intent.awards
+        assert all(a.payout > 0 for a in intent.awards)
+        if not everyone_each_round and not intent.slashes:
+            assert mesh.reader.events.slashes(round_id=intent.round_id) == []
+            continue
+        assert [s.node for s in intent.slashes] == [mesh.address(CHEATER[0])]
+        (slash,) = mesh.reader.events.slashes(round_id=intent.round_id)
+        assert (slash.node, slash.evidence_hash) == (mesh.address(CHEATER[0]), intent.slashes[0].evidence_hash)
+        evidence = mesh.root / "coordinator" / "evidence" / f"round-{intent.round_id:06d}"
+        assert (evidence / f"{mesh.keys[CHEATER[0]].identity.public_key.hex()}.evidence").exists()
+        (metrics,) = mesh.reader.events.round_metrics(round_id=intent.round_id)
+        assert (metrics.accepted, metrics.rejected) == (len(intent.accepted), len(intent.slashes))
+        for award in intent.awards:
+            owed[award.node] = owed.get(award.node, 0) + award.payout
+    for name, _, _ in HONEST:
+        assert mesh.reader.node(mesh.address(name)).claimable == owed.get(mesh.address(name), 0)
+    assert mesh.reader.events.compensations(node=mesh.address(CHEATER[0])) == []
+    assert mesh.reader.node(mesh.address(CHEATER[0])).claimable == 0
+    from thinkmesh.protocol.ledger import tokens
+
+    slashed = sum(len(i.slashes) for i in intents)
+    assert slashed == len(mesh.reader.events.slashes()) >= 1
+    assert mesh.reader.node(mesh.address(CHEATER[0])).stake == tokens(20) - slashed * tokens(7)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cheat", ["random-gradient", "fake-rewards"])
+def test_cheater_is_slashed_and_never_paid_while_honest_nodes_are(tmp_path, anvil, cheat, monkeypatch):
+    monkeypatch.setenv("THINKMESH_KEY_PASSWORD", PASSWORD)
+    mesh = PaidMesh(tmp_path, anvil, cheat)
+    try:
+        mesh.start_coordinator(rounds=1)
+        mesh.start_nodes()
+        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done"
+                 and mesh.journal() and mesh.journal()[-1].done, 240, "round 1 to settle")
+        status = get_status(tmp_path / "coordinator.port")
+        (rejected,) = status["rounds"][0]["rejected"]
+        assert rejected["peer_id"] == mesh.keys[CHEATER[0]].identity.peer_id
+        expected = {"random-gradient": "gradient-mismatch", "fake-rewards": "reward-mismatch"}[cheat]
+        assert rejected["reason"] == expected
+        assert_chain_matches_journal(mesh, rounds=1)
+        for name, _, _ in HONEST:  # every node registered itself from its own keystore
+            assert get_status(tmp_path / f"node-{name}.port")["chain"]["registered_now"] is True
+
+        # The operator's view and the trace dataset, through the same handlers the CLI runs.
+        from thinkmesh.coordinator.traces_commands import export_traces, verify_traces
+        from thinkmesh.node.operator_commands import claim_rewards, rewards_report, show_rewards
+
+        node_args = argparse.Namespace(config=tmp_path / "node-alice.toml", rpc=None, ledger=None, key_dir=None,
+                                       password_file=None, json=True, to=None)
+        assert show_rewards(node_args) == 0
+        assert claim_rewards(node_args) == 0
+        from thinkmesh.node.operator_commands import _client
+
+        report = rewards_report(_client(node_args))
+        assert int(report["claimable"]) == 0 and int(report["claimed"]) == int(report["earned"]) > 0
+        out = tmp_path / "traces.jsonl"
+        assert export_traces(argparse.Namespace(config=tmp_path / "coordinator.toml", rounds="1..1", out=out)) == 0
+        lines = out.read_text().splitlines()
+        assert len(lines) == 3 * 2 * 4  # 3 honest nodes x 2 prompts x group of 4
+        assert verify_traces(argparse.Namespace(file=out, rpc=anvil.rpc_url, ledger=mesh.deployment.ledger,
+                                                json=True)) == 0
+        tampered = json.loads(lines[0])
+        tampered["completion_ids"][0] += 1
+        out.write_text(json.dumps(tampered) + "\n")
+        assert verify_traces(argparse.Namespace(file=out, rpc=anvil.rpc_url, ledger=mesh.deployment.ledger,
+                                                json=True)) == 1
+    except Exception:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop_all()
+
+
+@pytest.mark.timeout(420)
+def test_coordinator_killed_before_and_during_settlement_settles_every_round_once(tmp_path, anvil):
+    killed = -signal.SIGKILL  # the crash hook SIGKILLs the coordinator's process group (DHT, p2pd)
+    mesh = PaidMesh(tmp_path, anvil, "fake-rewards")
+    try:
+        # Killed after round 1 was verified and committed, before its settle transaction.
+        mesh.start_coordinator(rounds=2, crash_at="before-settle@1")
+        mesh.start_nodes()
+        assert mesh.wait_exit("coordinator", timeout=240) == killed
+        assert [(i.round_id, i.done) for i in mesh.journal()] == [(1, False)]
+        assert mesh.reader.events.settlements() == []
+
+        # Restarted: settles round 1 from its intent, runs round 2, killed after its settle
+        # transaction but before the cheater's slash.
+        mesh.start_coordinator(rounds=2, crash_at="after-settle@2", min_peers=0)
+        mesh.restart_nodes()
+        assert mesh.wait_exit("coordinator", timeout=240) == killed
+        assert [(i.round_id, i.done) for i in mesh.journal()] == [(1, True), (2, False)]
+        assert len(mesh.reader.events.settlements(round_id=2)) == 1
+        assert mesh.reader.events.slashes(round_id=2) == []
+
+        # Restarted again: finishes round 2's settlement (the slash), sends nothing twice.
+        mesh.start_coordinator(rounds=2, min_peers=0)
+        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done", 120,
+                 "the coordinator to recover and finish")
+        # Round 1 had everyone; round 2 ran while the nodes were restarted, so it may miss some.
+        assert {a.node for a in mesh.journal()[0].awards} == {mesh.address(n) for n, _, _ in HONEST}
+        assert_chain_matches_journal(mesh, rounds=2, everyone_each_round=False)
+    except Exception:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop_all()
