@@ -130,18 +130,18 @@ def run_local(base: Path, rounds: int) -> float:
     import dataclasses
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from thinkmesh.node.contribution_step import rollout_and_gradient
+    from thinkmesh.node.contribution_step import samples_and_gradients
     from thinkmesh.protocol.identity import NodeIdentity
+    from thinkmesh.protocol.scoring import load_tokenizer
     from thinkmesh.protocol.messages import RoundAnnouncement
     from thinkmesh.protocol.strategies import strategy_from_name
     from thinkmesh.protocol.tasks import TaskSpec
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    tokenizer.padding_side = "left"
+    tokenizer = load_tokenizer(base)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     nodes = [NodeIdentity.generate() for _ in STRATEGIES]
     started = time.perf_counter()
@@ -155,7 +155,7 @@ def run_local(base: Path, rounds: int) -> float:
             base_spec = strategy_from_name(name)
             spec = dataclasses.replace(base_spec, group_size=GROUP, max_new_tokens=MAX_TOKENS,
                                        overlong_buffer=MAX_TOKENS // 5 if base_spec.overlong_buffer else 0)
-            grads.append(rollout_and_gradient(model, tokenizer, announcement, node.public_key, spec).gradients)
+            grads.append(samples_and_gradients(model, tokenizer, announcement, node.public_key, spec)[1])
         for name, param in model.named_parameters():
             param.grad = sum(g[name] for g in grads) / len(grads)
         optimizer.step()

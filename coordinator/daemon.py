@@ -38,6 +38,7 @@ from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import ZERO_HASH, ModelManifest, RoundAnnouncement, encode_message, sign_message
 from thinkmesh.protocol.model_manifest import assign_parameters, build_manifest, canonical_architecture, model_parameters
 from thinkmesh.protocol.observability import StatusServer
+from thinkmesh.protocol.scoring import load_tokenizer
 from thinkmesh.protocol.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -56,21 +57,6 @@ def write_identity_file(path: Path, identity: NodeIdentity) -> Path:
         handle.write(identity.libp2p_private_key_bytes())
     return path
 
-
-def load_tokenizer(directory: Path):
-    """A `tokenizer.json` loads as exactly that (`PreTrainedTokenizerFast`): transformers 5's
-    `AutoTokenizer` picks a class from `model_type`, which for the devnet's character tokenizer
-    drops spaces, and nodes and verifier must decode completions to the same text."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if (directory / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class Coordinator:

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkmesh.node.contribution_step import sampling_seed
-from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+from thinkmesh.node.contribution_step import honest_contribution
 from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
@@ -63,33 +62,6 @@ class CheatInputs:
     scale: float = 4.0
     seed: int = 0
 
-
-def honest_contribution(
-    model, tokenizer, announcement: RoundAnnouncement, identity: NodeIdentity, strategy: StrategySpec,
-    compression: str = "none", reference_model=None,
-) -> Contribution:
-    """What an honest node sends: the RL core's step (`collect_rollouts` -> `policy_gradient`,
-    node/train_step.py) on this node's prompts, encoded and signed. Leaves `model.grad` empty."""
-    tasks = node_tasks(announcement, identity.public_key)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(sampling_seed(announcement, identity.public_key))
-    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator)
-    model.zero_grad(set_to_none=True)
-    policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model)
-    gradients = {
-        name: (p.grad.detach().to("cpu", torch.float32).clone() if p.grad is not None else torch.zeros(p.shape))
-        for name, p in model.named_parameters()
-    }
-    model.zero_grad(set_to_none=True)
-    samples = tuple(
-        Sample(i // strategy.group_size, c.token_ids, tuple(float(x) for x in c.logprobs), r)
-        for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))
-    )
-    return sign_message(Contribution(
-        chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
-        node_key=identity.public_key, model_hash=announcement.model_hash, strategy=strategy,
-        samples=samples, samples_root=samples_root(samples), gradient=encode_gradient(gradients, compression),
-    ), identity)
 
 
 def resign(contribution: Contribution, identity: NodeIdentity, **changes) -> Contribution:

@@ -1,41 +1,27 @@
-"""One round's work on a node: rollouts -> rewards -> advantages -> loss -> gradient (no step).
+"""One round's work on an honest node: rollouts -> rewards -> gradient (no step), signed.
 
-The mesh's thin adapter over the RL core: prompts come from `task_for_node` (so the verifier can
-regenerate them), completions from the rollout engine with their logprobs, rewards from
-`score_completion`, and the loss from `strategy_loss` with the node's declared strategy. The
-gradient is returned, not applied: the coordinator owns the optimizer. Synchronous and
-CPU/GPU-bound; the daemon calls it from a worker thread.
+The RL core's own step (`collect_rollouts` -> `policy_gradient`, node/train_step.py) on the
+prompts the protocol assigns this node, so the verifier, which rebuilds prompts and rewards with
+protocol/ alone, sees exactly what the node computed. The gradient is sent, not applied: the
+coordinator owns the optimizer. Synchronous and CPU/GPU-bound; the daemon calls it from a worker
+thread.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from thinkmesh.node.rollout import SamplingSettings, generate, stop_rule_for
-from thinkmesh.protocol.grpo import strategy_loss
-from thinkmesh.protocol.messages import RoundAnnouncement, Sample
-from thinkmesh.protocol.rewards import score_completion, total_reward
-from thinkmesh.protocol.scoring import completion_logprobs
+from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+from thinkmesh.protocol.gradient_codec import encode_gradient
+from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
 from thinkmesh.protocol.strategies import StrategySpec
-from thinkmesh.protocol.tasks import render_prompt, task_for_node
+from thinkmesh.protocol.verification import node_tasks
 
 SAMPLING_SEED_DOMAIN = b"thinkmesh/node-sampling/v1"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    samples: tuple[Sample, ...]
-    gradients: dict[str, Tensor]
-    loss: float
-    mean_reward: float
-    accuracy: float
-    rollout_s: float
-    backward_s: float
 
 
 def sampling_seed(announcement: RoundAnnouncement, node_key: bytes) -> int:
@@ -43,44 +29,40 @@ def sampling_seed(announcement: RoundAnnouncement, node_key: bytes) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def rollout_and_gradient(
-    model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec, template: str = "r1"
-) -> StepResult:
-    """The samples and gradient of this node's share of `announcement` (see module docstring)."""
-    started = time.perf_counter()
-    group = strategy.group_size
-    tasks = [task_for_node(announcement.task, announcement.seed, node_key, i) for i in range(announcement.prompts_per_node)]
-    prompt_ids = [tokenizer.encode(render_prompt(t, template), add_special_tokens=False) for t in tasks]
-    repeated = [ids for ids in prompt_ids for _ in range(group)]
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(announcement, node_key))
-    settings = SamplingSettings(strategy.temperature, strategy.top_p, strategy.max_new_tokens)
-    completions = generate(
-        model, repeated, settings, stop_rule_for(tokenizer), tokenizer.pad_token_id, generator, tokenizer
-    )
-    samples = []
-    for index, completion in enumerate(completions):
-        task = tasks[index // group]
-        text = tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
-        rewards = score_completion(task, text, len(completion.token_ids), strategy.max_new_tokens, strategy.overlong_buffer)
-        samples.append(Sample(prompt_index=index // group, completion_ids=completion.token_ids,
-                              logprobs=tuple(float(x) for x in completion.logprobs), rewards=rewards))
-    rollout_s = time.perf_counter() - started
+def samples_and_gradients(
+    model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec, reference_model=None,
+) -> tuple[tuple[Sample, ...], dict[str, Tensor]]:
+    """This node's samples for `announcement` and the float32 CPU gradient they produce.
 
-    started = time.perf_counter()
+    Leaves `model.grad` empty."""
+    tasks = node_tasks(announcement, node_key)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(sampling_seed(announcement, node_key))
+    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator)
     model.zero_grad(set_to_none=True)
-    scored = completion_logprobs(model, repeated, [c.token_ids for c in completions], strategy.temperature,
-                                 tokenizer.pad_token_id)
-    rewards = torch.tensor([total_reward(s.rewards) for s in samples], dtype=torch.float32).reshape(-1, group)
-    loss, _stats = strategy_loss(scored.logprobs, scored.logprobs.detach(), rewards.to(scored.logprobs.device),
-                                 scored.mask, strategy)
-    loss.backward()
+    policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model)
     gradients = {
         name: (p.grad.detach().to("cpu", torch.float32).clone() if p.grad is not None else torch.zeros(p.shape))
         for name, p in model.named_parameters()
     }
     model.zero_grad(set_to_none=True)
-    return StepResult(
-        samples=tuple(samples), gradients=gradients, loss=float(loss.detach()),
-        mean_reward=float(rewards.mean()), accuracy=sum(s.rewards.accuracy for s in samples) / len(samples),
-        rollout_s=rollout_s, backward_s=time.perf_counter() - started,
+    samples = tuple(
+        Sample(i // strategy.group_size, c.token_ids, tuple(float(x) for x in c.logprobs), r)
+        for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))
     )
+    return samples, gradients
+
+
+def honest_contribution(
+    model, tokenizer, announcement: RoundAnnouncement, identity: NodeIdentity, strategy: StrategySpec,
+    compression: str = "none", reference_model=None,
+) -> Contribution:
+    """What an honest node sends for `announcement`, encoded and signed."""
+    samples, gradients = samples_and_gradients(
+        model, tokenizer, announcement, identity.public_key, strategy, reference_model
+    )
+    return sign_message(Contribution(
+        chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
+        node_key=identity.public_key, model_hash=announcement.model_hash, strategy=strategy,
+        samples=samples, samples_root=samples_root(samples), gradient=encode_gradient(gradients, compression),
+    ), identity)

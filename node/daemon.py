@@ -10,7 +10,7 @@ A node holds one model version. It fetches a version only when the announced (or
 the coordinator's head) hash differs from the one it holds, and it persists what it fetched
 (checked again on load), so a restarted node catches up from where it was.
 
-The round's work is `cheats.honest_contribution` (node/train_step.py's rollouts and gradient,
+The round's work is `contribution_step.honest_contribution` (node/train_step.py's rollouts and gradient,
 exactly what the coordinator's verifier recomputes); with `cheat` set, `cheats.apply_cheat` turns
 it into that mode's contribution. With `[chain]`, the node registers itself before its first round.
 """
@@ -29,6 +29,7 @@ from thinkmesh.node.config import NodeConfig
 from thinkmesh.node.p2p_client import FetchedModel, fetch_model, upload_contribution
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
 from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.scoring import load_tokenizer
 from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.messages import (
     ZERO_HASH,
@@ -53,20 +54,6 @@ from thinkmesh.protocol.observability import StatusServer
 logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
 
-
-def load_tokenizer(directory: Path):
-    """`tokenizer.json` as `PreTrainedTokenizerFast` (transformers 5's AutoTokenizer picks a class
-    from `model_type`, which drops spaces for the devnet's character tokenizer), left-padded."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if (directory / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class NodeDaemon:
@@ -182,7 +169,8 @@ class NodeDaemon:
                                         coordinator_key=self.coordinator_key)
 
     def _work(self, announcement: RoundAnnouncement) -> tuple[dict, Contribution]:
-        from thinkmesh.node.cheats import CheatInputs, apply_cheat, honest_contribution
+        from thinkmesh.node.cheats import CheatInputs, apply_cheat
+        from thinkmesh.node.contribution_step import honest_contribution
 
         started = time.perf_counter()
         honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, self.strategy,

@@ -43,14 +43,10 @@ def resolve_device(name: str) -> str:
 
 def load_tokenizer(directory: str | Path):
     """The directory's tokenizer, left-padded (batched generation and scoring rely on it)."""
-    from transformers import AutoTokenizer
+    from thinkmesh.protocol.scoring import load_tokenizer as load_protocol_tokenizer
 
     _require_model_dir(directory)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_protocol_tokenizer(directory)
 
 
 def load_model(directory: str | Path, device: str = "cpu", dtype: str = "float32"):

@@ -38,28 +38,18 @@ def _hex(text: str, what: str, size: int) -> bytes:
 
 
 def _load_model(directory: Path):
-    """Any causal LM directory, float32 on CPU, as the verifier scores it.
-
-    A `tokenizer.json` is loaded as exactly that (`PreTrainedTokenizerFast`): transformers 5's
-    `AutoTokenizer` picks a class from the model's `model_type` instead, which for the tiny
-    character tokenizer in a Qwen2 directory silently drops spaces and newlines.
-    """
+    """Any causal LM directory, float32 on CPU, as the verifier scores it."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
+
+    from thinkmesh.protocol.scoring import load_tokenizer
 
     from thinkmesh.protocol.evidence import EvidenceError
 
     if not (directory / "config.json").is_file():
         raise EvidenceError(f"--model {directory}: expected a model directory with config.json, found none")
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="sdpa").eval()
-    if (directory / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(directory)
 
 
 def _verify_evidence(args: argparse.Namespace) -> int:

@@ -130,3 +130,26 @@ def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
 def completion_text(tokenizer, completion_ids: Sequence[int]) -> str:
     """The text rewards are computed on: special tokens (pad, EOS) dropped, R1 tags kept."""
     return tokenizer.decode(list(completion_ids), skip_special_tokens=True)
+
+
+def load_tokenizer(directory):
+    """A model directory's tokenizer as every party must load it, left-padded.
+
+    A `tokenizer.json` loads as exactly that (`PreTrainedTokenizerFast`): transformers 5's
+    `AutoTokenizer` picks a class from the model's `model_type` instead, which for a character
+    tokenizer in a Qwen2 directory silently drops spaces and newlines, and node and verifier must
+    decode completions to the same text.
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
