@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.models import boost_eos
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PASSWORD = "mesh-test-password"
@@ -58,6 +60,7 @@ class Mesh:
         self.base = root / "base-model"
         init_model_dir(self.base, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                                 intermediate_size=128, max_positions=512))
+        boost_eos(self.base)
         self.keys = {name: create_keys(root / "keys" / name, PASSWORD, kdf="light")
                      for name in ("coordinator", *STRATEGIES)}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -109,6 +112,8 @@ initial_peers = {json.dumps(maddrs)}
 preset = "{name}"
 group_size = 4
 max_new_tokens = 12
+overlong_buffer = 11
+dynamic_sampling = false
 [round]
 poll_s = 0.3
 sync_interval_s = 1.0

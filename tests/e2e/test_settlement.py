@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_mesh import get_status, wait_for
+from tests.e2e.models import boost_eos
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,23 +36,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-
-def boost_eos(directory: Path, factor: float = 12.0) -> None:
-    """Scales the <eos> embedding (as tests/verification_world.py does, more gently: a near-certain
-    <eos> makes one-token samples with identical logprobs, whose equal sample hashes the replay
-    check then flags across rounds) so completions end at varied
-    lengths: DAPO's length shaping then gives groups unequal rewards and gradients are non-zero,
-    which a gradient cheat needs to be told apart from honest work (an untrained model's honest
-    gradient is otherwise exactly zero, and so is the noise scaled to its norms)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from thinkmesh.node.tokenizer import vocabulary
-
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[vocabulary()["<eos>"]] *= factor
-    model.save_pretrained(str(directory), safe_serialization=True)
 
 
 class PaidMesh:
