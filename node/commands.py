@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--steps", type=int, default=100)
     local.add_argument("--prompts-per-step", type=int, default=16)
     local.add_argument("--group-size", type=int, default=8)
-    local.add_argument("--max-new-tokens", type=int, default=48)
+    local.add_argument("--max-new-tokens", type=int, default=40)
+    local.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warmup")
     local.add_argument("--temperature", type=float, default=None)
     local.add_argument("--lr", type=float, default=5e-4)
     local.add_argument("--eval-every", type=int, default=10)
@@ -139,6 +140,7 @@ def train_local_command(args: argparse.Namespace) -> int:
         group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
         eval_every=args.eval_every, eval_tasks=args.eval_tasks, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=args.device, dtype=args.dtype, max_minutes=args.max_minutes,
+        warmup_steps=args.warmup_steps,
     )
     summary = train_local(config)
     curve = ", ".join(f"{step}:{accuracy:.3f}" for step, accuracy in summary.evals)

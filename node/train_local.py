@@ -1,7 +1,8 @@
 """`thinkmesh train local`: single-process GRPO training, the nanoGPT-sized loop of a node.
 
-Per step: draw tasks (a pure function of seed and step) -> `collect_rollouts` -> `policy_gradient`
--> clip -> `optimizer.step()`; every `eval_every` steps a greedy held-out evaluation. Metrics go
+Per step: draw tasks (a pure function of seed and step, never a held-out question) ->
+`collect_rollouts` -> `policy_gradient` -> clip -> `optimizer.step()` (lr warmed up linearly over
+`warmup_steps`); every `eval_every` steps a greedy held-out evaluation. Metrics go
 to `<run_dir>/metrics.jsonl` (one JSON object per line, `"kind": "train" | "eval"`), and a
 checkpoint (model, tokenizer, optimizer, step, RNG state) to `<run_dir>/checkpoint`, written to a
 temp dir and renamed into place. Started again with the same run dir, training resumes from the
@@ -53,9 +54,10 @@ class LocalTrainConfig:
     steps: int = 100
     prompts_per_step: int = 16
     group_size: int | None = 8
-    max_new_tokens: int | None = 48
+    max_new_tokens: int | None = 40  # linear-1 traces are ~25 tokens; DAPO's soft limit lands at 32
     temperature: float | None = None
     lr: float = 5e-4
+    warmup_steps: int = 10  # linear lr warmup: a fresh Adam's first steps are sign-sized, whatever the signal
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int = 10
@@ -122,6 +124,14 @@ def step_tasks(config: LocalTrainConfig, step: int, excluded: frozenset[str] = f
 def step_generator(config: LocalTrainConfig, step: int, device) -> torch.Generator:
     digest = hashlib.sha256(TRAIN_SEED_DOMAIN + b"sampling" + config.seed.to_bytes(8, "big") + step.to_bytes(8, "big")).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def learning_rate(config: LocalTrainConfig, step: int) -> float:
+    """The lr of step `step` (0-based): linear warmup to `config.lr`, then flat.
+
+    A function of the step alone, so a resumed run needs no scheduler state.
+    """
+    return config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, step: int) -> None:
@@ -199,6 +209,8 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
             result = policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
             if result.kept_groups:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
                 optimizer.step()
             t2 = time.perf_counter()
             rewards = rollouts.reward_matrix()
