@@ -241,6 +241,22 @@ def check_sample_shape(contribution: Contribution, vocab_size: int | None) -> tu
 REPLAY_SAMPLE_FRACTION = 0.5  # more than this share of seen samples makes a contribution a replay
 
 
+def carries_signal(contribution: Contribution) -> bool:
+    """False when, in every group, samples have equal claimed rewards and equal lengths.
+
+    Then every strategy's advantages and length shaping are zero, so the policy-gradient term is
+    exactly zero and honest nodes send the same (zero) gradient round after round: its digest
+    repeating is not a replay. (Claimed rewards are recomputed by the reward check.)
+    """
+    group = contribution.strategy.group_size
+    samples = contribution.samples
+    for start in range(0, len(samples), group):
+        members = samples[start:start + group]
+        if len({(s.rewards, len(s.completion_ids)) for s in members}) > 1:
+            return True
+    return False
+
+
 def check_replay(
     contribution: Contribution, seen_sample_hashes: frozenset[bytes], seen_gradient_digests: frozenset[bytes],
     digests: ContributionDigests | None = None,
@@ -260,7 +276,7 @@ def check_replay(
     ]
     if len(findings) <= REPLAY_SAMPLE_FRACTION * len(digests.sample_hashes):
         findings = []
-    if digests.gradient_digest in seen_gradient_digests:
+    if digests.gradient_digest in seen_gradient_digests and carries_signal(contribution):
         findings += _contribution_finding("gradient-seen", 0.0, 1.0)
     return tuple(findings)
 

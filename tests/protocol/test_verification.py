@@ -276,4 +276,22 @@ def test_a_few_coincident_samples_are_not_replay_but_most_are():
     assert check_replay(None, frozenset(hashes[:4]), frozenset(), digests) == ()
     flagged = check_replay(None, frozenset(hashes[:5]), frozenset(), digests)
     assert [f.sample_index for f in flagged] == [0, 1, 2, 3, 4]
-    assert check_replay(None, frozenset(), frozenset({b"\x09" * 32}), digests) != ()
+
+
+def test_a_repeated_zero_signal_gradient_is_not_replay_but_a_repeated_real_one_is():
+    """Groups with equal rewards and lengths give every honest node the same zero gradient."""
+    import dataclasses
+
+    from thinkmesh.protocol.verification import carries_signal, check_replay, contribution_digests
+
+    honest = world().honest[0]
+    digests = contribution_digests(honest)
+    seen = frozenset({digests.gradient_digest})
+    first = honest.samples[0]
+    flat = tuple(dataclasses.replace(s, rewards=first.rewards, completion_ids=first.completion_ids,
+                                     logprobs=first.logprobs) for s in honest.samples)
+    no_signal = dataclasses.replace(honest, samples=flat)
+    assert not carries_signal(no_signal)
+    assert check_replay(no_signal, frozenset(), seen, digests) == ()
+    assert carries_signal(honest)
+    assert [f.check for f in check_replay(honest, frozenset(), seen, digests)] == ["gradient-seen"]
