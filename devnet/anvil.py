@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkmesh.devnet.ports import free_port
 from thinkmesh.protocol.chain_errors import ChainError
 
 DEFAULT_CHAIN_ID = 31337
@@ -76,13 +76,6 @@ def find_anvil_binary(contracts_dir: Path = CONTRACTS_DIR) -> Path:
         f"expected the anvil binary at {candidate} (installed by `npm ci --prefix {contracts_dir}`), "
         f"or {ANVIL_ENV}=/path/to/anvil; found neither"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; `Anvil.start` retries if another process wins it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class Anvil:

@@ -1,5 +1,5 @@
-"""`thinkmesh node run`: the node daemon's subcommand (wired into the CLI by `node/commands.py`'s
-owner; `register` adds `run` under an existing or new `node` parser)."""
+"""`thinkmesh node run`: the node daemon's subcommand (`register` adds `run` under an existing or
+new `node` parser; node/commands.py calls it)."""
 
 from __future__ import annotations
 
@@ -49,27 +49,3 @@ def run_node(args: argparse.Namespace) -> int:
     run_until_stopped(NodeDaemon(config, keys.identity, keys).run)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m thinkmesh.node.daemon_commands node run --config FILE`, until the CLI wires it."""
-    import logging
-    import sys
-
-    from thinkmesh.protocol.errors import ProtocolError
-
-    parser = argparse.ArgumentParser(prog="thinkmesh")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.handler(args) or 0)
-    except ProtocolError as exc:
-        print(f"thinkmesh: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

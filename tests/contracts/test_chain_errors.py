@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from eth_account import Account
 
-from thinkmesh.devnet.anvil import Anvil, free_port
+from thinkmesh.devnet.anvil import Anvil
+from thinkmesh.devnet.ports import free_port
 from thinkmesh.protocol.chain import LedgerClient, connect_web3
 from thinkmesh.protocol.chain_errors import (
     ChainError,
