@@ -132,13 +132,17 @@ def _decoded(contribution: Contribution, shapes: dict[str, tuple[int, ...]]) -> 
 
 
 def random_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> Contribution:
-    """Gaussian noise scaled to each honest tensor's norm: the global norm looks right."""
+    """Gaussian noise scaled to each honest tensor's norm: the global norm looks right.
+
+    Where the honest tensor is exactly zero (no reward signal this round), a forger who skipped
+    the work cannot know that, so its noise keeps a small RMS (1e-3) instead of vanishing."""
     honest = _decoded(inputs.honest, shapes)
     generator = torch.Generator().manual_seed(inputs.seed)
     noise = {}
     for name, tensor in honest.items():
         draw = torch.randn(tensor.shape, generator=generator)
-        noise[name] = draw * (tensor.norm() / draw.norm().clamp(min=1e-30))
+        target = tensor.norm() if tensor.norm() > 0 else 1e-3 * draw.numel() ** 0.5
+        noise[name] = draw * (target / draw.norm().clamp(min=1e-30))
     return resign(inputs.honest, inputs.identity, gradient=encode_gradient(noise, inputs.honest.gradient.compression))
 
 
