@@ -69,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     local.set_defaults(handler=train_local_command)
 
-    daemon_commands.register(subparsers)
-    operator_commands.register(subparsers)
+    node = subparsers.add_parser("node", help="run a training node")
+    node_commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
+    daemon_commands.register(node_commands)
+    operator_commands.register(node_commands)
 
 
 def _quiet_transformers() -> None:

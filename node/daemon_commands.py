@@ -1,20 +1,12 @@
-"""`thinkmesh node run`: the node daemon's subcommand (`register` adds `run` under an existing or
-new `node` parser; node/commands.py calls it)."""
+"""`thinkmesh node run`: the node daemon's subcommand (node/commands.py owns the `node` parser)."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `node run`. Pass the `node` parser's subparsers, or the top level's to create `node`."""
-    if "node" in subparsers.choices:
-        node = subparsers.choices["node"]
-        actions = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
-        commands = actions[0] if actions else node.add_subparsers(dest="node_command", metavar="COMMAND")
-    else:
-        node = subparsers.add_parser("node", help="run a training node")
-        commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
+def register(commands: argparse._SubParsersAction) -> None:
+    """Adds `run` to the `node` command's subparsers."""
     run = commands.add_parser(
         "run", help="join the mesh: follow rounds, run rollouts, send gradients",
         description="Configured by a TOML file plus THINKMESH_NODE__SECTION__KEY=value overrides.",

@@ -21,15 +21,8 @@ class OperatorError(ProtocolError):
     """An operator command that cannot run as asked (no chain configured, nothing to do yet)."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `node rewards`, `node claim` and `node unstake` under the `node` command."""
-    if "node" in subparsers.choices:
-        node = subparsers.choices["node"]
-        actions = [a for a in node._actions if isinstance(a, argparse._SubParsersAction)]
-        commands = actions[0] if actions else node.add_subparsers(dest="node_command", metavar="COMMAND")
-    else:
-        node = subparsers.add_parser("node", help="run a training node")
-        commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
+def register(commands: argparse._SubParsersAction) -> None:
+    """Adds `rewards`, `claim` and `unstake` to the `node` command's subparsers."""
     for name, handler, text in (
         ("rewards", show_rewards, "stake, earned, claimable and claimed rewards, and slashing events, from the chain"),
         ("claim", claim_rewards, "send the node's claimable rewards to its account (or --to)"),
