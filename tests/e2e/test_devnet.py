@@ -14,11 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.polling import wait_for
 
 from thinkmesh.devnet.anvil import AnvilError, find_anvil_binary
 from thinkmesh.devnet.layout import DevnetLayout, DevnetState
@@ -52,15 +53,6 @@ def free_base_port() -> int:
             continue
     raise AssertionError("no four consecutive free ports")
 
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def running_state(layout: DevnetLayout) -> DevnetState | None:

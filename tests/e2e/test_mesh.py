@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.models import boost_eos
+from tests.e2e.polling import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,15 +23,6 @@ PASSWORD = "mesh-test-password"
 STRATEGIES = ("grpo", "dapo", "gspo")
 COMPRESSIONS = ("uniform8", "fp16", "blockwise8")
 
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def get_status(port_file: Path) -> dict | None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_mesh import get_status, wait_for
+from tests.e2e.polling import wait_for
+from tests.e2e.test_mesh import get_status
 from tests.e2e.models import boost_eos
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
