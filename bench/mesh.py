@@ -104,7 +104,7 @@ compression = "{mode}"
 console = false
 """)
             log = open(root / f"{name}.log", "ab")
-            procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.node.daemon_commands", "node", "run",
+            procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", "node", "run",
                                            "--config", str(root / f"{name}.toml")], env=env, stdout=log, stderr=log,
                                           start_new_session=True))
         status = _wait(lambda: (s := _status(root / "coordinator.port")) and s["phase"] == "done" and s, 900)

@@ -125,7 +125,7 @@ console = false
                                    str(self.coordinator_config(rounds, deadline_s))])
 
     def start_node(self, name: str, compression: str) -> None:
-        self.start(name, ["-m", "thinkmesh.node.daemon_commands", "node", "run", "--config",
+        self.start(name, ["-m", "thinkmesh.devnet.cli", "node", "run", "--config",
                           str(self.node_config(name, compression))])
 
     def kill(self, name: str) -> None:
