@@ -223,6 +223,7 @@ class ChainConnection:
 
 def connect_chain(config, evm_private_key: bytes | None) -> ChainConnection:
     """Connects the `[chain]` section of a `CoordinatorConfig`; checks the account may settle."""
+    from thinkmesh.protocol.account_lock import acquire_account_lock
     from thinkmesh.protocol.chain import LedgerClient, discover_deployment
     from thinkmesh.protocol.ledger import Deployment, checksum_address, tokens
 
@@ -244,6 +245,7 @@ def connect_chain(config, evm_private_key: bytes | None) -> ChainConnection:
     else:
         raise SettlementError("[chain]: expected the coordinator's EVM key (its keystore or private_key_env), got none")
     signer = LedgerClient.connect(chain.rpc_url, deployment, private_key=key)
+    acquire_account_lock(deployment.chain_id, signer.address, role="coordinator")
     if not signer.is_coordinator(signer.address):
         raise SettlementError(f"the coordinator account {signer.address} lacks COORDINATOR_ROLE on ledger {deployment.ledger}")
     return ChainConnection(signer, LedgerClient.connect(chain.rpc_url, deployment),

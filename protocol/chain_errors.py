@@ -89,6 +89,29 @@ class NonceClashError(ChainError):
         )
 
 
+class AccountInUseError(ChainError):
+    """Another process on this machine already sends from this account on this chain."""
+
+    def __init__(self, chain_id: int, account: str, pid: int | None, role: str | None, lock_path: str) -> None:
+        self.chain_id, self.account, self.pid, self.role, self.lock_path = chain_id, account, pid, role, lock_path
+        holder = f"{role or 'another process'} (pid {pid})" if pid else "another process (it has not written its pid yet)"
+        super().__init__(
+            f"account {account} on chain {chain_id} is already in use by {holder}; two processes sending from one "
+            f"account would race each other's nonces, so this one stops. Stop that process, or give this one its "
+            f"own account (`thinkmesh keys new`). Lock file: {lock_path}"
+        )
+
+
+class IdentityMismatchError(ChainError):
+    """A node identity and an EVM account that the ledger already ties to someone else."""
+
+    def __init__(self, message: str, *, peer_id: str, keystore_account: str, registered_account: str | None = None,
+                 registered_peer_id: str | None = None) -> None:
+        self.peer_id, self.keystore_account = peer_id, keystore_account
+        self.registered_account, self.registered_peer_id = registered_account, registered_peer_id
+        super().__init__(message)
+
+
 class TransactionFailedError(ChainError):
     """A transaction was mined but failed without decodable revert data, or never got a receipt."""
 

@@ -5,12 +5,19 @@ Guarantees: a transaction that the contract would refuse is stopped at gas estim
 chain anyway (state changed between estimate and inclusion) is replayed at its block to decode why;
 a nonce taken by another sender of the same account raises `NonceClashError` and nothing was
 submitted; an unanswered RPC raises `RpcUnreachableError` naming the URL.
+
+Retries are idempotent: a send whose answer was lost, or a transaction with no receipt in time, is
+re-sent as the same signed bytes (same nonce, same hash); "already known", or "nonce too low" when
+our own hash is mined or pooled, counts as sent. All senders of one account in this process share
+one queue (protocol/nonce_manager.py), so threads never sign two transactions with one nonce.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +29,7 @@ from web3.exceptions import (
     ContractLogicError,
     ProviderConnectionError,
     TimeExhausted,
+    TransactionNotFound,
     Web3RPCError,
 )
 
@@ -34,12 +42,19 @@ from thinkmesh.protocol.chain_errors import (
     TransactionFailedError,
 )
 from thinkmesh.protocol.ledger import TxResult
+from thinkmesh.protocol.nonce_manager import AccountNonces, account_nonces
+
+logger = logging.getLogger(__name__)
 
 GAS_MARGIN = 1.2  # estimates are exact on anvil; the margin absorbs state drift on busier chains
-RECEIPT_TIMEOUT_S = 60.0
+RECEIPT_TIMEOUT_S = 60.0  # in all, over RECEIPT_WAITS waits with the same bytes re-sent between them
+RECEIPT_WAITS = 3
 RECEIPT_POLL_S = 0.05
+SEND_ATTEMPTS = 3  # a send that got no answer is repeated (same bytes) after 0.5 s, then 1 s
+SEND_BACKOFF_S = 0.5
 _NONCE_CLASH_MARKERS = ("nonce too low", "replacement transaction underpriced", "nonce has already been used")
-_ALREADY_KNOWN_MARKERS = ("already known", "known transaction")
+_ALREADY_KNOWN_MARKERS = ("already known", "known transaction", "already imported")
+_TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ProviderConnectionError)
 
 
 @contextlib.contextmanager
@@ -95,9 +110,11 @@ def call_contract(url: str, decoder: RevertDecoder, action: str, function: Any, 
 class TransactionSender:
     """Builds, signs, sends and confirms transactions for one account on one chain.
 
-    Keeps the account's next nonce locally after the first read, so back-to-back transactions do not
-    race the node's pending count; a clash (another process using the same key) clears that cache.
-    Not thread-safe: one sender per thread, or serialize calls.
+    Thread-safe: every sender of this (chain id, account) in the process takes turns on one
+    `AccountNonces` (`nonces` replaces it, e.g. to stand in for another process in a test), holding
+    the turn from choosing the nonce to the receipt, so transactions are mined in the order asked.
+    The nonce is the node's pending count, read on each turn; a chain that was reset or reverted
+    under the process therefore never leaves it stuck on a nonce from the old history.
     """
 
     def __init__(
@@ -109,6 +126,9 @@ class TransactionSender:
         url: str,
         *,
         receipt_timeout_s: float = RECEIPT_TIMEOUT_S,
+        nonces: AccountNonces | None = None,
+        receipt_waits: int = RECEIPT_WAITS,
+        send_attempts: int = SEND_ATTEMPTS,
     ) -> None:
         self._web3 = web3
         self._account = account
@@ -116,7 +136,9 @@ class TransactionSender:
         self._decoder = decoder
         self._url = url
         self._receipt_timeout_s = receipt_timeout_s
-        self._next_nonce: int | None = None
+        self._receipt_waits = max(1, receipt_waits)
+        self._send_attempts = max(1, send_attempts)
+        self.nonces = nonces if nonces is not None else account_nonces(chain_id, account.address)
 
     @property
     def address(self) -> str:
@@ -127,8 +149,9 @@ class TransactionSender:
 
         Returns the typed result and the raw receipt (for event decoding by the caller).
         """
-        with rpc_errors(self._url):
-            nonce = self._nonce()
+        with self.nonces.turn(), rpc_errors(self._url):
+            self._resend_outstanding(action)
+            nonce = self._web3.eth.get_transaction_count(self._account.address, "pending")
             params = {"from": self._account.address, "chainId": self._chain_id, "nonce": nonce}
             try:
                 tx = function.build_transaction(params)
@@ -137,46 +160,104 @@ class TransactionSender:
             except Web3RPCError as exc:
                 raise ChainError(f"{action}: the node refused to estimate gas: {_rpc_message(exc)}") from exc
             tx["gas"] = math.ceil(tx["gas"] * GAS_MARGIN)
-            raw = self._account.sign_transaction(tx).raw_transaction
-            tx_hash = self._send(action, raw, nonce)
-            self._next_nonce = nonce + 1
-            receipt = self._wait(action, tx_hash)
+            signed = self._account.sign_transaction(tx)
+            raw, tx_hash = bytes(signed.raw_transaction), bytes(signed.hash)
+            self.nonces.outstanding[nonce] = raw
+            self._submit(action, raw, nonce)
+            receipt = self._confirm(action, raw, nonce)
+            for used in [n for n in self.nonces.outstanding if n <= nonce]:
+                del self.nonces.outstanding[used]  # mined, or overtaken for good: `nonce` is on chain
             if receipt["status"] != 1:
                 raise self._explain_failure(action, tx, receipt)
-            result = TxResult(tx_hash=bytes(tx_hash), block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"])
+            result = TxResult(tx_hash=tx_hash, block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"])
             return result, receipt
 
     # ------------------------------------------------------------------ internals
 
-    def _nonce(self) -> int:
-        if self._next_nonce is None:
-            self._next_nonce = self._web3.eth.get_transaction_count(self._account.address, "pending")
-        return self._next_nonce
+    def _resend_outstanding(self, action: str) -> None:
+        """Re-broadcasts earlier transactions that never got a receipt, so a new one queues behind them."""
+        for nonce, raw in sorted(self.nonces.outstanding.items()):
+            if self._receipt(keccak(raw)) is not None:
+                self.nonces.outstanding.pop(nonce)
+                continue
+            try:
+                self._submit(f"{action} (re-sending unconfirmed nonce {nonce})", raw, nonce)
+            except RpcUnreachableError:
+                raise
+            except ChainError as exc:  # taken by another transaction, or refused: it can never be mined
+                logger.warning("dropped unconfirmed transaction 0x%s (nonce %d): %s", keccak(raw).hex(), nonce, exc)
 
-    def _send(self, action: str, raw: bytes, nonce: int) -> bytes:
+    def _submit(self, action: str, raw: bytes, nonce: int) -> None:
+        """Hands `raw` to the node; repeats the same bytes when the answer was lost."""
+        for attempt in range(self._send_attempts):
+            try:
+                self._broadcast(action, raw, nonce)
+                return
+            except _TRANSIENT as exc:
+                if attempt + 1 == self._send_attempts:
+                    raise RpcUnreachableError(
+                        self._url, f"{exc.__class__.__name__} sending {action} (nonce {nonce}, "
+                        f"0x{keccak(raw).hex()}); it may have been received and will be re-sent first next time"
+                    ) from exc
+                time.sleep(SEND_BACKOFF_S * 2**attempt)
+
+    def _broadcast(self, action: str, raw: bytes, nonce: int) -> None:
         try:
-            return bytes(self._web3.eth.send_raw_transaction(raw))
+            self._web3.eth.send_raw_transaction(raw)
         except Web3RPCError as exc:
             message = _rpc_message(exc)
             lowered = message.lower()
             if any(marker in lowered for marker in _ALREADY_KNOWN_MARKERS):
-                return keccak(raw)  # this exact transaction is already in the pool: wait for it
-            self._next_nonce = None
+                return  # this exact transaction is already in the pool
             if any(marker in lowered for marker in _NONCE_CLASH_MARKERS):
+                if self._is_ours_known(keccak(raw)):
+                    return  # our own earlier send of these bytes was mined or pooled
+                self.nonces.outstanding.pop(nonce, None)
                 chain_nonce = self._web3.eth.get_transaction_count(self._account.address, "pending")
                 raise NonceClashError(self._account.address, nonce, chain_nonce, message) from exc
+            self.nonces.outstanding.pop(nonce, None)
             raise ChainError(f"{action}: the node rejected the transaction: {message}") from exc
 
-    def _wait(self, action: str, tx_hash: bytes) -> Any:
+    def _confirm(self, action: str, raw: bytes, nonce: int) -> Any:
+        """The receipt of `raw`; between waits the same bytes are re-sent (a node may have dropped them)."""
+        tx_hash = keccak(raw)
+        slice_s = self._receipt_timeout_s / self._receipt_waits
+        for wait in range(self._receipt_waits):
+            if wait:
+                with contextlib.suppress(*_TRANSIENT):
+                    self._broadcast(action, raw, nonce)
+            deadline = time.monotonic() + slice_s
+            while True:
+                try:
+                    return self._web3.eth.wait_for_transaction_receipt(
+                        tx_hash, timeout=max(deadline - time.monotonic(), RECEIPT_POLL_S), poll_latency=RECEIPT_POLL_S
+                    )
+                except TimeExhausted:
+                    break
+                except _TRANSIENT:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(min(SEND_BACKOFF_S, max(deadline - time.monotonic(), 0.0)))
+        raise TransactionFailedError(
+            f"{action}: expected a receipt for 0x{tx_hash.hex()} (nonce {nonce}) within "
+            f"{self._receipt_timeout_s:.0f} s, got none; it is kept and re-sent as the same transaction "
+            "before this account's next one, so do not sign a replacement"
+        )
+
+    def _receipt(self, tx_hash: bytes) -> Any | None:
         try:
-            return self._web3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self._receipt_timeout_s, poll_latency=RECEIPT_POLL_S
-            )
-        except TimeExhausted as exc:
-            raise TransactionFailedError(
-                f"{action}: expected a receipt for 0x{tx_hash.hex()} within {self._receipt_timeout_s:.0f} s, "
-                "got none; it may still be mined, so check before resending"
-            ) from exc
+            return self._web3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def _is_ours_known(self, tx_hash: bytes) -> bool:
+        if self._receipt(tx_hash) is not None:
+            return True
+        try:
+            self._web3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            return False
+        return True
 
     def _explain_failure(self, action: str, tx: dict[str, Any], receipt: Any) -> ChainError:
         replay = {key: tx[key] for key in ("from", "to", "data", "value", "gas") if key in tx}

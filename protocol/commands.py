@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds this layer's subcommands; each sets `handler=` to a function of the parsed args."""
-    keys = subparsers.add_parser("keys", help="create and inspect node identities")
+    keys = subparsers.add_parser("keys", help="create, inspect, back up and restore node identities")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     new = keys_sub.add_parser("new", help="make an Ed25519 identity and an EVM account, encrypted")
@@ -23,13 +23,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--unlock", action="store_true", help="also check the password opens both keys")
     show.set_defaults(handler=_keys_show)
 
+    backup = keys_sub.add_parser("backup", help="write the keys to one file (still encrypted; checks the password)")
+    _key_dir_args(backup)
+    backup.add_argument("--out", type=Path, required=True, help="backup file to create (never overwritten)")
+    backup.set_defaults(handler=_keys_backup)
+
+    restore = keys_sub.add_parser("restore", help="restore keys from a `keys backup` file")
+    restore.add_argument("backup_file", type=Path, metavar="FILE", help="the backup file")
+    _key_dir_args(restore)
+    restore.add_argument("--force", action="store_true",
+                         help="replace an identity already in the directory (its files are kept under replaced-*/)")
+    restore.add_argument("--unlock", action="store_true", help="first check the password opens the backup")
+    restore.set_defaults(handler=_keys_restore)
+
     check = subparsers.add_parser("selfcheck", help="run the protocol's worked examples and report")
     check.set_defaults(handler=_selfcheck)
 
 
 def _key_dir_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="default", help="key set name under $THINKMESH_HOME/keys")
-    parser.add_argument("--dir", type=Path, help="key directory (overrides --name)")
+    parser.add_argument("--dir", "--key-dir", dest="dir", type=Path, help="key directory (overrides --name)")
     parser.add_argument("--password-file", help="file holding the password (else $THINKMESH_KEY_PASSWORD or a prompt)")
 
 
@@ -67,6 +80,33 @@ def _keys_show(args: argparse.Namespace) -> int:
     if args.unlock:
         unlock_keys(key_dir, resolve_password(args.password_file))
     _print_identity(key_dir, binding)
+    if args.unlock:
+        print("password        opens both keys")
+    return 0
+
+
+def _keys_backup(args: argparse.Namespace) -> int:
+    from thinkmesh.protocol.key_backup import backup_keys
+    from thinkmesh.protocol.keystore import resolve_password
+
+    key_dir = _resolve_dir(args)
+    backup = backup_keys(key_dir, args.out, resolve_password(args.password_file))
+    print(f"backed up       {key_dir} -> {args.out}")
+    print(f"peer id         {backup.peer_id}")
+    print(f"evm address     {backup.evm_address}")
+    print("secrets         still encrypted with the key password: keep the password apart from this file")
+    return 0
+
+
+def _keys_restore(args: argparse.Namespace) -> int:
+    from thinkmesh.protocol.key_backup import restore_keys
+    from thinkmesh.protocol.keystore import resolve_password
+
+    key_dir = _resolve_dir(args)
+    password = resolve_password(args.password_file) if args.unlock else None
+    backup = restore_keys(args.backup_file, key_dir, force=args.force, password=password)
+    print(f"restored        {args.backup_file} (checksum and binding verified)")
+    _print_identity(key_dir, backup.binding)
     if args.unlock:
         print("password        opens both keys")
     return 0

@@ -62,7 +62,8 @@ def default_key_dir(name: str = "default") -> Path:
     return home / "keys" / name
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Writes `text` with mode 0600 through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -114,9 +115,9 @@ def create_keys(key_dir: Path, password: str, kdf: str = "standard", overwrite: 
                     "public_key": identity.public_key.hex(),
                     "crypto": _encrypt_seed(identity.seed(), password, profile)}
     evm_doc = Account.encrypt(account.key, password, kdf="scrypt", iterations=profile["scrypt_n"])
-    _write_private(key_dir / IDENTITY_FILE, json.dumps(identity_doc, indent=1))
-    _write_private(key_dir / EVM_FILE, json.dumps(evm_doc))
-    _write_private(key_dir / BINDING_FILE, json.dumps(binding_to_json(binding), indent=1))
+    write_private(key_dir / IDENTITY_FILE, json.dumps(identity_doc, indent=1))
+    write_private(key_dir / EVM_FILE, json.dumps(evm_doc))
+    write_private(key_dir / BINDING_FILE, json.dumps(binding_to_json(binding), indent=1))
     return UnlockedKeys(identity, bytes(account.key), binding)
 
 
@@ -136,19 +137,27 @@ def read_binding(key_dir: Path) -> IdentityBinding:
 def unlock_keys(key_dir: Path, password: str) -> UnlockedKeys:
     key_dir = Path(key_dir)
     binding = read_binding(key_dir)
-    identity_path = key_dir / IDENTITY_FILE
     try:
-        identity_doc = json.loads(identity_path.read_text())
+        identity_doc = json.loads((key_dir / IDENTITY_FILE).read_text())
         evm_doc = json.loads((key_dir / EVM_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise KeystoreError(f"cannot read keys in {key_dir}: {exc}") from exc
+    return unlock_documents(identity_doc, evm_doc, binding, password, key_dir)
+
+
+def unlock_documents(identity_doc: dict, evm_doc: dict, binding: IdentityBinding, password: str,
+                     where: Path) -> UnlockedKeys:
+    """Opens an identity file's and an EVM key file's contents (as parsed JSON) with `password`."""
+    if not isinstance(identity_doc, dict) or not isinstance(evm_doc, dict):
+        raise KeystoreError(f"{where}: malformed key files (expected JSON objects)")
+    identity_path = Path(where) / IDENTITY_FILE
     identity = NodeIdentity.from_seed(_decrypt_seed(identity_doc.get("crypto", {}), password, identity_path))
     try:
         evm_key = bytes(Account.decrypt(evm_doc, password))
-    except ValueError as exc:
-        raise KeystoreError(f"{key_dir / EVM_FILE}: wrong password (or the file was altered)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeystoreError(f"{Path(where) / EVM_FILE}: wrong password (or the file was altered)") from exc
     if identity.public_key != binding.ed25519_public_key or Account.from_key(evm_key).address != binding.evm_address:
-        raise KeystoreError(f"{key_dir}: the keys do not match {BINDING_FILE}")
+        raise KeystoreError(f"{where}: the keys do not match {BINDING_FILE}")
     return UnlockedKeys(identity, evm_key, binding)
 
 
