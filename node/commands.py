@@ -4,13 +4,14 @@
     thinkmesh model coldstart DIR     SFT on generated R1-format chains of thought (cached)
     thinkmesh train local ...         single-process GRPO: rollouts, rewards, steps, evals
     thinkmesh node run --config F     the mesh daemon (`thinkmesh.node.daemon_commands`)
+    thinkmesh node doctor --config F  pre-flight checks, each with its fix (`thinkmesh.node.doctor_commands`)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from thinkmesh.node import daemon_commands, operator_commands
+from thinkmesh.node import daemon_commands, doctor_commands, operator_commands
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node = subparsers.add_parser("node", help="run a training node")
     node_commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
     daemon_commands.register(node_commands)
+    doctor_commands.register(node_commands)
     operator_commands.register(node_commands)
 
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from thinkmesh.protocol.config_files import load_config
 from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
@@ -23,7 +25,8 @@ class IdentityConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    initial_peers: list[str] = Field(min_length=1)  # the coordinator's multiaddrs (bootstrap)
+    # The coordinator's multiaddrs (bootstrap); empty: read from the ledger of `[chain]` (node/bootstrap.py)
+    initial_peers: list[str] = []
     host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
     announce_maddrs: list[str] = []
     client_mode: bool = False  # behind NAT: reach out only, serve no DHT records
@@ -73,6 +76,16 @@ class ChainConfig(_Section):
     endpoint: str = ""  # published with the registration (a multiaddr or URL)
 
 
+class MemoryConfig(_Section):
+    """Batch sizes in sequences (0: planned from the model and free memory on the first round, see
+    node/memory_fit.py); an out-of-memory error halves them either way."""
+
+    rollout_batch: int = Field(0, ge=0)
+    micro_batch: int = Field(0, ge=0)
+    free_fraction: float = Field(0.8, gt=0, le=1)  # of the device's free memory the plan may use
+    cpu_cap_mb: int = Field(0, ge=0)  # on CPU, plan within min(MemAvailable, this); 0: no cap
+
+
 class ObservabilityConfig(_Section):
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)
@@ -83,22 +96,43 @@ class ObservabilityConfig(_Section):
 class NodeConfig(_Section):
     chain_id: int = 31337
     run_id: str = "devnet"
-    coordinator_peer_id: str  # `12D3KooW...`: whose announcements and models to trust
+    # `12D3KooW...`: whose announcements and models to trust; unset: the first ledger bootstrap peer that answers
+    coordinator_peer_id: str | None = None
     base_model: Path  # tokenizer and starting weights (a causal-LM directory)
     data_dir: Path
     device: str = "cpu"
     torch_threads: int = Field(1, ge=0)
     identity: IdentityConfig
-    network: NetworkConfig
+    network: NetworkConfig = NetworkConfig()
     strategy: StrategyConfig = StrategyConfig()
     round: RoundConfig = RoundConfig()
+    memory: MemoryConfig = MemoryConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
-    chain: ChainConfig | None = None
+    chain: ChainConfig | None = Field(None, validate_default=True)
     # Adversarial mode for tests and the devnet (node/cheats.py); copy-peer needs another node's
     # contribution, which a node of the star never sees, so it is verification-level only.
     cheat: Literal["fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient",
                    "replay"] | None = None
 
+    @field_validator("chain")
+    @classmethod
+    def _bootstrap_source(cls, chain: ChainConfig | None, info: ValidationInfo) -> ChainConfig | None:
+        network = info.data.get("network")
+        if chain is None and network is not None and not network.initial_peers:
+            raise ValueError("expected a [chain] section (or --rpc and --ledger) whose ledger lists the bootstrap "
+                             "peers, or [network] initial_peers")
+        return chain
 
-def load_node_config(path: str | Path | None, environ=None) -> NodeConfig:
-    return load_config(NodeConfig, path, "node", environ)
+
+def load_node_config(path: str | Path | None, environ=None, *, rpc_url: str | None = None,
+                     ledger: str | None = None) -> NodeConfig:
+    """`rpc_url` / `ledger` (the `--rpc` / `--ledger` flags) fill `[chain]` over the file and the
+    environment; a `--ledger` replaces the file's `deployment_file`."""
+    env = dict(os.environ if environ is None else environ)
+    for key, value in (("RPC_URL", rpc_url), ("LEDGER", ledger)):
+        if value is not None:  # quoted: an address would otherwise parse as a TOML hex integer
+            env[f"THINKMESH_NODE__CHAIN__{key}"] = json.dumps(value)
+    config = load_config(NodeConfig, path, "node", env)
+    if ledger is not None and config.chain is not None and config.chain.deployment_file is not None:
+        config = config.model_copy(update={"chain": config.chain.model_copy(update={"deployment_file": None})})
+    return config
