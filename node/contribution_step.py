@@ -4,7 +4,8 @@ The RL core's own step (`collect_rollouts` -> `policy_gradient`, node/train_step
 prompts the protocol assigns this node, so the verifier, which rebuilds prompts and rewards with
 protocol/ alone, sees exactly what the node computed. The gradient is sent, not applied: the
 coordinator owns the optimizer. Synchronous and CPU/GPU-bound; the daemon calls it from a worker
-thread.
+thread. A `MemoryFit` (kept by the daemon across rounds) sizes the rollout and backward batches;
+it changes memory use, not the contribution.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import hashlib
 import torch
 from torch import Tensor
 
-from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+from thinkmesh.node.memory_fit import MemoryFit
+from thinkmesh.node.train_step import collect_rollouts, encode_prompts, policy_gradient
 from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
@@ -31,16 +33,22 @@ def sampling_seed(announcement: RoundAnnouncement, node_key: bytes) -> int:
 
 def samples_and_gradients(
     model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec, reference_model=None,
+    fit: MemoryFit | None = None,
 ) -> tuple[tuple[Sample, ...], dict[str, Tensor]]:
     """This node's samples for `announcement` and the float32 CPU gradient they produce.
 
-    Leaves `model.grad` empty."""
+    Leaves `model.grad` empty. `fit` (None: whole batches, no planning) is planned on its first
+    round from the longest prompt and `max_new_tokens`."""
     tasks = node_tasks(announcement, node_key)
     device = next(model.parameters()).device
+    if fit is not None:
+        fit.begin_round()
+        longest = max((len(ids) for ids in encode_prompts(tokenizer, tasks, announcement.prompt_template)), default=0)
+        fit.plan_once(model, longest, strategy.max_new_tokens, extra_models=int(reference_model is not None))
     generator = torch.Generator(device=device).manual_seed(sampling_seed(announcement, node_key))
-    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator)
+    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator, fit=fit)
     model.zero_grad(set_to_none=True)
-    policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model)
+    policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model, fit=fit)
     gradients = {
         name: (p.grad.detach().to("cpu", torch.float32).clone() if p.grad is not None else torch.zeros(p.shape))
         for name, p in model.named_parameters()
@@ -55,11 +63,11 @@ def samples_and_gradients(
 
 def honest_contribution(
     model, tokenizer, announcement: RoundAnnouncement, identity: NodeIdentity, strategy: StrategySpec,
-    compression: str = "none", reference_model=None,
+    compression: str = "none", reference_model=None, fit: MemoryFit | None = None,
 ) -> Contribution:
     """What an honest node sends for `announcement`, encoded and signed."""
     samples, gradients = samples_and_gradients(
-        model, tokenizer, announcement, identity.public_key, strategy, reference_model
+        model, tokenizer, announcement, identity.public_key, strategy, reference_model, fit
     )
     return sign_message(Contribution(
         chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,

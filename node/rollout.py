@@ -12,7 +12,11 @@ is visible here:
 - Stop: a sample ends after emitting EOS or any stop string (the stop token is kept in the
   completion and has a logprob); otherwise at `max_new_tokens` ("length").
 - Determinism: sampling draws only from the `torch.Generator` passed in, so a seed fixes the
-  output on a given device and dtype.
+  output on a given device and dtype. The generator seeds one random stream per row
+  (`row_seeds`), and a token is drawn by inverting the row's CDF at that stream's uniform for the
+  step, so a row's sample does not depend on which other rows share its batch: generating in
+  smaller batches (`batch_size`, or after an out-of-memory fallback) gives the same completions,
+  up to float-order noise in the logits.
 """
 
 from __future__ import annotations
@@ -67,10 +71,30 @@ def stop_rule_for(tokenizer, stop_strings: Sequence[str] = ("</answer>",)) -> St
     return StopRule(frozenset(ids), tuple(strings))
 
 
+ROW_SEED_BITS = 62
+
+
+def row_seeds(generator: torch.Generator | None, count: int) -> list[int]:
+    """One seed per row, all drawn from `generator` at once (the global RNG when None)."""
+    device = generator.device if generator is not None else "cpu"
+    draws = torch.randint(0, 1 << ROW_SEED_BITS, (count,), generator=generator, device=device)
+    return [int(x) for x in draws.tolist()]
+
+
+def row_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """[len(seeds), steps] float64 uniforms in [0, 1), row i from its own CPU generator."""
+    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) for seed in seeds]
+    return torch.stack(rows) if rows else torch.zeros((0, steps), dtype=torch.float64)
+
+
 def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token [B], recorded logprob [B]) from last-position logits [B, V]."""
+    """(token [B], recorded logprob [B]) from last-position logits [B, V].
+
+    With `uniforms` [B] the token is the row's inverse CDF at that value (batch-independent);
+    else a `torch.multinomial` draw from `generator`."""
     logits = logits.float()
     if temperature <= 0:
         token = logits.argmax(dim=-1)
@@ -82,7 +106,12 @@ def sample_next_token(
         outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p  # keeps at least the top token
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if uniforms is None:
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    else:
+        cdf = probs.double().cumsum(dim=-1)
+        target = (uniforms.to(cdf.device) * cdf[:, -1])[:, None]
+        token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -107,18 +136,36 @@ def generate(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     tokenizer=None,
+    batch_size: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Samples one completion per prompt (repeat a prompt G times for a group).
 
-    `tokenizer` is needed only when `stop` has multi-token strings. Cost: one prefill of the
-    padded prompts, then one cached forward of width 1 per step until every sample stopped.
+    `tokenizer` is needed only when `stop` has multi-token strings. `seeds` (one per prompt)
+    replace the draw from `generator`, so a caller can generate a slice of a batch on its own.
+    Cost per `batch_size` rows (default all): one prefill of the padded prompts, then one cached
+    forward of width 1 per step until every sample of the batch stopped.
     """
-    from transformers import DynamicCache
-
     if not prompts:
         return []
     if stop.multi_token_strings and tokenizer is None:
         raise ValueError("expected a tokenizer to check multi-token stop strings, got None")
+    if seeds is None:  # greedy decoding draws nothing, so it leaves the generator untouched
+        seeds = row_seeds(generator, len(prompts)) if settings.temperature > 0 else [0] * len(prompts)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"expected one seed per prompt ({len(prompts)}), got {len(seeds)}")
+    size = len(prompts) if not batch_size or batch_size < 1 else batch_size
+    completions: list[Completion] = []
+    for start in range(0, len(prompts), size):
+        completions += _generate_batch(model, prompts[start: start + size], settings, stop, pad_token_id,
+                                       row_uniforms(seeds[start: start + size], settings.max_new_tokens), tokenizer)
+    return completions
+
+
+def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, pad_token_id: int,
+                    uniforms: torch.Tensor, tokenizer) -> list[Completion]:
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
     input_ids, attention = left_pad(prompts, pad_token_id, device)
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
@@ -132,8 +179,9 @@ def generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, alive_steps = [], [], []
     next_position = positions[:, -1] + 1
+    uniforms = uniforms.to(device)
     for step in range(settings.max_new_tokens):
-        token, logprob = sample_next_token(out.logits[:, -1], settings.temperature, settings.top_p, generator)
+        token, logprob = sample_next_token(out.logits[:, -1], settings.temperature, settings.top_p, None, uniforms[:, step])
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logprobs.append(logprob)
