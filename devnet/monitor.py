@@ -113,10 +113,12 @@ def describe_round(record: dict, evaluation: dict | None) -> str:
     """One line for a closed round from the coordinator's round record."""
     contributors = record.get("contributors", [])
     refused = len(record.get("refusals", []))
+    rejected = record.get("rejected", [])  # failed verification: these are the slashed ones
     strategies = ",".join(sorted({c.get("strategy", "?") for c in contributors})) or "-"
+    reasons = ",".join(sorted({r.get("reason", "?") for r in rejected}))
     line = (f"round {record['round_id']}: closed by {record.get('closed_by')} after {record.get('duration_s', 0):.1f}s, "
-            f"{len(contributors)} accepted ({strategies}), {refused} refused, "
-            f"model v{record.get('model_version_before')} -> v{record.get('model_version_after')}")
+            f"{len(contributors)} accepted ({strategies}), {len(rejected)} rejected" + (f" ({reasons})" if reasons else "")
+            + f", {refused} refused, model v{record.get('model_version_before')} -> v{record.get('model_version_after')}")
     if evaluation and "accuracy" in evaluation:
         line += f", held-out accuracy {evaluation['accuracy']:.3f}"
     return line

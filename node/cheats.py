@@ -14,7 +14,8 @@ gradient agree. Every cheap check therefore passes; what catches each mode is a 
     replay            its own old round's contribution, re-bound -> replay / reward / logprob
 
 `fraction` (where it applies) is the share of prompt groups that are cheated, whole groups at a
-time so the prompt set stays well formed.
+time so the prompt set stays well formed. A cheat that changes nothing (`changes_nothing`: say,
+scaled-gradient on an exactly zero gradient) returns the honest contribution itself.
 """
 
 from __future__ import annotations
@@ -190,7 +191,18 @@ def apply_cheat(mode: str, inputs: CheatInputs) -> Contribution:
         raise CheatError(f"{mode} needs CheatInputs.tokenizer")
     if mode in ("fake-rewards", "made-up-logprobs") and inputs.model is None:
         raise CheatError(f"{mode} needs CheatInputs.model")
-    return table[mode]()
+    cheated = table[mode]()
+    if changes_nothing(cheated, inputs.honest):
+        return inputs.honest
+    return cheated
 
 
-__all__ = ["CHEAT_MODES", "CheatError", "CheatInputs", "apply_cheat", "honest_contribution", "resign"]
+def changes_nothing(cheated: Contribution, honest: Contribution) -> bool:
+    """True when a cheat left the work as it was: a zero gradient scaled, rewards already perfect, an
+    "older" model with the current weights. The node then sends (and records) honest work, so that
+    a test or a benchmark never counts an honest contribution as a cheat that went unnoticed."""
+    return (cheated.node_key == honest.node_key and cheated.samples == honest.samples
+            and cheated.gradient == honest.gradient)
+
+
+__all__ = ["CHEAT_MODES", "CheatError", "CheatInputs", "apply_cheat", "changes_nothing", "honest_contribution", "resign"]

@@ -21,7 +21,6 @@ import pytest
 
 from tests.e2e.polling import wait_for
 
-from thinkmesh.devnet.anvil import AnvilError, find_anvil_binary
 from thinkmesh.devnet.layout import DevnetLayout, DevnetState
 from thinkmesh.devnet.processes import pid_alive
 
@@ -68,17 +67,6 @@ def logs_of(layout: DevnetLayout) -> str:
     for log in sorted((layout.root / "logs").glob("*.log")):
         parts.append(f"===== {log.name} =====\n{log.read_text(errors='replace')[-2500:]}")
     return "\n".join(parts)
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    try:
-        find_anvil_binary()
-    except AnvilError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil is not installed ({exc})")
-    return tmp_path_factory.mktemp("devnet-model-cache")
 
 
 @pytest.mark.timeout(900)

@@ -82,3 +82,21 @@ def test_modes_refuse_to_run_without_their_inputs():
         apply_cheat("copy-peer", w.cheat_inputs(peer=None))
     with pytest.raises(CheatError):
         apply_cheat("lazy", w.cheat_inputs())
+
+
+def test_a_cheat_that_changes_nothing_sends_the_honest_contribution_itself():
+    """Scaling an exactly zero gradient, or a "stale" model with the current weights, is honest work:
+    the node must send (and record) it as such, not as a cheat that went unnoticed."""
+    import dataclasses
+
+    import torch
+
+    from thinkmesh.protocol.gradient_codec import encode_gradient
+
+    w = world()
+    inputs = w.cheat_inputs()
+    zeros = {name: torch.zeros_like(p) for name, p in w.model.named_parameters()}
+    flat = dataclasses.replace(inputs.honest, gradient=encode_gradient(zeros, inputs.honest.gradient.compression))
+    assert apply_cheat("scaled-gradient", dataclasses.replace(inputs, honest=flat)) is flat
+    assert apply_cheat("stale-model", dataclasses.replace(inputs, stale_model=w.model)) is inputs.honest
+    assert apply_cheat("scaled-gradient", inputs) is not inputs.honest
