@@ -80,6 +80,7 @@ class ChainConfig(_Section):
     reward_per_sample: str = "0.01"  # tokens per verified sample at score 1.0
     slash_amount: str = "5"  # tokens slashed per failed contribution (capped at the stake)
     evidence_dir: Path | None = None  # default: <data_dir>/evidence
+    publish_bootstrap: bool = True  # keep this coordinator's multiaddrs in the ledger's bootstrap list
 
 
 class VerificationConfig(_Section):

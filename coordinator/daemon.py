@@ -66,6 +66,7 @@ class Coordinator:
         self.evm_private_key = evm_private_key
         self.verifier: ContributionVerifier | None = None
         self.settler: RoundSettler | None = None
+        self.chain = None  # settlement.ChainConnection, with [chain]
         self.phase = "starting"
         self.round_id = 0
         self.version = 0
@@ -271,7 +272,9 @@ class Coordinator:
             await self.service.start()
             self.service.publish(self.manifest, self.chunks)
             await self._start_status()
-            self._write_maddrs()
+            maddrs = self._write_maddrs()
+            if self.chain is not None and cfg.chain.publish_bootstrap:
+                await asyncio.to_thread(self._publish_bootstrap, maddrs)
             while len(await self.p2p.list_peers()) < cfg.round.min_peers and not stop.is_set():
                 self.phase = "waiting-for-peers"
                 await asyncio.sleep(0.5)
@@ -296,7 +299,7 @@ class Coordinator:
         ver = cfg.verification
         policy = AuditPolicy(logprob_samples=ver.logprob_samples, probe_rate=float(ver.probe_rate),
                              full_gradient_rate=float(ver.full_gradient_rate), probe_tensors=ver.probe_tensors)
-        chain = connect_chain(cfg, self.evm_private_key) if cfg.chain is not None else None
+        chain = self.chain = connect_chain(cfg, self.evm_private_key) if cfg.chain is not None else None
         evidence_dir = (cfg.chain.evidence_dir if cfg.chain and cfg.chain.evidence_dir else cfg.data_dir / "evidence")
         import torch
         from transformers import AutoModelForCausalLM
@@ -315,7 +318,7 @@ class Coordinator:
         for intent in self.settler.recover(next_round):
             self.verifier.committed.add_intent(intent)
 
-    def _write_maddrs(self) -> None:
+    def _write_maddrs(self) -> list[str]:
         maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         logger.info("coordinator %s listening on %s", self.identity.peer_id, maddrs)
         if self.config.network.maddrs_file:
@@ -323,6 +326,20 @@ class Coordinator:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("\n".join(maddrs) + "\n")
             os.replace(tmp, path)
+        return maddrs
+
+    def _publish_bootstrap(self, maddrs: list[str]) -> None:
+        """Worker thread. A failure is logged, not fatal: nodes configured with peers still join."""
+        from thinkmesh.protocol.bootstrap_list import reconcile_bootstrap_peers
+        from thinkmesh.protocol.chain_errors import ChainError
+
+        try:
+            change = reconcile_bootstrap_peers(self.chain.signer, self.identity.peer_id, maddrs)
+        except ChainError as exc:
+            logger.warning("could not publish the bootstrap multiaddrs on the ledger: %s", exc)
+            return
+        logger.info("ledger bootstrap list: added %s, removed %s", list(change.added) or "none",
+                    list(change.removed) or "none")
 
     async def _start_status(self) -> None:
         obs = self.config.observability

@@ -138,17 +138,5 @@ def ensure_registered(
     return Registration(record.address, record.status, record.stake, sent=True)
 
 
-def publish_bootstrap(chain: DevChain, deployment: Deployment, coordinator: UnlockedKeys, maddrs: list[str]) -> None:
-    """Makes the chain's bootstrap list exactly the coordinator's current multiaddrs, signed by the coordinator."""
-    from thinkmesh.protocol.chain import LedgerClient
-
-    client = LedgerClient.connect(chain.rpc_url, deployment, private_key=private_key_hex(coordinator))
-    listed = client.bootstrap_peers()
-    for stale in (m for m in listed if m not in maddrs):
-        client.remove_bootstrap_peer(stale)
-    for fresh in (m for m in maddrs if m not in listed):
-        client.add_bootstrap_peer(fresh)
-
-
 def private_key_hex(keys: UnlockedKeys) -> str:
     return "0x" + keys.evm_private_key.hex()

@@ -136,7 +136,7 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
         plan = round_plan(options, len(nodes), first_round)
         settles = _coordinator_settles()
         state = start_roles(group, layout, state, plan, endpoint, ports, with_dashboard,
-                            coordinator_keys=coordinator_keys, chain=chain, deployment=deployment)
+                            chain=chain, deployment=deployment)
         say(banner(state, layout, settles))
 
         ledger = _reader(chain, deployment) if settles else None
@@ -159,7 +159,7 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
 
 def start_roles(
     group: ProcessGroup, layout: DevnetLayout, state: DevnetState, plan: configs.RoundPlan,
-    endpoint: configs.ChainEndpoint, ports: DevnetPorts, with_dashboard: bool, *, coordinator_keys, chain: DevChain,
+    endpoint: configs.ChainEndpoint, ports: DevnetPorts, with_dashboard: bool, *, chain: DevChain,
     deployment,
 ) -> DevnetState:
     """Writes the configs and starts the coordinator, the nodes and the dashboard; returns the running state."""
@@ -174,7 +174,6 @@ def start_roles(
                ["coordinator", "run", "--config", str(configs.write_config(coordinator, layout.config_file("coordinator")))])
     bootstrap = wait_for(lambda: _read_maddrs(layout.maddrs_file), COORDINATOR_START_TIMEOUT_S,
                          "the coordinator to listen", interval_s=0.3, group=group)
-    provision.publish_bootstrap(chain, deployment, coordinator_keys, bootstrap)
     for node in state.nodes:
         config = configs.node_config(
             coordinator_peer_id=state.coordinator_peer_id, bootstrap=bootstrap, base_model=model,
@@ -266,7 +265,9 @@ def stop_devnet(group: ProcessGroup, layout: DevnetLayout, say: Callable[[str], 
 
 def start_role(group: ProcessGroup, layout: DevnetLayout, name: str, argv: list[str]) -> ManagedProcess:
     command = [sys.executable, "-m", "thinkmesh.devnet.cli", *argv]
-    process = group.start(ManagedProcess(name, command, layout.log_file(name), env=CHILD_ENV))
+    # Every anvil is chain 31337 with the same dev accounts: account locks stay within this devnet.
+    env = {**CHILD_ENV, "THINKMESH_LOCK_DIR": os.environ.get("THINKMESH_LOCK_DIR", str(layout.root / "locks"))}
+    process = group.start(ManagedProcess(name, command, layout.log_file(name), env=env))
     _save_children(group, layout)
     return process
 

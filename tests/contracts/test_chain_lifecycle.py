@@ -173,3 +173,21 @@ def test_bootstrap_peers_are_added_and_removed(actors: Actors) -> None:
     with pytest.raises(ContractRevertError) as refused:
         actors.alice.add_bootstrap_peer("/ip4/10.0.0.1/tcp/1")
     assert refused.value.error_name == "AccessControlUnauthorizedAccount"
+
+
+def test_a_restarted_coordinator_replaces_only_its_own_stale_bootstrap_entries(actors: Actors) -> None:
+    from thinkmesh.protocol.bootstrap_list import reconcile_bootstrap_peers
+
+    coordinator = actors.coordinator
+    relay = "/ip4/10.0.0.9/tcp/4001/p2p/QmRelay"
+    first = ["/ip4/127.0.0.1/tcp/4001/p2p/QmCoord", "/ip4/10.0.0.2/tcp/4001/p2p/QmCoord"]
+    coordinator.add_bootstrap_peer(relay)
+    change = reconcile_bootstrap_peers(coordinator, "QmCoord", first)
+    assert change.added == tuple(first) and change.removed == ()
+    assert reconcile_bootstrap_peers(coordinator, "QmCoord", first).added == (), "nothing sent when up to date"
+    moved = ["/ip4/127.0.0.1/tcp/5001/p2p/QmCoord", first[1]]
+    change = reconcile_bootstrap_peers(coordinator, "QmCoord", moved)
+    assert change == type(change)(added=(moved[0],), removed=(first[0],))
+    assert sorted(coordinator.bootstrap_peers()) == sorted([relay, *moved]), "another peer's entry stays"
+    with pytest.raises(ValueError, match="/p2p/QmCoord"):
+        reconcile_bootstrap_peers(coordinator, "QmCoord", ["/ip4/127.0.0.1/tcp/1/p2p/QmOther"])
