@@ -23,12 +23,16 @@ import logging
 import os
 import sys
 import time
+from collections import deque
+from functools import partial
 from pathlib import Path
 
 from thinkmesh.node.config import NodeConfig
-from thinkmesh.node.p2p_client import FetchedModel, fetch_model, upload_contribution
+from thinkmesh.node.p2p_client import FetchedModel, fetch_model, rejoin_coordinator, upload_contribution
+from thinkmesh.protocol.account_lock import acquire_account_lock
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
 from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.identity_guard import check_identity_owner
 from thinkmesh.protocol.scoring import load_tokenizer
 from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.messages import (
@@ -53,6 +57,7 @@ from thinkmesh.protocol.observability import StatusServer
 
 logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
+HISTORY_LIMIT = 100  # rounds kept in /status's history
 
 
 
@@ -70,10 +75,12 @@ class NodeDaemon:
         self.phase = "starting"
         self.model_hash = ZERO_HASH
         self.model_version = -1
-        self.done: set[bytes] = set()
-        self.history: list[dict] = []
+        self.done: dict[bytes, None] = {}  # announcements taken part in, oldest first, bounded
+        self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)  # bounded: a long-running node keeps flat RAM
+        self.memory_fit = None  # node/memory_fit.MemoryFit, made on the first round and kept
         self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "contributions_sent": 0,
-                         "contributions_accepted": 0, "upload_bytes_sent": 0}
+                         "contributions_accepted": 0, "upload_bytes_sent": 0,
+                         "rounds_joined": 0}
         self.last_receipt: dict | None = None
         self.started = time.time()
         self.dht = self.p2p = self.status_server = None
@@ -171,10 +178,15 @@ class NodeDaemon:
     def _work(self, announcement: RoundAnnouncement) -> tuple[dict, Contribution]:
         from thinkmesh.node.cheats import CheatInputs, apply_cheat
         from thinkmesh.node.contribution_step import honest_contribution
+        from thinkmesh.node.memory_fit import MemoryFit
 
+        if self.memory_fit is None:
+            memory = self.config.memory
+            self.memory_fit = MemoryFit(memory.rollout_batch, memory.micro_batch, memory.free_fraction,
+                                        memory.cpu_cap_mb * 1024 * 1024)
         started = time.perf_counter()
         honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, self.strategy,
-                                     self.config.round.compression, self.reference_model)
+                                     self.config.round.compression, self.reference_model, self.memory_fit)
         contribution = honest
         mode = self.config.cheat
         ready = {"stale-model": self.stale_model is not None, "replay": self.last_contribution is not None}
@@ -184,23 +196,33 @@ class NodeDaemon:
                 tokenizer=self.tokenizer, stale_model=self.stale_model, old=self.last_contribution,
                 seed=announcement.round_id,
             ))
-            logger.warning("round %d: sending a %s contribution (cheat mode)", announcement.round_id, mode)
+            if contribution is honest:
+                logger.info("round %d: %s changes nothing this round; sending honest work", announcement.round_id, mode)
+            else:
+                logger.warning("round %d: sending a %s contribution (cheat mode)", announcement.round_id, mode)
         elif mode is not None:
             logger.info("round %d: %s has nothing to cheat with yet; sending honest work", announcement.round_id, mode)
         self.last_contribution = honest
         samples = contribution.samples
         summary = {"samples": len(samples), "mean_reward": sum(total_reward(s.rewards) for s in samples) / len(samples),
-                   "work_s": round(time.perf_counter() - started, 3), "cheat": mode if contribution is not honest else None}
+                   "work_s": round(time.perf_counter() - started, 3), "cheat": mode if contribution is not honest else None,
+                   "rollout_batch": self.memory_fit.rollout_batch, "micro_batch": self.memory_fit.micro_batch}
         return summary, contribution
 
     def _ensure_registered(self) -> dict:
-        """Registers this node's EVM account with its identity binding unless it is registered."""
+        """Registers this node's EVM account with its identity binding unless it is registered.
+
+        First takes the account for this process (a second process on it is refused, naming the
+        holder's PID) and checks the ledger ties neither key to another (`check_identity_owner`).
+        """
         from thinkmesh.node.operator_commands import connect_node_client
         from thinkmesh.protocol.ledger import NodeStatus, tokens
 
         chain = self.config.chain
         client = connect_node_client(chain, self.keys)
-        record = client.node()
+        self.account_lock = acquire_account_lock(client.deployment.chain_id, client.address,
+                                                 role=f"node {self.identity.peer_id}")
+        record = check_identity_owner(client, self.keys.binding)
         sent = False
         if record.status == NodeStatus.NONE and chain.auto_register:
             client.register(self.keys.binding, tokens(chain.stake), self.strategy.name, chain.endpoint)
@@ -212,7 +234,10 @@ class NodeDaemon:
 
     async def take_part(self, announcement: RoundAnnouncement) -> None:
         key = message_hash(announcement)
-        self.done.add(key)
+        self.done[key] = None
+        while len(self.done) > HISTORY_LIMIT:
+            del self.done[next(iter(self.done))]
+        self.counters["rounds_joined"] += 1
         await self.sync_model(announcement.model_hash)
         self.phase = "rollout"
         started = time.time()
@@ -238,7 +263,11 @@ class NodeDaemon:
         self.phase = "idle"
 
     async def step(self) -> None:
-        """One poll: take part in an open round not yet done, else maybe catch up to the head."""
+        """One poll: take part in an open round not yet done, else maybe catch up to the head.
+
+        Every `sync_interval_s` an idle node also makes sure it can reach the coordinator
+        (`reach_coordinator`), so it finds a restarted coordinator again by itself.
+        """
         announcement = await self.read_announcement()
         now_ms = time.time() * 1000
         if announcement is not None and message_hash(announcement) not in self.done and now_ms < announcement.deadline_ms:
@@ -246,7 +275,24 @@ class NodeDaemon:
             return
         if time.monotonic() - self._last_head_check >= self.config.round.sync_interval_s:
             self._last_head_check = time.monotonic()
-            await self.sync_model(ZERO_HASH)
+            if await self.reach_coordinator():
+                await self.sync_model(ZERO_HASH)
+
+    coordinator_reachable = True  # as last seen by reach_coordinator; logs only the changes
+
+    async def reach_coordinator(self) -> bool:
+        """True when the coordinator is in this node's DHT routing table, after re-dialing its
+        bootstrap multiaddrs if it fell out (p2p_client.rejoin_coordinator says why it does)."""
+        rejoin = partial(rejoin_coordinator, self.config.coordinator_peer_id, tuple(self.config.network.initial_peers))
+        reachable = await self.dht.run_coroutine(rejoin, return_future=True)
+        if reachable != self.coordinator_reachable:
+            if reachable:
+                logger.info("reached the coordinator again at %s", self.config.network.initial_peers)
+            else:
+                logger.warning("the coordinator does not answer at %s; re-dialing every %.0fs",
+                               self.config.network.initial_peers, self.config.round.sync_interval_s)
+        self.coordinator_reachable = reachable
+        return reachable
 
     # ---- the process -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -290,13 +336,13 @@ class NodeDaemon:
         return {"role": "node", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,
                 "strategy": self.strategy.name, "compression": self.config.round.compression,
                 "model_version": self.model_version, "model_hash": self.model_hash.hex(),
-                "counters": self.counters, "last_receipt": self.last_receipt, "history": self.history,
+                "counters": self.counters, "last_receipt": self.last_receipt, "history": list(self.history),
+                "memory": None if self.memory_fit is None else self.memory_fit.status(),
                 "cheat": self.config.cheat, "chain": self.registration,
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def gauges(self) -> dict[str, float]:
-        return {**self.counters, "model_version": self.model_version, "uptime_seconds": time.time() - self.started,
-                "rounds_joined": len(self.history)}
+        return {**self.counters, "model_version": self.model_version, "uptime_seconds": time.time() - self.started}
 
     def _console(self) -> None:
         if self.config.observability.console and sys.stderr.isatty():

@@ -3,6 +3,9 @@
 Everything received is checked before it is used: the manifest must be signed by the
 coordinator key the node was configured with and hash to its content, each chunk must match its
 hash as it arrives, and the tensors are built only when every chunk checked (`load_state_dict`).
+
+A coordinator that p2pd cannot dial raises `CoordinatorUnreachable`; `rejoin_coordinator` (run in
+the DHT process) finds a restarted coordinator again at its bootstrap multiaddrs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from thinkmesh.protocol.transport import (
 )
 
 
+class CoordinatorUnreachable(ConnectionError):
+    """p2pd could not open a stream to the coordinator: it is down, restarting, or moved."""
+
+
 @dataclass(frozen=True)
 class FetchedModel:
     manifest: ModelManifest
@@ -45,6 +52,43 @@ def _peer(peer_id: str):
     from hivemind.p2p import PeerID
 
     return PeerID.from_base58(peer_id)
+
+
+async def _open_stream(p2p, peer_id: str, handler: str):
+    from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
+
+    try:
+        return await p2p.call_binary_stream_handler(_peer(peer_id), handler)
+    except P2PDaemonError as exc:
+        raise CoordinatorUnreachable(f"cannot reach the coordinator {peer_id}: {exc}") from exc
+
+
+async def rejoin_coordinator(coordinator_peer: str, maddrs: tuple[str, ...], _dht, node) -> bool:
+    """Puts the coordinator back in this node's DHT routing table; True when it is there.
+
+    Runs in the DHT process (`DHT.run_coroutine(partial(rejoin_coordinator, peer, maddrs))`).
+    While the coordinator is down, the DHT drops it from the routing table after one unanswered
+    request and blacklists it, and a restarted coordinator's DHT starts with no peers: without
+    this, a node neither reads the new announcements nor counts among the coordinator's peers.
+    Nothing is sent while the coordinator is in the table. Otherwise p2pd is told the bootstrap
+    multiaddrs again (the peerstore's may have expired) and the coordinator is pinged: an answer
+    adds each side to the other's routing table.
+    """
+    from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
+    from multiaddr import Multiaddr
+
+    peer = _peer(coordinator_peer)
+    if node.protocol.routing_table.get(peer_id=peer) is not None and peer not in node.blacklist:
+        return True
+    if peer in node.blacklist:
+        node.blacklist.register_success(peer)  # lift the ban, else gets skip it even once it answers
+    own = [m for m in maddrs if m.endswith(f"/p2p/{coordinator_peer}")] or list(maddrs)
+    addrs = [Multiaddr(m.split("/p2p/")[0]) for m in own]
+    try:
+        await node.p2p._client.connect(peer, addrs)  # hivemind 1.1 has no public connect
+    except (P2PDaemonError, asyncio.TimeoutError, OSError):
+        return False
+    return await node.protocol.call_ping(peer) is not None
 
 
 async def fetch_model(
@@ -62,7 +106,7 @@ async def fetch_model(
 
 
 async def _fetch(p2p, coordinator_peer, coordinator_key, run_id, model_hash, have_hash):
-    _info, reader, writer = await p2p.call_binary_stream_handler(_peer(coordinator_peer), model_handler(run_id))
+    _info, reader, writer = await _open_stream(p2p, coordinator_peer, model_handler(run_id))
     try:
         await write_record(writer, ModelRequest(run_id=run_id, model_hash=model_hash))
         offer = await read_record(reader, ModelOffer, MANIFEST_FRAME_BYTES)
@@ -99,9 +143,7 @@ async def upload_contribution(
     body = encode_message(contribution)
 
     async def send() -> Receipt:
-        _info, reader, writer = await p2p.call_binary_stream_handler(
-            _peer(coordinator_peer), contribute_handler(contribution.run_id)
-        )
+        _info, reader, writer = await _open_stream(p2p, coordinator_peer, contribute_handler(contribution.run_id))
         try:
             header = UploadHeader(run_id=contribution.run_id, round_id=contribution.round_id,
                                   node_key=contribution.node_key, total_bytes=len(body))
@@ -119,7 +161,7 @@ async def upload_contribution(
 
     try:
         return await asyncio.wait_for(send(), timeout), len(body)
-    except ProtocolError:
+    except (ProtocolError, CoordinatorUnreachable):
         raise
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise TransportError(f"upload to {coordinator_peer} broke off: {exc}") from exc
