@@ -42,6 +42,7 @@ class RoundConfig(_Section):
     seed: str = "thinkmesh-devnet"  # the round seeds derive from it
     start_delay_s: float = Field(0.0, ge=0)  # wait before the first announcement
     min_peers: int = Field(0, ge=0)  # before the first announcement, wait for this many p2p peers
+    template: Literal["r1", "r1-compact"] = "r1"  # the prompt template announced to nodes (protocol.tasks.TEMPLATES): the base model's SFT one
 
 
 class IntakeConfig(_Section):
@@ -64,7 +65,7 @@ class EvalConfig(_Section):
     prompts: int = Field(8, ge=0)  # 0 disables the held-out evaluation
     max_new_tokens: int = Field(32, ge=1)
     seed: str = "thinkmesh-heldout"
-    template: str = "r1"
+    template: Literal["r1", "r1-compact"] | None = None  # default: the round's template, so the eval asks what training asks
 
 
 class ChainConfig(_Section):

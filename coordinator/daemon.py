@@ -146,7 +146,7 @@ class Coordinator:
             chain_id=cfg.chain_id, run_id=cfg.run_id, round_id=round_id, model_version=self.manifest.version,
             model_hash=self.manifest.model_hash, task=self.task, prompts_per_node=cfg.round.prompts_per_node,
             seed=round_seed(cfg.round.seed, round_id), deadline_ms=int((time.time() + cfg.round.deadline_s) * 1000),
-            coordinator_key=self.identity.public_key,
+            coordinator_key=self.identity.public_key, prompt_template=cfg.round.template,
         ), self.identity)
 
     async def _collect(self, announcement: RoundAnnouncement) -> str:
@@ -188,7 +188,7 @@ class Coordinator:
             return {"version": self.manifest.version, "model_hash": self.manifest.model_hash.hex()}
         result = evaluate(self.model, self.tokenizer, self.task, prompts=ev.prompts, max_new_tokens=ev.max_new_tokens,
                           seed_text=ev.seed, version=self.manifest.version, model_hash=self.manifest.model_hash,
-                          template=ev.template).as_dict()
+                          template=ev.template or self.config.round.template).as_dict()
         logger.info("held-out eval of version %d: accuracy %.3f, reward %.3f", result["version"], result["accuracy"],
                     result["mean_reward"], extra={"event": "eval", **result})
         return result

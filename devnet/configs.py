@@ -59,6 +59,7 @@ class RoundPlan:
     group_size: int
     max_new_tokens: int
     task_family: str = "arithmetic"
+    template: str = "r1"  # the base model's cold-start template
 
 
 def coordinator_config(
@@ -73,7 +74,7 @@ def coordinator_config(
         "network": {"host_maddrs": [f"/ip4/127.0.0.1/tcp/{p2p_port}"], "maddrs_file": str(maddrs_file)},
         "round": {"rounds": plan.rounds, "deadline_s": plan.deadline_s, "close_when": plan.close_when,
                   "prompts_per_node": plan.prompts_per_node, "start_delay_s": 1.0, "min_peers": plan.min_peers,
-                  "task_family": plan.task_family},
+                  "task_family": plan.task_family, "template": plan.template},
         "aggregation": {"rule": "norm_clip", "clip_norm": 10.0, "lr": 1e-3},
         "eval": {"prompts": plan.eval_prompts, "max_new_tokens": plan.eval_max_new_tokens},
         "observability": {"http_port": http_port, "port_file": str(port_file), "console": False},

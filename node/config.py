@@ -60,7 +60,6 @@ class RoundConfig(_Section):
     poll_s: float = Field(1.0, gt=0)  # how often to read the announcement from the DHT
     sync_interval_s: float = Field(10.0, gt=0)  # how often an idle node checks the coordinator's head
     compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "uniform8"
-    template: str = "r1"
     upload_timeout_s: float = Field(120.0, gt=0)
 
 

@@ -74,3 +74,17 @@ def test_config_errors_name_the_key(tmp_path):
     assert config.round.deadline_s == 7.5
     with pytest.raises(ConfigError, match="THINKMESH_COORDINATOR__ROUND__DEADLIN_S"):
         load_coordinator_config(path, environ={"THINKMESH_COORDINATOR__ROUND__DEADLIN_S": "1"})
+
+
+def test_the_round_template_is_checked_and_the_eval_follows_it_unless_set(tmp_path):
+    import pydantic
+
+    from thinkmesh.coordinator.config import CoordinatorConfig
+    from thinkmesh.protocol.tasks import TEMPLATES
+
+    assert set(TEMPLATES) == {"r1", "r1-compact"}, "the config's Literal lists every protocol template"
+    base = {"base_model": str(tmp_path), "data_dir": str(tmp_path), "identity": {"key_dir": str(tmp_path)}}
+    config = CoordinatorConfig.model_validate({**base, "round": {"template": "r1-compact"}})
+    assert config.round.template == "r1-compact" and config.eval.template is None
+    with pytest.raises(pydantic.ValidationError, match="template"):
+        CoordinatorConfig.model_validate({**base, "round": {"template": "chatml"}})
