@@ -1,13 +1,22 @@
-"""Mesh benchmark: 3 nodes x 3 rounds on loopback per gradient compression mode.
+"""Mesh benchmark: 3 nodes x 3 rounds on loopback per gradient compression mode, against
+`thinkmesh train local` doing the same work.
 
-    .venv/bin/python bench/mesh.py [--rounds 3] [--modes none,fp16,uniform8,blockwise8]
+    .venv/bin/python bench/mesh.py [--rounds 3] [--modes none,fp16,uniform8,blockwise8] [--cache-dir DIR]
 
-Per mode, a real coordinator and three real node processes (grpo, dapo, gspo) over p2pd train
-the tiny model; from the coordinator's round records it takes the upload bytes per round (the
-signed contributions as sent: samples + gradient) and the held-out accuracy after the last
-round. `time_ratio_vs_local` divides the mesh's summed round wall time (announce -> new
-version, for the `none` mode) by the same work done in one process with no network: the three
-strategies' rollouts and gradients one after another, the aggregation and the AdamW step.
+The base model is the `micro` shape cold-started on linear-1 chains of thought in the R1 prompt
+the coordinator announces, so its held-out accuracy starts above zero (built once, cached in
+`--cache-dir`). Per mode, a real coordinator and three real node processes (grpo, dapo, gspo)
+over p2pd train it; the coordinator's round records give the upload bytes per round (the signed
+contributions as sent: samples + gradient) and its held-out evaluation the accuracy after the
+last round, reported with the held-out size and the binomial standard error sqrt(p(1-p)/n).
+The 8-bit modes carry a 1 KiB codebook per tensor: on this 82k-parameter, 26-tensor model that
+is ~8% of the fp32 bytes on top of the 25% for the codes; it shrinks as tensors grow.
+
+`time_ratio_vs_local` is the mesh's summed round wall time (announce -> new version evaluated
+and checkpointed, `none` mode) over the same span of a `thinkmesh train local` subprocess run in
+this bench: same model, steps = rounds, prompts per step = 3 nodes x prompts per node, the same
+group size, max tokens and held-out evaluation after each step. Where the extra mesh time goes is
+read off the coordinator's and the nodes' /status, sampled every 0.1 s (so +-0.1 s per figure).
 Prints one JSON object as its last line.
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,11 +32,28 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PASSWORD = "bench-mesh"
 STRATEGIES = ("grpo", "dapo", "gspo")
-PROMPTS, GROUP, MAX_TOKENS = 2, 4, 12
+TASK, DIFFICULTY, TEMPLATE = "linear", 1, "r1"  # the coordinator announces R1 prompts
+PROMPTS, GROUP, MAX_TOKENS = 2, 4, 32  # linear-1 answers take ~25 tokens
+EVAL_PROMPTS = 128
+LR = 1e-3
+SAMPLE_S = 0.1
+
+
+def bench_recipe():
+    from thinkmesh.devnet.model_cache import ModelRecipe
+    from thinkmesh.node.coldstart import ColdStartSettings
+    from thinkmesh.node.tiny_model import TinyModelSpec
+
+    return ModelRecipe(
+        "bench-mesh",
+        TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128),
+        ColdStartSettings(families=(TASK,), template=TEMPLATE, num_examples=1024, epochs=2, batch_size=16, lr=1e-2),
+    )
 
 
 def _status(port_file: Path):
@@ -37,17 +64,70 @@ def _status(port_file: Path):
         return None
 
 
-def _wait(predicate, timeout: float):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise TimeoutError("benchmark mesh did not finish in time")
+@dataclass
+class Timeline:
+    """When each round opened and closed, when each node was up (its status answered: model loaded)
+    and when each node's contribution to a round came back."""
+
+    ready: dict[str, float] = field(default_factory=dict)
+    opened: dict[int, float] = field(default_factory=dict)
+    closed: dict[int, float] = field(default_factory=dict)
+    finished: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def start(self, round_id: int) -> float:
+        """When the round could start: announced, and every node up (round 1 may open while
+        nodes still load their model: that is start-up, not a round's cost)."""
+        return max(self.opened[round_id], *self.ready.values())
+
+    def sample(self, coordinator: dict | None, nodes: dict[str, dict | None]) -> None:
+        now = time.monotonic()
+        if coordinator is not None:
+            current = coordinator.get("open_round")
+            if current is not None:
+                self.opened.setdefault(current["round_id"], now)
+            for record in coordinator["rounds"]:
+                self.closed.setdefault(record["round_id"], now)
+            for round_id in self.opened:
+                if coordinator["phase"] == "aggregating" and (current is None or current["round_id"] != round_id):
+                    self.closed.setdefault(round_id, now)
+        for name, status in nodes.items():
+            if status is not None:
+                self.ready.setdefault(name, now)
+            for entry in (status or {}).get("history", []):
+                self.finished.setdefault((name, entry["round_id"]), now)
 
 
-def run_mesh(root: Path, base: Path, keys: dict, mode: str, rounds: int) -> dict:
-    env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1")
+def where_time_goes(status: dict, nodes: dict[str, dict], timeline: Timeline) -> dict:
+    """Seconds per round, summed over rounds (node figures: mean over the nodes)."""
+    rounds = status["rounds"]
+    collect = sum(timeline.closed[r["round_id"]] - timeline.start(r["round_id"]) for r in rounds)
+    startup = sum(timeline.start(r["round_id"]) - timeline.opened[r["round_id"]] for r in rounds)
+    split = {"before_work": 0.0, "work": 0.0, "upload": 0.0, "waiting_for_slowest": 0.0}
+    for name, node in nodes.items():
+        for entry in node["history"]:
+            round_id = entry["round_id"]
+            if round_id not in timeline.opened or (name, round_id) not in timeline.finished:
+                continue
+            finished = timeline.finished[(name, round_id)]
+            split["work"] += entry["work_s"]
+            split["upload"] += entry["total_s"] - entry["work_s"]
+            opened = max(timeline.opened[round_id], timeline.ready[name])
+            split["before_work"] += max(0.0, finished - opened - entry["total_s"])
+            split["waiting_for_slowest"] += max(0.0, timeline.closed[round_id] - finished)
+    result = {f"node_{k}_s": round(v / len(nodes), 2) for k, v in split.items()}
+    round_s = sum(r["duration_s"] for r in rounds) - startup
+    result.update({
+        "round_s": round(round_s, 2),
+        "collect_s": round(collect, 2),
+        "aggregate_eval_checkpoint_s": round(round_s - collect, 2),
+        "excluded_node_startup_s": round(startup, 2),
+        "model_bytes_fetched_per_node": sum(n["counters"]["model_bytes_fetched"] for n in nodes.values()) / len(nodes),
+    })
+    return result
+
+
+def run_mesh(root: Path, base: Path, keys: dict, mode: str, rounds: int, eval_prompts: int) -> dict:
+    env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     (root / "coordinator.toml").write_text(f"""
 run_id = "bench-{mode}"
 base_model = "{base}"
@@ -58,29 +138,34 @@ key_dir = "{keys['coordinator']}"
 maddrs_file = "{root / 'maddrs'}"
 [round]
 rounds = {rounds}
-deadline_s = 120
+deadline_s = 300
 close_when = 3
 min_peers = 3
+start_delay_s = 1.0
 prompts_per_node = {PROMPTS}
+task_family = "{TASK}"
+task_difficulty = {DIFFICULTY}
+template = "{TEMPLATE}"
 [aggregation]
-lr = 0.001
+lr = {LR}
 [eval]
-prompts = 8
-max_new_tokens = 16
+prompts = {eval_prompts}
+max_new_tokens = {MAX_TOKENS}
 [observability]
 port_file = "{root / 'coordinator.port'}"
 console = false
 """)
     procs = []
+    timeline = Timeline()
     try:
         log = open(root / "coordinator.log", "ab")
         procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", "coordinator", "run", "--config",
                                        str(root / "coordinator.toml")], env=env, stdout=log, stderr=log,
                                       start_new_session=True))
-        _wait(lambda: (root / "maddrs").exists(), 120)
+        _wait(lambda: (root / "maddrs").exists(), 180)
         maddrs = [m for m in (root / "maddrs").read_text().split() if m]
-        from thinkmesh.protocol.keystore import read_binding
         from thinkmesh.protocol.identity import peer_id_from_public_key
+        from thinkmesh.protocol.keystore import read_binding
 
         coordinator_peer = peer_id_from_public_key(read_binding(keys["coordinator"]).ed25519_public_key)
         for name in STRATEGIES:
@@ -101,13 +186,21 @@ max_new_tokens = {MAX_TOKENS}
 poll_s = 0.3
 compression = "{mode}"
 [observability]
+port_file = "{root / (name + '.port')}"
 console = false
 """)
             log = open(root / f"{name}.log", "ab")
             procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", "node", "run",
                                            "--config", str(root / f"{name}.toml")], env=env, stdout=log, stderr=log,
                                           start_new_session=True))
-        status = _wait(lambda: (s := _status(root / "coordinator.port")) and s["phase"] == "done" and s, 900)
+
+        def poll():
+            status = _status(root / "coordinator.port")
+            nodes = {name: _status(root / f"{name}.port") for name in STRATEGIES}
+            timeline.sample(status, nodes)
+            return status is not None and status["phase"] == "done" and all(nodes.values()) and (status, nodes)
+
+        status, nodes = _wait(poll, 1200, every=SAMPLE_S)
     finally:
         for proc in procs:
             try:
@@ -119,62 +212,65 @@ console = false
     return {
         "bytes_per_round": sum(c["upload_bytes"] for r in records for c in r["contributors"]) / len(records),
         "gradient_bytes_per_round": sum(c["gradient_bytes"] for r in records for c in r["contributors"]) / len(records),
+        "accuracy_before": status["evals"][0]["accuracy"],
         "accuracy": status["evals"][-1]["accuracy"],
-        "round_seconds": sum(r["duration_s"] for r in records),
         "contributions": sum(len(r["contributors"]) for r in records),
+        "timing": where_time_goes(status, nodes, timeline),
     }
 
 
-def run_local(base: Path, rounds: int) -> float:
-    """The mesh's compute in one process: per round, 3 strategies' rollout+gradient, mean, AdamW step."""
-    import dataclasses
+def run_local(root: Path, base: Path, rounds: int, eval_prompts: int) -> dict:
+    """`thinkmesh train local` on the mesh's total work: one step per round, all nodes' prompts."""
+    run_dir = root / "local"
+    argv = [sys.executable, "-m", "thinkmesh.devnet.cli", "train", "local", "--model", str(base),
+            "--run-dir", str(run_dir), "--task", TASK, "--difficulty", str(DIFFICULTY), "--template", TEMPLATE,
+            "--strategy", "grpo", "--steps", str(rounds), "--prompts-per-step", str(PROMPTS * len(STRATEGIES)),
+            "--group-size", str(GROUP), "--max-new-tokens", str(MAX_TOKENS), "--lr", str(LR), "--warmup-steps", "1",
+            "--eval-every", "1", "--eval-tasks", str(eval_prompts), "--checkpoint-every", str(rounds), "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    started = time.monotonic()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process_s = time.monotonic() - started
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [m for m in lines if m["kind"] == "eval"]
+    steps = [m for m in lines if m["kind"] == "train"]
+    return {
+        "seconds": evals[-1]["elapsed_s"] - evals[0]["elapsed_s"],  # steps 1..R and their evals, as the mesh's rounds
+        "process_s": round(process_s, 2),
+        "rollout_s": round(sum(m["rollout_s"] for m in steps), 2),
+        "update_s": round(sum(m["update_s"] for m in steps), 2),
+        "accuracy_before": evals[0]["accuracy"],
+        "accuracy": evals[-1]["accuracy"],
+    }
 
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from thinkmesh.node.contribution_step import samples_and_gradients
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.scoring import load_tokenizer
-    from thinkmesh.protocol.messages import RoundAnnouncement
-    from thinkmesh.protocol.strategies import strategy_from_name
-    from thinkmesh.protocol.tasks import TaskSpec
+def _wait(predicate, timeout: float, every: float = 0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise TimeoutError("benchmark mesh did not finish in time")
 
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(base)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    nodes = [NodeIdentity.generate() for _ in STRATEGIES]
-    started = time.perf_counter()
-    for round_id in range(1, rounds + 1):
-        announcement = RoundAnnouncement(
-            chain_id=1, run_id="local", round_id=round_id, model_version=round_id - 1, model_hash=b"\x00" * 32,
-            task=TaskSpec("arithmetic", 1), prompts_per_node=PROMPTS, seed=round_id.to_bytes(32, "big"),
-            deadline_ms=0, coordinator_key=b"\x00" * 32)
-        grads = []
-        for node, name in zip(nodes, STRATEGIES):
-            base_spec = strategy_from_name(name)
-            spec = dataclasses.replace(base_spec, group_size=GROUP, max_new_tokens=MAX_TOKENS,
-                                       overlong_buffer=MAX_TOKENS // 5 if base_spec.overlong_buffer else 0)
-            grads.append(samples_and_gradients(model, tokenizer, announcement, node.public_key, spec)[1])
-        for name, param in model.named_parameters():
-            param.grad = sum(g[name] for g in grads) / len(grads)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
+
+def std_error(accuracy: float, n: int) -> float:
+    return math.sqrt(accuracy * (1 - accuracy) / n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default="none,fp16,uniform8,blockwise8")
+    parser.add_argument("--eval-prompts", type=int, default=EVAL_PROMPTS)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the cold-started base model is kept")
     args = parser.parse_args()
-    from thinkmesh.node.tiny_model import init_model_dir
+    from thinkmesh.devnet.layout import default_cache_dir
+    from thinkmesh.devnet.model_cache import ensure_model
     from thinkmesh.protocol.keystore import create_keys
 
+    model = ensure_model(bench_recipe(), args.cache_dir or default_cache_dir())
     with tempfile.TemporaryDirectory(prefix="thinkmesh-bench-") as tmp:
         root = Path(tmp)
-        base = root / "base"
-        init_model_dir(base)
         keys = {}
         for name in ("coordinator", *STRATEGIES):
             create_keys(root / "keys" / name, PASSWORD, kdf="light")
@@ -182,21 +278,36 @@ def main() -> None:
         results = {}
         for mode in args.modes.split(","):
             (root / mode).mkdir()
-            results[mode] = run_mesh(root / mode, base, keys, mode, args.rounds)
+            results[mode] = run_mesh(root / mode, model.path, keys, mode, args.rounds, args.eval_prompts)
             print(f"{mode}: {json.dumps(results[mode])}", file=sys.stderr, flush=True)
-        local_s = run_local(base, args.rounds)
+        local = run_local(root, model.path, args.rounds, args.eval_prompts)
+        print(f"local: {json.dumps(local)}", file=sys.stderr, flush=True)
     reference = results.get("none") or next(iter(results.values()))
+    n = args.eval_prompts
     report = {
-        "bench": "mesh", "nodes": 3, "rounds": args.rounds,
+        "bench": "mesh", "nodes": len(STRATEGIES), "rounds": args.rounds,
+        "work": {"task": f"{TASK}-{DIFFICULTY}", "template": TEMPLATE, "prompts_per_node": PROMPTS, "group_size": GROUP,
+                 "max_new_tokens": MAX_TOKENS, "base_model": model.path.name, "coldstart_s": round(model.built_s, 1)},
         "bytes_per_round": {m: r["bytes_per_round"] for m, r in results.items()},
-        "bytes_ratio_vs_none": {m: r["bytes_per_round"] / reference["bytes_per_round"] for m, r in results.items()},
+        "bytes_ratio_vs_none": {m: round(r["bytes_per_round"] / reference["bytes_per_round"], 4)
+                                for m, r in results.items()},
+        "gradient_bytes_per_round": {m: r["gradient_bytes_per_round"] for m, r in results.items()},
         "accuracy": {m: r["accuracy"] for m, r in results.items()},
-        "mesh_round_seconds": {m: r["round_seconds"] for m, r in results.items()},
-        "local_seconds": local_s,
-        "time_ratio_vs_local": reference["round_seconds"] / local_s,
-        "note": "local = the same rollouts, gradients, mean and AdamW step in one process (no p2p, no eval, "
-                "no serialization); the mesh's extra time is gradient encoding, upload, the per-version "
-                "held-out eval and checkpoint, model sync, and 3 processes sharing the CPU",
+        "accuracy_std_error": {m: round(std_error(r["accuracy"], n), 4) for m, r in results.items()},
+        "accuracy_before": reference["accuracy_before"],
+        "heldout_size": n,
+        "local_accuracy": local["accuracy"],
+        "time_ratio_vs_local": round(reference["timing"]["round_s"] / local["seconds"], 2),
+        "mesh_seconds": reference["timing"]["round_s"],
+        "local_seconds": round(local["seconds"], 2),
+        "local": local,
+        "where_mesh_time_goes": {m: r["timing"] for m, r in results.items()},
+        "note": "mesh_seconds: announce (or, in round 1, the last node up) -> new version evaluated and checkpointed, "
+                "summed over rounds ('none' mode); "
+                "local_seconds: `thinkmesh train local` from after its step-0 eval to its last eval (same steps, "
+                "prompts, group, tokens, evals). Node figures are means over the 3 nodes, summed over rounds: "
+                "before_work = announcement poll + model fetch, waiting_for_slowest = done until the round closed; "
+                "all 4 processes share this machine's CPUs.",
     }
     print(json.dumps(report))
 
