@@ -309,7 +309,25 @@ def main() -> None:
                 "before_work = announcement poll + model fetch, waiting_for_slowest = done until the round closed; "
                 "all 4 processes share this machine's CPUs.",
     }
+    report["codec_bytes_ratio_tiny_model"] = codec_bytes_ratio()
     print(json.dumps(report))
+
+
+def codec_bytes_ratio() -> dict[str, float]:
+    """Gradient bytes per mode over fp32 for the devnet's default `tiny` shape (1.6M parameters),
+    encoded by the same codec the nodes use: the per-tensor codebook that weighs on the micro
+    model above is noise here."""
+    import torch
+
+    from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config
+    from thinkmesh.protocol.gradient_codec import encode_gradient
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(qwen2_config(TinyModelSpec()))
+    gradient = {name: torch.randn_like(p) * 1e-3 for name, p in model.named_parameters()}
+    sizes = {mode: encode_gradient(gradient, mode).nbytes for mode in ("none", "fp16", "uniform8", "blockwise8")}
+    return {mode: round(size / sizes["none"], 4) for mode, size in sizes.items()}
 
 
 if __name__ == "__main__":
