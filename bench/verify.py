@@ -1,30 +1,46 @@
-"""Verification benchmark: cost of re-scoring vs producing, detection per cheat mode, false positives.
+"""Verification benchmark: cost of re-scoring vs producing, detection per cheat mode, false
+positives, and held-out accuracy with and without a cheater.
 
-    .venv/bin/python bench/verify.py [--honest 200] [--cheats 50]
+    .venv/bin/python bench/verify.py [--honest 200] [--cheats 50] [--accuracy-rounds 4]
 
 Setup: the default tiny Qwen2 (1.6M parameters, character tokenizer) built in memory, two model
 versions one AdamW step (lr 1e-4) apart, `grpo` with beta 0, group 8, 2 prompts per node, up to
 48 new tokens, honest gradients cycling through the four compression modes. Every contribution
 comes from a distinct node key (so distinct prompts). One torch thread for producing and
 verifying alike, so `cost_ratio` is a ratio of like for like measured in this one run.
-Prints one JSON object as the last line.
+
+Production is `honest_contribution` (rollouts, gradient, codec, signature: a node's whole round
+of work); verification is the coordinator's whole step, `ContributionVerifier.verify` (every
+check, the planned audit, the evidence file and the accepted-contribution archive). Both are
+split into phases (`produce_breakdown_s`, `verify_breakdown_s`: mean seconds per contribution)
+by timing the pipeline's own functions where they are looked up, so the code measured is the
+code that runs. The accuracy part is `bench/verify_accuracy.py`. Prints one JSON object last.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.verification_world
 
 import torch  # noqa: E402
 
+import thinkmesh.coordinator.verifier as coordinator_verifier  # noqa: E402
+import thinkmesh.node.contribution_step as contribution_step  # noqa: E402
+import thinkmesh.protocol.verification as verification  # noqa: E402
+from bench.verify_accuracy import accuracy_with_and_without_cheater  # noqa: E402
 from tests.verification_world import EOS_BOOST, announce, one_step_later  # noqa: E402
+from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier  # noqa: E402
 from thinkmesh.node.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
 from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
 from thinkmesh.node.tokenizer import build_tokenizer, vocabulary  # noqa: E402
@@ -41,6 +57,69 @@ from thinkmesh.protocol.verification import (  # noqa: E402
 
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
 STRATEGY = dataclasses.replace(strategy_from_name("grpo"), beta=0.0, group_size=8, max_new_tokens=48, overlong_buffer=32)
+
+
+# (module, function, phase): the pipeline's own steps, timed where the pipeline looks them up.
+VERIFY_PHASES = (
+    (verification, "contribution_digests", "hashing (contribution, samples, gradient digest)"),
+    (verification, "first_failure", "model-free checks (signature, root, prompt set, shape, replay)"),
+    (verification, "completion_text", "rewards: decode"),
+    (verification, "recompute_rewards", "rewards: recompute"),
+    (verification, "reward_findings", "rewards: compare"),
+    (verification, "decode_audited_gradient", "gradient decode (audited tensors)"),
+    (verification, "prompt_ids_for", "prompt regeneration + tokenize"),
+    (verification, "rescore_logprobs", "logprob prefill (no gradient audit)"),
+    (verification, "recompute_gradient", "probe / full: forward + backward"),
+    (verification, "logprob_findings", "logprob compare"),
+    (verification, "gradient_findings", "gradient compare (codec round trip, cosine)"),
+    (coordinator_verifier, "build_evidence", "evidence: build"),
+    (coordinator_verifier, "write_evidence", "evidence: encode, hash, write"),
+    (ContributionArchive, "save", "archive accepted contribution"),
+)
+PRODUCE_PHASES = (
+    (contribution_step, "collect_rollouts", "generation (rollouts + rewards)"),
+    (contribution_step, "policy_gradient", "forward + backward"),
+    (contribution_step, "encode_gradient", "gradient codec"),
+    (contribution_step, "samples_root", "samples root"),
+    (contribution_step, "sign_message", "sign"),
+)
+
+
+class PhaseClock:
+    """Accumulates wall seconds per phase by wrapping module attributes; `total` gets the rest."""
+
+    def __init__(self, phases):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls, self.total_s, self.armed = 0, 0.0, False
+        for owner, name, phase in phases:
+            setattr(owner, name, self._timed(getattr(owner, name), phase))
+
+    def _timed(self, function, phase):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if self.armed:
+                    self.seconds[phase] += time.perf_counter() - started
+        return timed
+
+    def run(self, function, *args, **kwargs):
+        """`function(*args, **kwargs)` as one measured call: (result, wall seconds)."""
+        self.armed, started = True, time.perf_counter()
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            self.armed, elapsed = False, time.perf_counter() - started
+        self.calls, self.total_s = self.calls + 1, self.total_s + elapsed
+        return result, elapsed
+
+    def per_call(self) -> dict[str, float]:
+        """Mean seconds per measured call by phase, plus "other" (whatever no phase covers)."""
+        named = {phase: seconds / self.calls for phase, seconds in sorted(self.seconds.items())}
+        named["other"] = self.total_s / self.calls - sum(named.values())
+        return {phase: round(seconds, 4) for phase, seconds in named.items()}
 
 
 def build_model():
@@ -62,6 +141,8 @@ def main() -> None:
     parser.add_argument("--partial-trials", type=int, default=60)
     parser.add_argument("--max-new-tokens", type=int, default=STRATEGY.max_new_tokens)
     parser.add_argument("--template", default="r1-compact", choices=("r1", "r1-compact"))
+    parser.add_argument("--accuracy-rounds", type=int, default=4, help="0 skips the accuracy runs")
+    parser.add_argument("--accuracy-heldout", type=int, default=256)
     args = parser.parse_args()
     strategy = dataclasses.replace(STRATEGY, max_new_tokens=args.max_new_tokens, overlong_buffer=(2 * args.max_new_tokens) // 3)
     torch.set_num_threads(1)
@@ -78,24 +159,44 @@ def main() -> None:
     policy = AuditPolicy()
     context = VerificationContext(frozenset(n.public_key for n in nodes), policy=policy, beacon=b"post-deadline")
 
-    # A cheaper policy (probe 10%, full 5%) timed on the same contributions: the cost/detection trade.
-    cheap = dataclasses.replace(context, policy=AuditPolicy(probe_rate=0.1, full_gradient_rate=0.05))
+    # The coordinator's own step, evidence and archive included; a second one with a cheaper
+    # policy (probe 10%, full 5%) timed on the same contributions: the cost/detection trade.
+    scratch = Path(tempfile.mkdtemp(prefix="bench-verify-"))
+    registry = {n.public_key: f"0x{i:040x}" for i, n in enumerate(nodes)}
+
+    def make_verifier(name: str, audit: AuditPolicy) -> ContributionVerifier:
+        return ContributionVerifier(
+            model=model, tokenizer=tokenizer, policy=audit, coordinator_seed=b"bench-" + name.encode(),
+            evidence_dir=scratch / name / "evidence", archive=ContributionArchive(scratch / name / "archive"),
+            registry=lambda: registry,
+        )
+
+    verifier = make_verifier("main", policy)
+    cheap = make_verifier("cheap", AuditPolicy(probe_rate=0.1, full_gradient_rate=0.05))
+    for item in (verifier, cheap):
+        item.open_round(current.round_id)
+    # Warm-up, untimed: first-use imports (the 8-bit codec pulls in bitsandbytes, seconds) and
+    # allocator growth happen once per process on either side, not once per round.
+    warm = NodeIdentity.from_seed(b"\xee" * 32)
+    for compression in COMPRESSIONS:
+        verify_contribution(current, honest_contribution(model, tokenizer, current, warm, strategy, compression), model,
+                            tokenizer, dataclasses.replace(context, registered_nodes=None))
+    produce_clock, verify_clock = PhaseClock(PRODUCE_PHASES), PhaseClock(VERIFY_PHASES)
     honest, produce_s, verify_s, cheap_s, false_positives = [], [], [], [], []
-    levels: dict[str, int] = {}
+    levels: dict[str, list[float]] = defaultdict(list)
     for index, node in enumerate(nodes):
-        t0 = time.perf_counter()
-        contribution = honest_contribution(model, tokenizer, current, node, strategy, COMPRESSIONS[index % 4])
-        t1 = time.perf_counter()
-        report = verify_contribution(current, contribution, model, tokenizer, context)
-        t2 = time.perf_counter()
-        cheap_report = verify_contribution(current, contribution, model, tokenizer, cheap)
-        cheap_s.append(time.perf_counter() - t2)
-        if not cheap_report.accepted:
-            false_positives.append({"node": index, "reason": cheap_report.reason, "policy": "cheap"})
-        produce_s.append(t1 - t0)
-        verify_s.append(t2 - t1)
+        contribution, produced = produce_clock.run(
+            honest_contribution, model, tokenizer, current, node, strategy, COMPRESSIONS[index % 4])
+        outcome, verified = verify_clock.run(verifier.verify, current, contribution)
+        cheap_outcome = cheap.verify(current, contribution)
+        cheap_s.append(cheap_outcome.seconds)
+        if not cheap_outcome.accepted:
+            false_positives.append({"node": index, "reason": cheap_outcome.report.reason, "policy": "cheap"})
+        produce_s.append(produced)
+        verify_s.append(verified)
         honest.append(contribution)
-        levels[report.gradient_audit] = levels.get(report.gradient_audit, 0) + 1
+        report = outcome.report
+        levels[report.gradient_audit].append(verified)
         if not report.accepted:
             false_positives.append({"node": index, "reason": report.reason, "findings": [dataclasses.asdict(f) for f in report.findings[:3]]})
 
@@ -128,10 +229,17 @@ def main() -> None:
         cheat = apply_cheat("made-up-logprobs", inputs)
         partial_caught += not verify_contribution(current, cheat, model, tokenizer, blind).accepted
 
+    shutil.rmtree(scratch, ignore_errors=True)
+    accuracy = (accuracy_with_and_without_cheater(args.accuracy_rounds, args.accuracy_heldout)
+                if args.accuracy_rounds > 0 else {"accuracy_all_honest": None, "accuracy_with_cheater": None})
     n = len(honest[0].samples)
     print(json.dumps({
         "cost_ratio": round(statistics.fmean(verify_s) / statistics.fmean(produce_s), 4),
         "verify_s_mean": round(statistics.fmean(verify_s), 4),
+        "verify_breakdown_s": verify_clock.per_call(),
+        "produce_breakdown_s": produce_clock.per_call(),
+        "verify_s_by_audit_level": {level: {"contributions": len(times), "mean_s": round(statistics.fmean(times), 4)}
+                                    for level, times in sorted(levels.items())},
         "cost_ratio_cheap_policy": round(statistics.fmean(cheap_s) / statistics.fmean(produce_s), 4),
         "cheap_policy": "probe_rate 0.1, full_gradient_rate 0.05: gradient cheats caught with p ~0.15 per contribution",
         "produce_s_mean": round(statistics.fmean(produce_s), 4),
@@ -141,15 +249,12 @@ def main() -> None:
         "false_positives": false_positives[:5],
         "honest_contributions": len(honest),
         "cheating_contributions_per_mode": args.cheats,
-        "gradient_audit_levels": levels,
         "partial_made_up_logprobs": {
             "n": n, "faked": strategy.group_size, "rescored": 2, "trials": args.partial_trials,
             "measured": round(partial_caught / args.partial_trials, 3),
             "predicted": round(detection_probability(n, strategy.group_size, 2), 3),
         },
-        "accuracy_all_honest": None,
-        "accuracy_with_cheater": None,
-        "accuracy_note": "not measured: needs the running mesh (coordinator + nodes); see the report",
+        **accuracy,
         "policy": dataclasses.asdict(policy),
         "setup": {"model_params": sum(p.numel() for p in model.parameters()), "samples_per_contribution": n,
                   "max_new_tokens": strategy.max_new_tokens, "template": args.template, "torch_threads": 1,

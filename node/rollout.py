@@ -21,11 +21,12 @@ is visible here:
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from thinkmesh.protocol.prefix_scoring import cache_keyword
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -169,7 +170,7 @@ def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, 
     device = next(model.parameters()).device
     input_ids, attention = left_pad(prompts, pad_token_id, device)
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
-    cache = {_cache_keyword(model): DynamicCache()}
+    cache = {cache_keyword(model): DynamicCache()}
     out = model(
         input_ids=input_ids, attention_mask=attention, position_ids=positions,
         use_cache=True, logits_to_keep=1, **cache,
@@ -198,11 +199,6 @@ def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, 
         )
         next_position = next_position + 1
     return _collect(prompts, tokens, logprobs, alive_steps, stop, tokenizer)
-
-
-def _cache_keyword(model) -> str:
-    """transformers >= 5.2x names the KV cache argument `cache`; older releases `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _text_stop(tokenizer, tokens: list[torch.Tensor], strings: tuple[str, ...], device) -> torch.Tensor:

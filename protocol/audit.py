@@ -15,6 +15,8 @@ beacon) picks, per contribution, a gradient audit level and a logprob subset:
   slice; a fake confined to other tensors is left to the `full` audit and its economics;
 - `none`: a no-grad prefill of `logprob_samples` samples drawn without replacement.
 Any gradient audit re-scores the logprobs of every sample for free (its forward computes them).
+Every forward here runs each distinct prompt once (`protocol/prefix_scoring.py`): a group's G
+samples share their prompt's KV cache, with the node's value and gradient.
 
 **Beacon.** Signatures here are deterministic, so a node knows its contribution hash before it
 sends it, and the round seed is public from the announcement. With an empty beacon a cheater can
@@ -48,8 +50,9 @@ from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
 from thinkmesh.protocol.grpo import strategy_loss
 from thinkmesh.protocol.messages import COMPRESSIONS, Finding, Sample
+from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
 from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, total_reward
-from thinkmesh.protocol.scoring import SCORING_TOLERANCE_FP32, completion_logprobs, token_logprobs
+from thinkmesh.protocol.scoring import SCORING_TOLERANCE_FP32
 from thinkmesh.protocol.strategies import StrategySpec
 from thinkmesh.protocol.tasks import DrawStream
 
@@ -178,15 +181,16 @@ def rescore_logprobs(
     model, prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sample], indices: Sequence[int],
     temperature: float, pad_token_id: int,
 ) -> dict[int, list[float]]:
-    """Re-scored token logprobs of `samples[i]` for i in `indices`: one no-grad prefill."""
-    rows = token_logprobs(
-        model,
-        [prompt_ids[samples[i].prompt_index] for i in indices],
-        [samples[i].completion_ids for i in indices],
-        temperature,
-        pad_token_id,
-    )
-    return dict(zip(indices, rows))
+    """Re-scored token logprobs of `samples[i]` for i in `indices`: one no-grad prefill, each
+    distinct prompt run once (`shared_prefix_logprobs`)."""
+    chosen = [samples[i] for i in indices]
+    with torch.no_grad():
+        scored = shared_prefix_logprobs(
+            model, [prompt_ids[s.prompt_index] for s in chosen], [s.completion_ids for s in chosen],
+            temperature, pad_token_id,
+        )
+    rows = scored.logprobs.cpu().tolist()
+    return {i: row[: len(s.completion_ids)] for i, row, s in zip(indices, rows, chosen)}
 
 
 @dataclass(frozen=True)
@@ -203,10 +207,11 @@ def recompute_gradient(
     strategy: StrategySpec, parameter_names: Sequence[str], pad_token_id: int,
     reward_config: RewardConfig = RewardConfig(), reference_model=None,
 ) -> Recomputation:
-    """The node's loss chain on the submitted samples, exactly: one batched `completion_logprobs`
-    over all samples in order, `strategy_loss` with old = detached current logprobs and the
-    config-weighted total rewards reshaped to [prompts, group_size]; then the gradient of the
-    named parameters only; with beta > 0 the k3 KL to `reference_model` (required then) enters
+    """The node's loss chain on the submitted samples, exactly: one batched forward over all
+    samples in order (`shared_prefix_logprobs`: each distinct prompt run once, same value and
+    graph as the node's `completion_logprobs`), `strategy_loss` with old = detached current
+    logprobs and the config-weighted total rewards reshaped to [prompts, group_size]; then the
+    gradient of the named parameters only; with beta > 0 the k3 KL to `reference_model` (required then) enters
     as in the node's step. The model must be in eval mode; it is not modified."""
     params = dict(model.named_parameters())
     missing = [n for n in parameter_names if n not in params]
@@ -219,9 +224,9 @@ def recompute_gradient(
     reference = None
     if strategy.beta > 0:
         with torch.no_grad():
-            reference = completion_logprobs(reference_model, prompts, completions, strategy.temperature, pad_token_id).logprobs
+            reference = shared_prefix_logprobs(reference_model, prompts, completions, strategy.temperature, pad_token_id).logprobs
     with torch.enable_grad():
-        scored = completion_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
+        scored = shared_prefix_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
         totals = torch.tensor([total_reward(r, reward_config) for r in rewards], dtype=torch.float32)
         totals = totals.reshape(-1, strategy.group_size).to(scored.logprobs.device)
         loss, _stats = strategy_loss(scored.logprobs, scored.logprobs.detach(), totals, scored.mask, strategy, reference)

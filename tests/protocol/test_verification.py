@@ -295,3 +295,62 @@ def test_a_repeated_zero_signal_gradient_is_not_replay_but_a_repeated_real_one_i
     assert check_replay(no_signal, frozenset(), seen, digests) == ()
     assert carries_signal(honest)
     assert [f.check for f in check_replay(honest, frozenset(), seen, digests)] == ["gradient-seen"]
+
+
+def test_shared_prefix_scoring_equals_one_full_prefill_in_value_and_gradient():
+    """The verifier runs each distinct prompt once; prompts of unequal length (left padding) and
+    unordered rows included, it must score and differentiate like the node's full prefill."""
+    from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
+    from thinkmesh.protocol.scoring import completion_logprobs
+
+    w = world()
+    samples = w.honest[0].samples
+    short, long = (5, 6, 7), (5, 6, 7, 8, 9, 10, 11)
+    prompts = [long if s.prompt_index else short for s in samples][::-1]
+    completions = [s.completion_ids for s in samples][::-1]
+    params = list(w.model.parameters())
+    full = completion_logprobs(w.model, prompts, completions, 0.7, 0)
+    shared = shared_prefix_logprobs(w.model, prompts, completions, 0.7, 0)
+    assert torch.equal(full.mask, shared.mask)
+    assert float((full.logprobs - shared.logprobs).detach().abs().max()) < 1e-5
+    weights = torch.arange(1.0, full.logprobs.shape[1] + 1.0)  # a loss that weighs positions unequally
+
+    def flat_gradient(scored):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad((scored.logprobs * weights).sum(), params)])
+
+    a, b = flat_gradient(full), flat_gradient(shared)
+    comparison = compare_gradients({"g": b}, {"g": a})
+    assert comparison.cosine > 1 - 1e-9 and comparison.norm_error < 1e-6
+
+
+def test_unequal_lengths_carry_signal_only_through_dapos_overlong_penalty():
+    """Equal rewards with unequal lengths: every strategy's advantages are zero (each honest node sends
+    the same zero gradient) unless DAPO's overlong buffer, with no dynamic sampling, tells the lengths apart."""
+    from thinkmesh.protocol.verification import carries_signal
+
+    honest = world().honest[0]
+    first = honest.samples[0]
+    limit = honest.strategy.max_new_tokens
+    lengths = [1 if i % 2 else limit for i in range(len(honest.samples))]
+    uneven = tuple(dataclasses.replace(s, rewards=first.rewards, completion_ids=(first.completion_ids[0],) * n,
+                                       logprobs=(first.logprobs[0],) * n) for s, n in zip(honest.samples, lengths))
+
+    def with_strategy(**fields):
+        return dataclasses.replace(honest, samples=uneven, strategy=dataclasses.replace(honest.strategy, **fields))
+
+    assert not carries_signal(with_strategy(overlong_buffer=0, dynamic_sampling=False))
+    assert carries_signal(with_strategy(overlong_buffer=max(1, limit // 2), dynamic_sampling=False))
+    assert not carries_signal(with_strategy(overlong_buffer=max(1, limit // 2), dynamic_sampling=True))
+
+
+def test_shared_prefix_scoring_handles_one_token_completions():
+    from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
+    from thinkmesh.protocol.scoring import completion_logprobs
+
+    w = world()
+    prompts, completions = [(5, 6, 7)] * 3 + [(9,)], [(11,), (12,), (11,), (13,)]
+    with torch.no_grad():
+        full = completion_logprobs(w.model, prompts, completions, 1.0, 0)
+        shared = shared_prefix_logprobs(w.model, prompts, completions, 1.0, 0)
+    assert shared.logprobs.shape == (4, 1)
+    assert float((full.logprobs - shared.logprobs).abs().max()) < 1e-5
