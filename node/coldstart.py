@@ -6,7 +6,10 @@ every group, one that is always right has nothing to learn. A short SFT pass on 
 version of the skill; RL then sharpens it.
 
 Cached: the result records a key = SHA-256(settings, base weights hash). Running again with the
-same settings on the same base (or on the directory it already rewrote) does no work.
+same settings on the same base (or on the directory it already rewrote) does no work. The marker
+also pins the saved tokenizer.json: a directory written by an older loader (transformers 5's
+`AutoTokenizer` once saved a Qwen2 byte-level pre-tokenizer that drops every space and newline)
+misses the cache and is trained again, instead of silently serving weights tuned on mangled text.
 """
 
 from __future__ import annotations
@@ -91,12 +94,18 @@ def cached_result(source: Path, out: Path, settings: ColdStartSettings) -> ColdS
     if marker.get("settings") != json.loads(json.dumps(asdict(settings))):
         return None
     current = weights_sha256(out)
-    if marker.get("weights_sha256") != current:
+    if marker.get("weights_sha256") != current or marker.get("tokenizer_sha256") != tokenizer_sha256(out):
         return None
     in_place = source.resolve() == out.resolve()
     if not in_place and marker.get("base_weights_sha256") != weights_sha256(source):
         return None
     return ColdStartResult(marker["key"], True, 0.0, marker.get("final_loss"), current)
+
+
+def tokenizer_sha256(directory: Path) -> str | None:
+    """SHA-256 of the directory's tokenizer.json, None if it has none."""
+    path = directory / "tokenizer.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def encode_examples(tokenizer, examples: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -195,6 +204,7 @@ def run_coldstart(
     marker = {"key": key, "settings": asdict(settings), "base_weights_sha256": base_hash, "final_loss": final_loss}
     save_model_atomically(model, tokenizer, out, extra_files=_carried_files(source, out))
     marker["weights_sha256"] = weights_sha256(out)
+    marker["tokenizer_sha256"] = tokenizer_sha256(out)
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return ColdStartResult(key, False, time.monotonic() - started, final_loss, marker["weights_sha256"], tuple(losses))
 

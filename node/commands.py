@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--eval-tasks", type=int, default=128)
     local.add_argument("--checkpoint-every", type=int, default=10)
     local.add_argument("--max-minutes", type=float, default=None)
+    local.add_argument("--update-epochs", type=int, default=1,
+                       help="clipped updates per rollout batch (PPO epochs; local training only)")
     local.add_argument("--seed", type=int, default=0)
     local.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     local.add_argument("--dtype", default="float32", help="float32 or bfloat16")
@@ -144,7 +146,7 @@ def train_local_command(args: argparse.Namespace) -> int:
         group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
         eval_every=args.eval_every, eval_tasks=args.eval_tasks, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=args.device, dtype=args.dtype, max_minutes=args.max_minutes,
-        warmup_steps=args.warmup_steps,
+        warmup_steps=args.warmup_steps, update_epochs=args.update_epochs,
     )
     summary = train_local(config)
     curve = ", ".join(f"{step}:{accuracy:.3f}" for step, accuracy in summary.evals)

@@ -24,6 +24,7 @@ import torch
 
 from thinkmesh.node.evaluation import evaluate, heldout_tasks
 from thinkmesh.node.model_dir import load_model, load_tokenizer, save_model_atomically
+from thinkmesh.node.multi_epoch import multi_epoch_update
 from thinkmesh.node.train_step import collect_rollouts, policy_gradient
 from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
 from thinkmesh.protocol.errors import TaskError
@@ -67,6 +68,7 @@ class LocalTrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     max_minutes: float | None = None  # wall-clock budget: stop (eval + checkpoint) after the step that passes it
+    update_epochs: int = 1  # >1: that many clipped updates per rollout batch (node.multi_epoch); local only
 
     def strategy_spec(self) -> StrategySpec:
         spec = strategy_from_name(self.strategy)
@@ -205,19 +207,26 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
                                         step_generator(config, step, device))
             t1 = time.perf_counter()
             model.train()
-            optimizer.zero_grad(set_to_none=True)
-            result = policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
-            if result.kept_groups:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step)
-                optimizer.step()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            if config.update_epochs > 1:
+                epochs = multi_epoch_update(model, optimizer, rollouts, strategy, tokenizer.pad_token_id,
+                                            config.update_epochs, config.max_grad_norm, reference)
+                result, grad_norm = epochs.first, (epochs.grad_norms or (0.0,))[0]
+                last_clip = epochs.last_clip_fraction
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                result = policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+                if result.kept_groups:
+                    optimizer.step()
+                last_clip = result.stats.clip_fraction
             t2 = time.perf_counter()
             rewards = rollouts.reward_matrix()
             record = {
                 "kind": "train", "step": step + 1, "loss": result.loss, "mean_reward": float(rewards.mean()),
                 "accuracy": rollouts.accuracy, "kept_groups": result.kept_groups, "grad_norm": grad_norm,
-                "clip_fraction": result.stats.clip_fraction, "kl": result.stats.kl,
+                "clip_fraction": result.stats.clip_fraction, "last_epoch_clip_fraction": last_clip, "kl": result.stats.kl,
                 "mean_tokens": sum(len(c.token_ids) for c in rollouts.completions) / len(rollouts.completions),
                 "rollout_s": t1 - t0, "update_s": t2 - t1,
             }

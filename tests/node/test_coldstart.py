@@ -57,3 +57,18 @@ def test_in_place_cold_start_is_cached_on_its_own_output(tmp_path, micro_model_d
     assert weights_sha256(model_dir) == first.weights_sha256
     _forbid_training(monkeypatch)
     assert run_coldstart(model_dir, SMALL, progress=False).cached
+
+
+def test_a_marker_without_the_saved_tokenizer_misses_the_cache(tmp_path, micro_model_dir):
+    """A directory whose tokenizer.json changed since the marker (or an older marker that never
+    pinned it) is retrained: its weights were tuned on whatever that tokenizer produced."""
+    out = tmp_path / "tuned"
+    run_coldstart(micro_model_dir, SMALL, out=out, progress=False)
+    assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is not None
+    marker = json.loads((out / MARKER_FILE).read_text())
+    (out / MARKER_FILE).write_text(json.dumps({k: v for k, v in marker.items() if k != "tokenizer_sha256"}))
+    assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is None
+    (out / MARKER_FILE).write_text(json.dumps(marker))
+    tokenizer_json = out / "tokenizer.json"
+    tokenizer_json.write_text(tokenizer_json.read_text().replace('"Fuse"', '"ByteLevel"'))
+    assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is None
