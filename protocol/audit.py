@@ -61,6 +61,12 @@ RATE_SCALE = 1_000_000  # rates are compared as integer parts per million: exact
 GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL = "none", "probe", "full"
 GRADIENT_AUDITS = (GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL)
 CONTRIBUTION_LEVEL = -1  # Finding.sample_index of a finding about the whole contribution
+# Below this L2 norm (over the compared tensors) a gradient is numerically zero. A contribution with
+# no advantage signal has an exactly zero policy term, and with beta > 0 in the first rounds a KL
+# term of ~1e-9 that is float32 rounding of two forward orders (the node's full forward, the
+# verifier's shared-prefix one): cosine and norm ratio of two such vectors are noise. Any gradient
+# that moves a model is orders of magnitude above it, and sending zero for it gains nothing.
+GRADIENT_NOISE_FLOOR = 1e-6
 
 
 class AuditError(ProtocolError):
@@ -296,6 +302,8 @@ def gradient_findings(claimed, reference, compression: str, policy: AuditPolicy)
     ("gradient-norm": expected the reference norm, claimed the submitted one)."""
     tolerance = policy.tolerance_for(compression)
     comparison = compare_gradients(claimed, quantized_reference(reference, compression))
+    if max(comparison.claimed_norm, comparison.reference_norm) <= GRADIENT_NOISE_FLOOR:
+        return ()
     findings = []
     if not comparison.cosine >= tolerance.min_cosine:
         findings.append(Finding(CONTRIBUTION_LEVEL, "gradient-cosine", tolerance.min_cosine, comparison.cosine))

@@ -1,6 +1,7 @@
 """End to end, as a user runs it: `thinkmesh devnet up --nodes 3 --cheater random-gradient --rounds 3
 --json`, then the chain it leaves behind, read three ways that must agree: the JSON summary, the
-ledger read here event by event, and the dashboard's `/api/` over the same chain.
+ledger read here event by event, and the dashboard's `/api/` over the same chain; then a second
+`up` that resumes that chain, `devnet status` and `devnet down` from other processes.
 
 `up` stops anvil after `--rounds` and saves its state; the test restarts anvil on that saved state
 (as the next `up` would) and starts `thinkmesh dashboard` against it. On the suite's micro model the
@@ -12,16 +13,19 @@ in every round for a gradient mismatch and paid nothing, every honest node paid 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import urllib.request
 
 import pytest
 
 from tests.e2e.polling import wait_for
-from tests.e2e.test_devnet import ENV, MODEL_ARGS, free_base_port, logs_of, thinkmesh
+from tests.e2e.test_devnet import ENV, MODEL_ARGS, free_base_port, logs_of, running_state, thinkmesh
 
 from thinkmesh.devnet.layout import DevnetLayout, DevnetState
+from thinkmesh.devnet.processes import pid_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,7 +34,7 @@ CHEATER = "cheater-random-gradient"
 HONEST = ("node-1", "node-2", "node-3")
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(600)
 def test_up_with_a_random_gradient_cheater_slashes_it_and_pays_the_honest_nodes(tmp_path, model_cache):
     state_dir = tmp_path / "devnet"
     layout = DevnetLayout(state_dir)
@@ -63,6 +67,47 @@ def test_up_with_a_random_gradient_cheater_slashes_it_and_pays_the_honest_nodes(
         print(run.stderr[-4000:])
         print(logs_of(layout))
         raise
+    _resume_then_status_and_down(state_dir, layout, model_cache, summary)
+
+
+def _resume_then_status_and_down(state_dir, layout: DevnetLayout, model_cache, summary: dict) -> None:
+    """A second `up` resumes the same chain and nodes; `status` and `down` work from other processes,
+    and `down` leaves no child alive and the chain saved."""
+    common = ["--state-dir", str(state_dir), "--cache-dir", str(model_cache), *MODEL_ARGS]
+    up = subprocess.Popen(thinkmesh("devnet", "up", "--nodes", "3", "--cheater", "random-gradient",
+                                    "--base-port", str(free_base_port()), *common),
+                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        state = wait_for(lambda: up.poll() is None and running_state(layout) or (up.poll() is not None and "exited"),
+                         300, "the second devnet to run")
+        assert state != "exited", up.stdout.read()[-4000:]
+        assert state.ledger == summary["ledger"]
+        assert [n.address for n in state.nodes] == [n["address"] for n in summary["nodes"]]
+
+        status = subprocess.run(thinkmesh("devnet", "status", "--json", "--state-dir", str(state_dir)),
+                                env=ENV, capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout.strip().splitlines()[-1])
+        assert report["running"] is True and report["ledger"] == summary["ledger"]
+        assert [n["address"] for n in report["chain"]["nodes"]] == [n["address"] for n in summary["nodes"]]
+        if state.dashboard_url:
+            with urllib.request.urlopen(state.dashboard_url, timeout=10) as page:
+                assert page.status == 200
+
+        children = [child.pid for child in DevnetState.load(layout).children]
+        down = subprocess.run(thinkmesh("devnet", "down", "--state-dir", str(state_dir)),
+                              env=ENV, capture_output=True, text=True, timeout=150)
+        assert down.returncode == 0, down.stderr
+        assert up.wait(timeout=30) == 0
+        assert not [pid for pid in children if pid_alive(pid)]
+        assert DevnetState.load(layout).phase == "stopped"
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        subprocess.run(thinkmesh("devnet", "down", "--state-dir", str(state_dir)), env=ENV, capture_output=True,
+                       timeout=150)
 
 
 def _assert_summary_is_the_chain(rpc_url: str, deployment, layout: DevnetLayout, summary: dict) -> None:

@@ -354,3 +354,21 @@ def test_shared_prefix_scoring_handles_one_token_completions():
         shared = shared_prefix_logprobs(w.model, prompts, completions, 1.0, 0)
     assert shared.logprobs.shape == (4, 1)
     assert float((full.logprobs - shared.logprobs).abs().max()) < 1e-5
+
+
+def test_two_numerically_zero_gradients_match_and_a_real_one_against_zero_does_not():
+    """Rounding noise (~1e-9) against an exact zero is a match; zero against a real gradient, or noise
+    against one, is a mismatch in both directions."""
+    import torch
+
+    from thinkmesh.protocol.audit import GRADIENT_NOISE_FLOOR, AuditPolicy, gradient_findings
+
+    policy = AuditPolicy()
+    zero = {"w": torch.zeros(64)}
+    noise = {"w": torch.full((64,), 1e-9 / 8)}
+    real = {"w": torch.linspace(-1, 1, 64) * 1e-3}
+    assert float(noise["w"].norm()) < GRADIENT_NOISE_FLOOR < float(real["w"].norm())
+    assert gradient_findings(zero, noise, "none", policy) == ()
+    assert gradient_findings(noise, zero, "none", policy) == ()
+    assert {f.check for f in gradient_findings(zero, real, "none", policy)} == {"gradient-cosine", "gradient-norm"}
+    assert {f.check for f in gradient_findings(real, noise, "none", policy)} == {"gradient-cosine", "gradient-norm"}
