@@ -75,7 +75,7 @@ async def rejoin_coordinator(coordinator_peer: str, maddrs: tuple[str, ...], _dh
     adds each side to the other's routing table.
     """
     from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
-    from multiaddr import Multiaddr
+    from hivemind.utils.multiaddr import Multiaddr
 
     peer = _peer(coordinator_peer)
     if node.protocol.routing_table.get(peer_id=peer) is not None and peer not in node.blacklist:

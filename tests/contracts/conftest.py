@@ -8,13 +8,14 @@ missing install step must not pass silently.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from thinkmesh.devnet.anvil import Anvil, AnvilError, DevAccount, find_anvil_binary
+from tests.anvil_required import require_anvil
+
+from thinkmesh.devnet.anvil import Anvil, DevAccount
 from thinkmesh.protocol.chain import LedgerClient, deploy
 from thinkmesh.protocol.identity import IdentityBinding, NodeIdentity, bind_identity
 from thinkmesh.protocol.ledger import Deployment, tokens
@@ -25,12 +26,7 @@ POOL = tokens(10_000)
 
 
 def _anvil_or_skip() -> None:
-    try:
-        find_anvil_binary()
-    except AnvilError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil is not installed ({exc})")
+    require_anvil()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.anvil_required import require_anvil
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.models import boost_eos
@@ -204,14 +205,9 @@ stake = "20"
 
 @pytest.fixture
 def anvil():
-    from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
+    from thinkmesh.devnet.anvil import Anvil
 
-    try:
-        find_anvil_binary()
-    except AnvilError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil is not installed ({exc})")
+    require_anvil()
     with Anvil(accounts=2) as chain:
         yield chain
 

@@ -4,13 +4,12 @@ coordinator (a hivemind `P2P` serving `CoordinatorService`'s model offer for one
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.anvil_required import require_anvil
 
 from thinkmesh.protocol.identity import NodeIdentity
 
@@ -24,16 +23,11 @@ class Ledger:
 
 def anvil_ledger() -> Iterator[tuple[object, Ledger]]:
     """(the Anvil, a deployed ledger); skips without anvil installed, fails under CI."""
-    from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
+    from thinkmesh.devnet.anvil import Anvil
     from thinkmesh.protocol.chain import deploy
     from thinkmesh.protocol.ledger import tokens
 
-    try:
-        find_anvil_binary()
-    except AnvilError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"anvil is not installed ({exc})")
+    require_anvil()
     with Anvil(accounts=3) as chain:
         admin = chain.accounts[0]
         deployment = deploy(chain.rpc_url, admin.private_key, unbonding_delay_s=3600, min_stake=tokens(1))
