@@ -212,48 +212,6 @@ def anvil():
         yield chain
 
 
-def assert_chain_matches_journal(mesh: PaidMesh, rounds: int, everyone_each_round: bool = True) -> None:
-    """The chain's record equals the coordinator's: each round settled once with the journaled
-    payload, honest nodes paid exactly their awards, the cheater slashed whenever it was heard,
-    never paid. `everyone_each_round`: every node's contribution made every round."""
-    from thinkmesh.protocol.ledger import RoundStatus, settlement_hash
-
-    intents = mesh.journal()
-    assert [i.round_id for i in intents] == list(range(1, rounds + 1)) and all(i.done for i in intents)
-    owed: dict[str, int] = {}
-    for intent in intents:
-        record = mesh.reader.round(intent.round_id)
-        assert record.status == RoundStatus.SETTLED
-        assert record.settlement_hash == settlement_hash(intent.round_id, intent.seed, intent.traces_root,
-                                                         intent.awards, intent.stats)
-        assert len(mesh.reader.events.settlements(round_id=intent.round_id)) == 1
-        honest = {mesh.address(n) for n, _, _ in HONEST}
-        paid = {a.node for a in intent.awards}
-        assert paid == honest if everyone_each_round else paid <= honest, intent.awards
-        assert all(a.payout > 0 for a in intent.awards)
-        if not everyone_each_round and not intent.slashes:
-            assert mesh.reader.events.slashes(round_id=intent.round_id) == []
-            continue
-        assert [s.node for s in intent.slashes] == [mesh.address(CHEATER[0])]
-        (slash,) = mesh.reader.events.slashes(round_id=intent.round_id)
-        assert (slash.node, slash.evidence_hash) == (mesh.address(CHEATER[0]), intent.slashes[0].evidence_hash)
-        evidence = mesh.root / "coordinator" / "evidence" / f"round-{intent.round_id:06d}"
-        assert (evidence / f"{mesh.keys[CHEATER[0]].identity.public_key.hex()}.evidence").exists()
-        (metrics,) = mesh.reader.events.round_metrics(round_id=intent.round_id)
-        assert (metrics.accepted, metrics.rejected) == (len(intent.accepted), len(intent.slashes))
-        for award in intent.awards:
-            owed[award.node] = owed.get(award.node, 0) + award.payout
-    for name, _, _ in HONEST:
-        assert mesh.reader.node(mesh.address(name)).claimable == owed.get(mesh.address(name), 0)
-    assert mesh.reader.events.compensations(node=mesh.address(CHEATER[0])) == []
-    assert mesh.reader.node(mesh.address(CHEATER[0])).claimable == 0
-    from thinkmesh.protocol.ledger import tokens
-
-    slashed = sum(len(i.slashes) for i in intents)
-    assert slashed == len(mesh.reader.events.slashes()) >= 1
-    assert mesh.reader.node(mesh.address(CHEATER[0])).stake == tokens(20) - slashed * tokens(7)
-
-
 # Issue #6: every node-level cheat mode in some end-to-end test. random-gradient runs in
 # tests/e2e/test_devnet_cheater.py; the other five share one mesh, one cheater each, so their cost
 # is one run, not five (fake-rewards is also the crash test's cheater). copy-peer is left out on
@@ -403,7 +361,14 @@ def test_coordinator_killed_before_and_during_settlement_settles_every_round_onc
                  "the coordinator to recover and finish")
         # Round 1 had everyone; round 2 ran while the nodes were restarted, so it may miss some.
         assert {a.node for a in mesh.journal()[0].awards} == {mesh.address(n) for n, _, _ in HONEST}
-        assert_chain_matches_journal(mesh, rounds=2, everyone_each_round=False)
+        intents = assert_journal_is_on_chain(mesh, rounds=2)
+        cheater = mesh.address(CHEATER[0])
+        assert all({a.node for a in i.awards} <= {mesh.address(n) for n, _, _ in HONEST} for i in intents)
+        assert all(s.node == cheater for i in intents for s in i.slashes) and any(i.slashes for i in intents)
+        assert mesh.reader.events.compensations(node=cheater) == []
+        for intent in (i for i in intents if i.slashes):
+            evidence = mesh.root / "coordinator" / "evidence" / f"round-{intent.round_id:06d}"
+            assert (evidence / f"{mesh.keys[CHEATER[0]].identity.public_key.hex()}.evidence").exists()
     except Exception:
         mesh.dump_logs()
         raise
