@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from unittest import mock
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ def gradients() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     return {
         "layer.weight": torch.randn(256, 192, generator=generator) * 1e-3,
-        "layer.bias": torch.randn(192, generator=generator) * 1e-3,  # small: travels as NONE
+        "layer.bias": torch.randn(192, generator=generator) * 1e-3,  # small: meanstd16 under 8-bit modes
         "embed.weight": torch.randn(128, 192, generator=generator) * 1e-2,
     }
 
@@ -47,7 +46,8 @@ def test_round_trip_ratio_and_error(mode, max_ratio, max_rel_error):
         assert decoded[name].dtype == torch.float32
         error = ((decoded[name] - tensor).norm() / tensor.norm()).item()
         assert error <= max_rel_error, (name, error)
-    assert torch.equal(decoded["layer.bias"], grads["layer.bias"]) or mode == "fp16"
+    if mode == "none":
+        assert torch.equal(decoded["layer.bias"], grads["layer.bias"])
 
 
 def test_encoding_is_deterministic():
@@ -55,16 +55,19 @@ def test_encoding_is_deterministic():
     assert codec.encode_gradient(grads, "uniform8") == codec.encode_gradient(grads, "uniform8")
 
 
-def test_blockwise_fallback_without_bitsandbytes_decodes_within_tolerance():
-    grads = gradients()
-    with mock.patch.object(codec, "bitsandbytes_available", lambda: False):
-        payload = codec.encode_gradient(grads, "blockwise8")
-    decoded = codec.decode_gradient(payload, shapes(grads))
-    big = grads["layer.weight"]
-    assert ((decoded["layer.weight"] - big).norm() / big.norm()).item() < 0.05
+def test_blockwise_codes_match_bitsandbytes_where_it_is_installed():
+    """Ours is bitsandbytes' quantizer in plain torch: same absmax, codes off by one at most at a
+    few bin edges."""
+    functional = pytest.importorskip("bitsandbytes.functional")
+    flat = torch.randn(3 * codec.BLOCKWISE_BLOCK + 100, generator=torch.Generator().manual_seed(3)) * 1e-3
+    theirs, state = functional.quantize_blockwise(flat, blocksize=codec.BLOCKWISE_BLOCK, nested=False)
+    ours, absmax = codec._blockwise_quantize(flat)
+    assert torch.equal(absmax, state.absmax)
+    differ = ours.to(torch.int16) - theirs.to(torch.int16)
+    assert differ.abs().max() <= 1 and (differ != 0).float().mean() < 0.01
 
 
-def test_fallback_codebook_is_bitsandbytes_dynamic_map():
+def test_dynamic_codebook_is_bitsandbytes_dynamic_map():
     functional = pytest.importorskip("bitsandbytes.functional")
     assert torch.equal(functional.create_dynamic_map(signed=True), codec.dynamic_codebook())
 
