@@ -252,6 +252,24 @@ def read_ledger_bootstrap(chain: ChainConfig) -> tuple[Deployment, list[str]]:
     return deployment, LedgerClient.connect(chain.rpc_url, deployment).bootstrap_peers()
 
 
+def coordinator_addresses_from_ledger(chain: ChainConfig, coordinator_peer_id: str) -> tuple[str, ...]:
+    """The ledger's current bootstrap multiaddrs for the coordinator's PeerID, in list order.
+
+    Why: a coordinator restarted on another host or port rewrites its own ledger entries at
+    startup (`[chain].publish_bootstrap`), so a node holding the old addresses finds the new ones
+    there. A ledger that cannot be read gives () (logged), never an exception: the caller keeps
+    re-dialing what it has and reads again later.
+    """
+    from thinkmesh.protocol.chain_errors import ChainError
+
+    try:
+        _deployment, listed = read_ledger_bootstrap(chain)
+    except (ChainError, BootstrapError, OSError, ValueError) as exc:
+        logger.warning("cannot re-read the ledger's bootstrap list: %s: %s", type(exc).__name__, exc)
+        return ()
+    return tuple(m for m in listed if m.endswith(f"/p2p/{coordinator_peer_id}"))
+
+
 def complete_network(config: NodeConfig) -> NodeConfig:
     """The config the daemon runs with: bootstrap peers and coordinator settled, chain id checked.
 

@@ -283,8 +283,9 @@ class NodeDaemon:
     async def reach_coordinator(self) -> bool:
         """True when the coordinator is in this node's DHT routing table, after re-dialing its
         bootstrap multiaddrs if it fell out (p2p_client.rejoin_coordinator says why it does)."""
-        rejoin = partial(rejoin_coordinator, self.config.coordinator_peer_id, tuple(self.config.network.initial_peers))
-        reachable = await self.dht.run_coroutine(rejoin, return_future=True)
+        reachable = await self._rejoin()
+        if not reachable and self.config.chain is not None and await self._adopt_ledger_addresses():
+            reachable = await self._rejoin()
         if reachable != self.coordinator_reachable:
             if reachable:
                 logger.info("reached the coordinator again at %s", self.config.network.initial_peers)
@@ -293,6 +294,26 @@ class NodeDaemon:
                                self.config.network.initial_peers, self.config.round.sync_interval_s)
         self.coordinator_reachable = reachable
         return reachable
+
+    async def _rejoin(self) -> bool:
+        rejoin = partial(rejoin_coordinator, self.config.coordinator_peer_id, tuple(self.config.network.initial_peers))
+        return await self.dht.run_coroutine(rejoin, return_future=True)
+
+    async def _adopt_ledger_addresses(self) -> bool:
+        """True when the ledger lists coordinator multiaddrs this node did not have: they replace
+        the coordinator's old ones (a coordinator restarted elsewhere), other peers are kept."""
+        from thinkmesh.node.bootstrap import coordinator_addresses_from_ledger
+
+        peer_id = self.config.coordinator_peer_id
+        listed = await asyncio.to_thread(coordinator_addresses_from_ledger, self.config.chain, peer_id)
+        known = self.config.network.initial_peers
+        if not listed or set(listed) <= set(known):
+            return False
+        others = [m for m in known if not m.endswith(f"/p2p/{peer_id}")]
+        logger.info("the ledger lists the coordinator at %s; dialing there", ", ".join(listed))
+        network = self.config.network.model_copy(update={"initial_peers": [*listed, *others]})
+        self.config = self.config.model_copy(update={"network": network})
+        return True
 
     # ---- the process -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -128,3 +128,38 @@ def test_configured_peers_and_coordinator_are_used_as_given(tmp_path):
     peers = [f"/ip4/127.0.0.1/tcp/{closed_port()}/p2p/{COORDINATOR.peer_id}"]
     config = node_config(tmp_path, coordinator_peer_id=COORDINATOR.peer_id, network={"initial_peers": peers})
     assert complete_network(config) == config  # no chain, no probe: the operator's explicit choice
+
+
+def test_a_node_rereads_the_coordinators_addresses_from_the_ledger(ledger, tmp_path, caplog):
+    """A coordinator restarted on another port rewrites its ledger entries; a node that lost it
+    replaces the coordinator's old multiaddrs with the listed ones and keeps its other peers."""
+    from thinkmesh.node.bootstrap import coordinator_addresses_from_ledger
+    from thinkmesh.node.daemon import NodeDaemon
+    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
+
+    chain, deployed = ledger
+    client = LedgerClient.connect(deployed.rpc_url, discover_deployment(deployed.rpc_url, deployed.address),
+                                  private_key=deployed.admin_key)
+    old = f"/ip4/127.0.0.1/tcp/4001/p2p/{COORDINATOR.peer_id}"
+    new = f"/ip4/127.0.0.1/tcp/4555/p2p/{COORDINATOR.peer_id}"
+    other = f"/ip4/127.0.0.1/tcp/4002/p2p/{STRANGER.peer_id}"
+    chain_config = ChainConfig(rpc_url=deployed.rpc_url, ledger=deployed.address)
+    config = node_config(tmp_path, chain=chain_config, coordinator_peer_id=COORDINATOR.peer_id,
+                         network={"initial_peers": [old, other]})
+    daemon = NodeDaemon(config, NodeIdentity.from_seed(b"\x09" * 32))
+    snapshot = chain.snapshot()
+    try:
+        for multiaddr in (other, new):
+            client.add_bootstrap_peer(multiaddr)
+        assert coordinator_addresses_from_ledger(chain_config, COORDINATOR.peer_id) == (new,)
+        with caplog.at_level(logging.INFO, logger="thinkmesh.node.daemon"):
+            assert asyncio.run(daemon._adopt_ledger_addresses()) is True
+        assert daemon.config.network.initial_peers == [new, other]
+        assert any(new in r.getMessage() for r in caplog.records)
+        assert asyncio.run(daemon._adopt_ledger_addresses()) is False  # nothing new: no churn
+    finally:
+        chain.revert(snapshot)
+    unreachable = ChainConfig(rpc_url=f"http://127.0.0.1:{closed_port()}", ledger=deployed.address)
+    with caplog.at_level(logging.WARNING, logger="thinkmesh.node.bootstrap"):
+        assert coordinator_addresses_from_ledger(unreachable, COORDINATOR.peer_id) == ()
+    assert any("cannot re-read the ledger" in r.getMessage() for r in caplog.records)
