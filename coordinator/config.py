@@ -92,7 +92,7 @@ class VerificationConfig(_Section):
     logprob_samples: int = Field(8, ge=1)
     probe_rate: float = Field(1.0, ge=0, le=1)
     full_gradient_rate: float = Field(0.1, ge=0, le=1)
-    probe_tensors: int = Field(16, ge=1)
+    probe_tensors: int = Field(1, ge=1)  # the final norm: a whole-gradient fake shows there; partial fakes are the full audit's
 
 
 class ObservabilityConfig(_Section):

@@ -13,13 +13,17 @@ model with everything the pure pipeline leaves to its caller:
   every evidence file, so anyone can replay the plan;
 - the evidence file, `<evidence_dir>/round-NNNNNN/<node key hex>.evidence` (canonical bytes, so
   its keccak256 is the hash put on chain), and the accepted contribution itself under
-  `<data_dir>/contributions/` (replay evidence and trace export read it back).
+  `<data_dir>/contributions/` (replay evidence and trace export read it back). The contribution is
+  encoded once: those bytes give its hash and are the archive file. Only a rejection's evidence
+  hash goes on chain (as the slash's evidence), so an accepted verdict's is computed from its file
+  when first asked for, not on the verification path.
 
 Thread-safety: `verify` may be called from worker threads; model work is serialized by a lock.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -31,7 +35,8 @@ from pathlib import Path
 
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.encoding import decode_message, encode_message
-from thinkmesh.protocol.evidence import build_evidence, write_evidence
+from thinkmesh.protocol.evidence import build_evidence, evidence_bytes, write_evidence
+from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.verification import (
     REASON_BAD_SIGNATURE,
@@ -40,6 +45,7 @@ from thinkmesh.protocol.verification import (
     REASON_WRONG_ROUND,
     VerificationContext,
     VerificationReport,
+    contribution_digests,
     gradient_digest,
     verify_contribution,
 )
@@ -58,20 +64,44 @@ def audit_beacon(coordinator_seed: bytes, round_seed: bytes) -> bytes:
     return hashlib.sha256(BEACON_DOMAIN + coordinator_seed + round_seed).digest()
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def store_evidence(path: Path, evidence, hashed: bool) -> bytes | None:
+    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
+    if hashed:
+        return write_evidence(path, evidence)
+    write_file(path, evidence_bytes(evidence))
+    return None
+
+
 def round_dir(root: Path, round_id: int) -> Path:
     return root / f"round-{round_id:06d}"
 
 
 @dataclass(frozen=True)
 class VerifiedContribution:
-    """One verdict: the report, the evidence file and its hash, and the paid address if registered."""
+    """One verdict: the report, the evidence file and its hash, and the paid address if registered.
+
+    `known_evidence_hash` is set for rejections (hashed when written); `evidence_hash` reads an
+    accepted verdict's file once, on first use."""
 
     contribution: Contribution
     report: VerificationReport
     evidence_path: Path
-    evidence_hash: bytes
+    known_evidence_hash: bytes | None
     address: str | None
     seconds: float
+
+    @functools.cached_property
+    def evidence_hash(self) -> bytes:
+        if self.known_evidence_hash is not None:
+            return self.known_evidence_hash
+        return keccak256(self.evidence_path.read_bytes())
 
     @property
     def accepted(self) -> bool:
@@ -91,12 +121,11 @@ class ContributionArchive:
     def path(self, round_id: int, node_key: bytes) -> Path:
         return round_dir(self.root, round_id) / f"{node_key.hex()}.contribution"
 
-    def save(self, contribution: Contribution) -> Path:
+    def save(self, contribution: Contribution, encoded: bytes | None = None) -> Path:
+        """`encoded`: `encode_message(contribution)` when the caller holds it already."""
         path = self.path(contribution.round_id, contribution.node_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(encode_message(contribution))
-        tmp.replace(path)
+        write_file(path, encode_message(contribution) if encoded is None else encoded)
         return path
 
     def load(self, round_id: int, node_key: bytes) -> Contribution | None:
@@ -206,15 +235,16 @@ class ContributionVerifier:
         with self.lock:
             self._maybe_refresh(contribution.node_key)
             context = self._context(announcement)
+            encoded = encode_message(contribution)
             report = verify_contribution(announcement, contribution, self.model, self.tokenizer, context,
-                                         self.reference_model)
+                                         self.reference_model, contribution_digests(contribution, encoded))
             prior = self._prior(contribution) if report.reason == REASON_REPLAY else []
             evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior)
             path = round_dir(self.evidence_dir, contribution.round_id) / f"{contribution.node_key.hex()}.evidence"
             path.parent.mkdir(parents=True, exist_ok=True)
-            digest = write_evidence(path, evidence)
+            digest = store_evidence(path, evidence, hashed=not report.accepted)
             if report.accepted:
-                self.archive.save(contribution)
+                self.archive.save(contribution, encoded)
                 self.current.add(contribution.round_id, contribution.node_key, report.sample_hashes, report.gradient_digest)
         address = self.registered.get(contribution.node_key) if self.registered is not None else None
         outcome = VerifiedContribution(contribution, report, path, digest, address, time.perf_counter() - started)

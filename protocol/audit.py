@@ -9,10 +9,13 @@ beacon) picks, per contribution, a gradient audit level and a logprob subset:
 - `full` (probability `full_gradient_rate`): one forward over *all* samples with autograd on,
   `strategy_loss` exactly as the node computes it, and the gradient of every parameter;
 - `probe` (probability `probe_rate` of the rest): the same forward, but the gradient of only the
-  model's trailing `probe_tensors` parameters (registration order: the end of the last block and
-  the final norm). `torch.autograd.grad` walks only the part of the graph those need, so a probe
-  costs one forward plus a short backward. A whole-gradient fake (random, scaled) shows in any
-  slice; a fake confined to other tensors is left to the `full` audit and its economics;
+  model's trailing `probe_tensors` parameters (registration order: the final norm, or an untied
+  head; more reach into the last block). Only those require grad during the probe
+  (`gradient_only_for`), so autograd records nothing before them: the default probe (one tensor)
+  costs what a no-grad forward costs, and each block it reaches into adds that block's backward. A
+  whole-gradient fake (random, scaled) shows in any slice; a fake confined to other tensors is
+  left to the `full` audit and its economics (a cheater who computes the slice honestly still pays
+  the forward, whatever the slice's size);
 - `none`: a no-grad prefill of `logprob_samples` samples drawn without replacement.
 Any gradient audit re-scores the logprobs of every sample for free (its forward computes them).
 Every forward here runs each distinct prompt once (`protocol/prefix_scoring.py`): a group's G
@@ -41,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +106,7 @@ class AuditPolicy:
     logprob_samples: int = 8
     probe_rate: float = 1.0
     full_gradient_rate: float = 0.1
-    probe_tensors: int = 4
+    probe_tensors: int = 1
     logprob_tolerance: float = SCORING_TOLERANCE_FP32
     gradient_tolerances: tuple[GradientTolerance, ...] = GRADIENT_TOLERANCES
 
@@ -199,6 +203,23 @@ def rescore_logprobs(
     return {i: row[: len(s.completion_ids)] for i, row, s in zip(indices, rows, chosen)}
 
 
+@contextmanager
+def gradient_only_for(model, parameter_names: Sequence[str]):
+    """Within the block, only the named parameters require grad, so autograd records no op that
+    precedes them: a probe of the trailing tensors runs the body of the model as a no-grad forward
+    and keeps a graph (and saved activations) only from the probed tensors on. `requires_grad` is
+    restored on exit; callers already hold the model exclusively (the coordinator's model lock)."""
+    wanted = set(parameter_names)
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in wanted)
+        yield
+    finally:
+        for param, requires in saved:
+            param.requires_grad_(requires)
+
+
 @dataclass(frozen=True)
 class Recomputation:
     """The verifier's own forward/backward over every sample: logprobs per sample, gradients of
@@ -231,12 +252,12 @@ def recompute_gradient(
     if strategy.beta > 0:
         with torch.no_grad():
             reference = shared_prefix_logprobs(reference_model, prompts, completions, strategy.temperature, pad_token_id).logprobs
-    with torch.enable_grad():
+    wanted = [params[n] for n in parameter_names]
+    with torch.enable_grad(), gradient_only_for(model, parameter_names):
         scored = shared_prefix_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
         totals = torch.tensor([total_reward(r, reward_config) for r in rewards], dtype=torch.float32)
         totals = totals.reshape(-1, strategy.group_size).to(scored.logprobs.device)
         loss, _stats = strategy_loss(scored.logprobs, scored.logprobs.detach(), totals, scored.mask, strategy, reference)
-        wanted = [params[n] for n in parameter_names]
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
     gradients = {
         name: (g.detach().to("cpu", torch.float32) if g is not None else torch.zeros(p.shape))
@@ -266,22 +287,25 @@ class GradientComparison:
 def quantized_reference(reference: Mapping[str, Tensor], compression: str) -> dict[str, Tensor]:
     """`reference` passed through the node's codec and back: the value an honest node would
     have sent for these tensors, so the codec's error cancels out of the comparison."""
+    if compression == "none":  # float32 as is: the round trip is the identity
+        return {name: t.detach().to("cpu", torch.float32) for name, t in reference.items()}
     shapes = {name: tuple(t.shape) for name, t in reference.items()}
     return decode_gradient(encode_gradient(reference, compression), shapes)
 
 
 def compare_gradients(claimed: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> GradientComparison:
     """Cosine and norms in float64 over the names of `reference` (which `claimed` must hold)."""
-    names = sorted(reference)
-    a = torch.cat([claimed[n].reshape(-1).double() for n in names])
-    b = torch.cat([reference[n].reshape(-1).double() for n in names])
-    na, nb = float(a.norm()), float(b.norm())
+    dot = aa = bb = 0.0
+    for name in sorted(reference):  # tensor by tensor: no copy of the whole gradient in float64
+        a, b = claimed[name].reshape(-1).double(), reference[name].reshape(-1).double()
+        dot, aa, bb = dot + float(torch.dot(a, b)), aa + float(torch.dot(a, a)), bb + float(torch.dot(b, b))
+    na, nb = math.sqrt(aa), math.sqrt(bb)
     if na == 0.0 and nb == 0.0:
         cosine = 1.0
     elif na == 0.0 or nb == 0.0:
         cosine = 0.0
     else:
-        cosine = float(torch.dot(a, b)) / (na * nb)
+        cosine = dot / (na * nb)
     return GradientComparison(cosine=cosine, claimed_norm=na, reference_norm=nb)
 
 

@@ -117,7 +117,7 @@ def build_evidence(
     indices = sorted({f.sample_index for f in report.findings if 0 <= f.sample_index < len(contribution.samples)})
     if indices and tokenizer is None:
         raise EvidenceError("build_evidence: cited samples need the tokenizer to record their decoded text")
-    tree = MerkleTree.from_items([sample_hash(s) for s in contribution.samples])
+    tree = MerkleTree.from_items([sample_hash(s) for s in contribution.samples]) if indices else None
     cited = tuple(
         CitedSample(i, contribution.samples[i], tuple(tree.proof(i)), completion_text(tokenizer, contribution.samples[i].completion_ids))
         for i in indices

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 import torch
@@ -29,8 +30,10 @@ from thinkmesh.protocol.audit_economics import (
 )
 from thinkmesh.protocol.gradient_codec import decode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Sample, message_hash, sign_message
+from thinkmesh.protocol.encoding import encode_message
+from thinkmesh.protocol.messages import Sample, sign_message
 from thinkmesh.protocol.verification import (
+    CONTRIBUTION_HASH_DOMAIN,
     CONTRIBUTION_LEVEL,
     REASON_BAD_SIGNATURE,
     REASON_GRADIENT_MISMATCH,
@@ -42,6 +45,8 @@ from thinkmesh.protocol.verification import (
     REASON_SAMPLES_ROOT,
     REASON_UNKNOWN_NODE,
     REASON_WRONG_ROUND,
+    contribution_hash,
+    gradient_digest,
     verdict_for,
     verify_contribution,
     with_seen,
@@ -215,7 +220,8 @@ def test_verdict_carries_the_report():
     report = verify(w.honest[0])
     verdict = verdict_for(report, w.honest[0], b"\xee" * 32)
     assert verdict.accepted and verdict.reason == REASON_OK
-    assert verdict.contribution_hash == message_hash(w.honest[0])
+    assert verdict.contribution_hash == contribution_hash(w.honest[0])
+    assert verdict.contribution_hash == hashlib.sha256(CONTRIBUTION_HASH_DOMAIN + encode_message(w.honest[0])).digest()
     assert verdict.checked_samples == report.checked_samples
 
 
@@ -263,7 +269,49 @@ def test_a_sample_that_differs_from_the_honest_one_changes_the_contribution_hash
     sample = w.honest[0].samples[0]
     bumped = dataclasses.replace(sample, logprobs=(sample.logprobs[0] + 1e-3,) + sample.logprobs[1:])
     assert isinstance(bumped, Sample)
-    assert message_hash(resign(w.honest[0], w.nodes[0], samples=(bumped,) + w.honest[0].samples[1:])) != message_hash(w.honest[0])
+    changed = resign(w.honest[0], w.nodes[0], samples=(bumped,) + w.honest[0].samples[1:])
+    assert contribution_hash(changed) != contribution_hash(w.honest[0])
+    assert contribution_hash(changed, encode_message(changed)) == contribution_hash(changed)
+
+
+def test_the_gradient_digest_names_the_exact_gradient_whoever_signs_it():
+    w = world()
+    honest = w.honest[0]
+    assert gradient_digest(resign(honest, w.nodes[1]).gradient) == gradient_digest(honest.gradient)
+    blob = honest.gradient.tensors[0]
+    flipped = bytes([blob.data[-1] ^ 1])
+    bumped = dataclasses.replace(blob, data=blob.data[:-1] + flipped)
+    payload = dataclasses.replace(honest.gradient, tensors=(bumped,) + honest.gradient.tensors[1:])
+    assert gradient_digest(payload) != gradient_digest(honest.gradient)
+    # Bytes moved across a tensor boundary change the digest too (each part is length-prefixed).
+    first, second = honest.gradient.tensors[:2]
+    shifted = (dataclasses.replace(first, data=first.data + second.data[:1]),
+               dataclasses.replace(second, data=second.data[1:]))
+    moved = dataclasses.replace(honest.gradient, tensors=shifted + honest.gradient.tensors[2:])
+    assert gradient_digest(moved) != gradient_digest(honest.gradient)
+
+
+def test_a_probe_is_the_full_gradient_on_its_slice_and_leaves_the_model_as_it_was():
+    """Freezing the untouched parameters during a probe changes which graph is recorded, not the
+    numbers; requires_grad is restored even when the audit fails."""
+    from thinkmesh.protocol.audit import recompute_gradient
+    from thinkmesh.protocol.verification import prompt_ids_for
+
+    w = world()
+    honest = w.honest[0]
+    prompts = prompt_ids_for(w.round, honest.node_key, w.tokenizer)
+    rewards = [s.rewards for s in honest.samples]
+    names = [n for n, _ in w.model.named_parameters()]
+    full = recompute_gradient(w.model, prompts, honest.samples, rewards, honest.strategy, names, 0).gradients
+    for k in (1, 4):
+        probe = recompute_gradient(w.model, prompts, honest.samples, rewards, honest.strategy, names[-k:], 0).gradients
+        assert sorted(probe) == sorted(names[-k:])
+        for name in probe:
+            assert float(full[name].norm()) > 0
+            torch.testing.assert_close(probe[name], full[name], rtol=1e-4, atol=1e-5 * float(full[name].abs().max()))
+    with pytest.raises(AuditError):
+        recompute_gradient(w.model, prompts, honest.samples, rewards, honest.strategy, ["no.such.weight"], 0)
+    assert all(p.requires_grad for p in w.model.parameters())
 
 
 def test_a_few_coincident_samples_are_not_replay_but_most_are():
@@ -297,12 +345,16 @@ def test_a_repeated_zero_signal_gradient_is_not_replay_but_a_repeated_real_one_i
     assert [f.check for f in check_replay(honest, frozenset(), seen, digests)] == ["gradient-seen"]
 
 
-def test_shared_prefix_scoring_equals_one_full_prefill_in_value_and_gradient():
-    """The verifier runs each distinct prompt once; prompts of unequal length (left padding) and
-    unordered rows included, it must score and differentiate like the node's full prefill."""
+@pytest.mark.parametrize("call_tokens", [64, 0], ids=["default-buckets", "one-bucket-per-length"])
+def test_shared_prefix_scoring_equals_one_full_prefill_in_value_and_gradient(monkeypatch, call_tokens):
+    """The verifier runs each distinct prompt once and completions in length buckets; prompts of
+    unequal length (left padding) and unordered rows included, it must score and differentiate
+    like the node's full prefill."""
+    from thinkmesh.protocol import prefix_scoring
     from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
     from thinkmesh.protocol.scoring import completion_logprobs
 
+    monkeypatch.setattr(prefix_scoring, "BUCKET_CALL_TOKENS", call_tokens)
     w = world()
     samples = w.honest[0].samples
     short, long = (5, 6, 7), (5, 6, 7, 8, 9, 10, 11)
@@ -343,7 +395,8 @@ def test_unequal_lengths_carry_signal_only_through_dapos_overlong_penalty():
     assert not carries_signal(with_strategy(overlong_buffer=max(1, limit // 2), dynamic_sampling=True))
 
 
-def test_shared_prefix_scoring_handles_one_token_completions():
+def test_shared_prefix_scoring_handles_one_token_completions(monkeypatch):
+    from thinkmesh.protocol import prefix_scoring
     from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
     from thinkmesh.protocol.scoring import completion_logprobs
 
@@ -354,6 +407,26 @@ def test_shared_prefix_scoring_handles_one_token_completions():
         shared = shared_prefix_logprobs(w.model, prompts, completions, 1.0, 0)
     assert shared.logprobs.shape == (4, 1)
     assert float((full.logprobs - shared.logprobs).abs().max()) < 1e-5
+    monkeypatch.setattr(prefix_scoring, "BUCKET_CALL_TOKENS", 0)  # a one-token bucket beside longer ones
+    completions = [(11,), (12, 13, 14), (11, 12), (13,)]
+    with torch.no_grad():
+        full = completion_logprobs(w.model, prompts, completions, 1.0, 0)
+        shared = shared_prefix_logprobs(w.model, prompts, completions, 1.0, 0)
+    assert torch.equal(full.mask, shared.mask)
+    assert float((full.logprobs - shared.logprobs).abs().max()) < 1e-5
+
+
+def test_length_buckets_cut_where_padding_costs_more_than_a_call():
+    from thinkmesh.protocol.prefix_scoring import length_buckets
+
+    assert length_buckets([48, 2, 47, 3], call_tokens=10) == [[1, 3], [2, 0]]
+    assert length_buckets([48, 2, 47, 3], call_tokens=1000) == [[1, 3, 2, 0]]
+    assert length_buckets([5, 5, 5], call_tokens=0) == [[0, 1, 2]]
+    lengths = [1, 5, 11, 12, 16, 19, 23, 24, 27, 30, 35, 48, 48, 48, 48, 48]
+    buckets = length_buckets(lengths, call_tokens=64)
+    assert sorted(row for bucket in buckets for row in bucket) == list(range(16))
+    padded = sum(len(b) * max(lengths[r] for r in b) + 64 for b in buckets)
+    assert padded < 16 * 48 + 64  # cheaper than one batch, by the cost it minimises
 
 
 def test_two_numerically_zero_gradients_match_and_a_real_one_against_zero_does_not():
