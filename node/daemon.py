@@ -58,7 +58,7 @@ from thinkmesh.protocol.observability import StatusServer
 logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
 HISTORY_LIMIT = 100  # rounds kept in /status's history
-
+LEDGER_REREAD_S = 10.0  # a node that lost its coordinator reads the ledger's list at most this often
 
 
 class NodeDaemon:
@@ -279,13 +279,16 @@ class NodeDaemon:
                 await self.sync_model(ZERO_HASH)
 
     coordinator_reachable = True  # as last seen by reach_coordinator; logs only the changes
+    _next_ledger_read = 0.0  # monotonic time before which a lost coordinator is not looked up on chain
 
     async def reach_coordinator(self) -> bool:
         """True when the coordinator is in this node's DHT routing table, after re-dialing its
         bootstrap multiaddrs if it fell out (p2p_client.rejoin_coordinator says why it does)."""
         reachable = await self._rejoin()
-        if not reachable and self.config.chain is not None and await self._adopt_ledger_addresses():
-            reachable = await self._rejoin()
+        if not reachable and self.config.chain is not None and time.monotonic() >= self._next_ledger_read:
+            self._next_ledger_read = time.monotonic() + LEDGER_REREAD_S
+            if await self._adopt_ledger_addresses():
+                reachable = await self._rejoin()
         if reachable != self.coordinator_reachable:
             if reachable:
                 logger.info("reached the coordinator again at %s", self.config.network.initial_peers)

@@ -163,3 +163,28 @@ def test_a_node_rereads_the_coordinators_addresses_from_the_ledger(ledger, tmp_p
     with caplog.at_level(logging.WARNING, logger="thinkmesh.node.bootstrap"):
         assert coordinator_addresses_from_ledger(unreachable, COORDINATOR.peer_id) == ()
     assert any("cannot re-read the ledger" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lost_coordinator_is_looked_up_on_chain_at_most_every_ledger_reread_s(tmp_path, monkeypatch):
+    import thinkmesh.node.bootstrap as bootstrap
+    from thinkmesh.node.daemon import LEDGER_REREAD_S, NodeDaemon
+
+    old = f"/ip4/127.0.0.1/tcp/4001/p2p/{COORDINATOR.peer_id}"
+    new = f"/ip4/127.0.0.1/tcp/4555/p2p/{COORDINATOR.peer_id}"
+    reads, dialed = [], []
+    monkeypatch.setattr(bootstrap, "coordinator_addresses_from_ledger", lambda chain, peer: reads.append(peer) or (new,))
+
+    class DHT:  # answers only once the node dials the coordinator's new address
+        async def run_coroutine(self, rejoin, return_future=True):
+            dialed.append(rejoin.args[1])
+            return new in rejoin.args[1]
+
+    config = node_config(tmp_path, chain=ChainConfig(rpc_url="http://127.0.0.1:1", ledger="0x" + "11" * 20),
+                         coordinator_peer_id=COORDINATOR.peer_id, network={"initial_peers": [old]})
+    daemon = NodeDaemon(config, NodeIdentity.from_seed(b"\x0a" * 32))
+    daemon.dht = DHT()
+    assert asyncio.run(daemon.reach_coordinator()) is True
+    assert dialed == [(old,), (new,)] and len(reads) == 1
+    daemon.config = config  # lost again, at the old address: the ledger is not read again yet
+    assert asyncio.run(daemon.reach_coordinator()) is False
+    assert len(reads) == 1 and LEDGER_REREAD_S >= 1
