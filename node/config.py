@@ -59,7 +59,9 @@ class StrategyConfig(_Section):
 class RoundConfig(_Section):
     poll_s: float = Field(1.0, gt=0)  # how often to read the announcement from the DHT
     sync_interval_s: float = Field(10.0, gt=0)  # how often an idle node checks the coordinator's head
-    compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "uniform8"
+    # blockwise8: the same bytes as uniform8 (a quarter of fp32) at ~1.3% per-tensor error where
+    # uniform8, clipped at 3 sigma, loses 5-9% (median, measured on the tiny model's real gradients)
+    compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "blockwise8"
     upload_timeout_s: float = Field(120.0, gt=0)
 
 
