@@ -61,7 +61,7 @@ STRATEGY = dataclasses.replace(strategy_from_name("grpo"), beta=0.0, group_size=
 
 # (module, function, phase): the pipeline's own steps, timed where the pipeline looks them up.
 VERIFY_PHASES = (
-    (coordinator_verifier, "encode_message", "hashing: encode contribution (also the archive's bytes)"),
+    (coordinator_verifier, "encode_message", "hashing: encode contribution (also signature payload, evidence, archive)"),
     (coordinator_verifier, "contribution_digests", "hashing (contribution, samples, gradient digest)"),
     (verification, "first_failure", "model-free checks (signature, root, prompt set, shape, replay)"),
     (verification, "completion_text", "rewards: decode"),
@@ -75,7 +75,7 @@ VERIFY_PHASES = (
     (verification, "gradient_findings", "gradient compare (codec round trip, cosine)"),
     (coordinator_verifier, "build_evidence", "evidence: build"),
     (coordinator_verifier, "store_evidence", "evidence: encode, write (+ keccak for rejections)"),
-    (ContributionArchive, "save", "archive accepted contribution"),
+    (ContributionArchive, "save", "archive accepted contribution (link to its evidence)"),
 )
 PRODUCE_PHASES = (
     (contribution_step, "collect_rollouts", "generation (rollouts + rewards)"),

@@ -164,7 +164,7 @@ class ContributionIntake:
         if contribution.node_key != header.node_key:
             return RefusalReason.MALFORMED, "the body's node key differs from the header's"
         try:
-            verify_message(contribution, contribution.node_key)
+            verify_message(contribution, contribution.node_key, body)  # strict decoding: body is the canonical encoding
         except SignatureError as exc:
             return RefusalReason.BAD_SIGNATURE, str(exc)
         if (contribution.chain_id, contribution.run_id, contribution.round_id) != (
@@ -176,7 +176,7 @@ class ContributionIntake:
         verified = None
         if self.verify is not None:
             try:
-                verified = self.verify(announcement, contribution)
+                verified = self.verify(announcement, contribution, body)
             except ProtocolError as exc:  # a contribution the pipeline cannot run on (e.g. no KL reference)
                 return RefusalReason.MALFORMED, f"verification could not run: {exc}"
             if not verified.accepted:

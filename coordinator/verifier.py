@@ -13,8 +13,9 @@ model with everything the pure pipeline leaves to its caller:
   every evidence file, so anyone can replay the plan;
 - the evidence file, `<evidence_dir>/round-NNNNNN/<node key hex>.evidence` (canonical bytes, so
   its keccak256 is the hash put on chain), and the accepted contribution itself under
-  `<data_dir>/contributions/` (replay evidence and trace export read it back). The contribution is
-  encoded once: those bytes give its hash and are the archive file. Only a rejection's evidence
+  `<data_dir>/contributions/` (replay evidence and trace export read it back), as a hard link
+  to the evidence file, which embeds it, where the file system allows. The contribution is encoded once: those bytes give its hash, its
+  signature's payload and the evidence's middle. Only a rejection's evidence
   hash goes on chain (as the slash's evidence), so an accepted verdict's is computed from its file
   when first asked for, not on the verification path.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import shutil
 import threading
 import time
@@ -35,7 +37,8 @@ from pathlib import Path
 
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.encoding import decode_message, encode_message
-from thinkmesh.protocol.evidence import build_evidence, evidence_bytes, write_evidence
+from thinkmesh.protocol.errors import EncodingError
+from thinkmesh.protocol.evidence import Evidence, build_evidence, evidence_bytes, write_evidence
 from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.verification import (
@@ -71,11 +74,12 @@ def write_file(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def store_evidence(path: Path, evidence, hashed: bool) -> bytes | None:
-    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
+def store_evidence(path: Path, evidence, hashed: bool, contribution_encoded: bytes | None = None) -> bytes | None:
+    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain).
+    `contribution_encoded`: the contribution's canonical bytes, spliced in rather than re-encoded."""
     if hashed:
-        return write_evidence(path, evidence)
-    write_file(path, evidence_bytes(evidence))
+        return write_evidence(path, evidence, contribution_encoded)
+    write_file(path, evidence_bytes(evidence, contribution_encoded))
     return None
 
 
@@ -113,7 +117,9 @@ class VerifiedContribution:
 
 
 class ContributionArchive:
-    """Accepted contributions on disk, one canonical file per (round, node key)."""
+    """Accepted contributions on disk, one file per (round, node key): the contribution's canonical
+    bytes, or a hard link to its accepted verdict's evidence file, which embeds those bytes whole
+    (no second copy of megabytes to write or keep)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -121,20 +127,45 @@ class ContributionArchive:
     def path(self, round_id: int, node_key: bytes) -> Path:
         return round_dir(self.root, round_id) / f"{node_key.hex()}.contribution"
 
-    def save(self, contribution: Contribution, encoded: bytes | None = None) -> Path:
-        """`encoded`: `encode_message(contribution)` when the caller holds it already."""
+    def save(self, contribution: Contribution, encoded: bytes | None = None, evidence: Path | None = None) -> Path:
+        """`encoded`: `encode_message(contribution)` when the caller holds it already. `evidence`:
+        the evidence file of its accepted verdict, linked instead of writing the contribution again
+        (written after all where a link cannot be made, e.g. across file systems)."""
         path = self.path(contribution.round_id, contribution.node_key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if evidence is not None and _link(evidence, path):
+            return path
         write_file(path, encode_message(contribution) if encoded is None else encoded)
         return path
 
     def load(self, round_id: int, node_key: bytes) -> Contribution | None:
         path = self.path(round_id, node_key)
-        return decode_message(path.read_bytes(), Contribution) if path.exists() else None
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        try:
+            return decode_message(data, Contribution)
+        except EncodingError as as_contribution:
+            try:
+                return decode_message(data, Evidence).contribution
+            except EncodingError:
+                raise as_contribution from None
 
     def discard_round(self, round_id: int) -> None:
         """Forgets a round that is being re-run (it was never committed)."""
         shutil.rmtree(round_dir(self.root, round_id), ignore_errors=True)
+
+
+def _link(source: Path, path: Path) -> bool:
+    """Atomically makes `path` a hard link to `source`; False where the file system refuses."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return False
+    tmp.replace(path)
+    return True
 
 
 @dataclass
@@ -230,21 +261,25 @@ class ContributionVerifier:
         found = (self.archive.load(round_id, key) for round_id, key in sorted(sources))
         return [c for c in found if c is not None][:1]  # one suffices to re-run the verdict
 
-    def verify(self, announcement: RoundAnnouncement, contribution: Contribution) -> VerifiedContribution:
+    def verify(
+        self, announcement: RoundAnnouncement, contribution: Contribution, encoded: bytes | None = None,
+    ) -> VerifiedContribution:
+        """`encoded`: the bytes `contribution` was decoded from, when the caller has them (strict
+        decoding accepts only canonical bytes, so they are `encode_message(contribution)`)."""
         started = time.perf_counter()
         with self.lock:
             self._maybe_refresh(contribution.node_key)
             context = self._context(announcement)
-            encoded = encode_message(contribution)
+            encoded = encode_message(contribution) if encoded is None else encoded
             report = verify_contribution(announcement, contribution, self.model, self.tokenizer, context,
-                                         self.reference_model, contribution_digests(contribution, encoded))
+                                         self.reference_model, contribution_digests(contribution, encoded), encoded)
             prior = self._prior(contribution) if report.reason == REASON_REPLAY else []
             evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior)
             path = round_dir(self.evidence_dir, contribution.round_id) / f"{contribution.node_key.hex()}.evidence"
             path.parent.mkdir(parents=True, exist_ok=True)
-            digest = store_evidence(path, evidence, hashed=not report.accepted)
+            digest = store_evidence(path, evidence, hashed=not report.accepted, contribution_encoded=encoded)
             if report.accepted:
-                self.archive.save(contribution, encoded)
+                self.archive.save(contribution, encoded, evidence=path)
                 self.current.add(contribution.round_id, contribution.node_key, report.sample_hashes, report.gradient_digest)
         address = self.registered.get(contribution.node_key) if self.registered is not None else None
         outcome = VerifiedContribution(contribution, report, path, digest, address, time.perf_counter() - started)

@@ -40,6 +40,7 @@ these checks with a message that names the expected compression or codebook size
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -96,9 +97,50 @@ def dynamic_codebook() -> Tensor:
     return torch.tensor(data, dtype=torch.float32).sort().values
 
 
+def _all_finite(tensor: Tensor) -> bool:
+    """`torch.isfinite(tensor).all()` in one pass without a boolean copy: min and max propagate
+    NaN, and are infinite iff some element is."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(low.item()) and math.isfinite(high.item())
+
+
+LOOKUP_KEY_BITS = 18  # 256 Ki keys: ~2.5% of a gradient's values left to the binary search
+
+
+@functools.cache
+def _code_lookup() -> tuple[Tensor, Tensor, Tensor]:
+    """(bounds, code by key, ambiguous by key) for `_nearest_codes`. A float32's top
+    LOOKUP_KEY_BITS bits (its key: sign, exponent, leading mantissa bits) pick a contiguous
+    interval of the reals; where both ends of it fall in the same bucket, so does every value in
+    it (bucketize is monotone). Built once per process (~10 ms)."""
+    code = dynamic_codebook()
+    bounds = (code[:-1] + code[1:]) / 2
+    shift = 32 - LOOKUP_KEY_BITS
+    keys = np.arange(1 << LOOKUP_KEY_BITS, dtype=np.uint32) << shift
+    low = torch.from_numpy(keys.view(np.float32).copy())
+    high = torch.from_numpy((keys | ((1 << shift) - 1)).view(np.float32).copy())
+    at_low = torch.bucketize(low, bounds, out_int32=True)
+    at_high = torch.bucketize(high, bounds, out_int32=True)
+    return bounds, at_low.to(torch.uint8), (at_low != at_high) | ~torch.isfinite(low) | ~torch.isfinite(high)
+
+
+def _nearest_codes(scaled: Tensor) -> Tensor:
+    """`torch.bucketize(scaled, bounds).to(uint8)` for the dynamic codebook's midpoints, the same
+    codes ~7x faster: a table look-up by each value's key, and the binary search only for values
+    whose key interval straddles a bound."""
+    bounds, by_key, ambiguous = _code_lookup()
+    keys = (scaled.contiguous().view(torch.int32) >> (32 - LOOKUP_KEY_BITS)).long() & ((1 << LOOKUP_KEY_BITS) - 1)
+    codes = torch.take(by_key, keys)
+    unsure = torch.take(ambiguous, keys).nonzero().squeeze(1)
+    if unsure.numel():
+        codes[unsure] = torch.bucketize(scaled[unsure], bounds, out_int32=True).to(torch.uint8)
+    return codes
+
+
 def _blockwise_quantize(flat: Tensor) -> tuple[Tensor, Tensor]:
     """(codes uint8 [n], absmax float32 [blocks]) exactly as bitsandbytes' CPU kernel rounds."""
-    code = dynamic_codebook()
     n = flat.numel()
     full = n - n % BLOCKWISE_BLOCK
     grid = flat[:full].reshape(-1, BLOCKWISE_BLOCK)
@@ -108,17 +150,18 @@ def _blockwise_quantize(flat: Tensor) -> tuple[Tensor, Tensor]:
         tail_max = flat[full:].abs().max().clamp(min=1e-38)
         absmax = torch.cat([absmax, tail_max.unsqueeze(0)])
         scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
-    bounds = (code[:-1] + code[1:]) / 2
-    return torch.bucketize(scaled, bounds, out_int32=True).to(torch.uint8), absmax
+    return _nearest_codes(scaled), absmax
 
 
 def _blockwise_dequantize(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
+    """code[codes] * absmax of each value's block: one float32 product per value, in place."""
     n = codes.numel()
-    values = code[codes.to(torch.int64)]
-    blocks = -(-n // BLOCKWISE_BLOCK)
-    padded = torch.zeros(blocks * BLOCKWISE_BLOCK, dtype=torch.float32)
-    padded[:n] = values
-    return (padded.reshape(blocks, BLOCKWISE_BLOCK) * absmax.view(-1, 1)).reshape(-1)[:n]
+    values = torch.take(code, codes.to(torch.int64))
+    full = n - n % BLOCKWISE_BLOCK
+    values[:full].view(-1, BLOCKWISE_BLOCK).mul_(absmax[: full // BLOCKWISE_BLOCK].view(-1, 1))
+    if full < n:
+        values[full:].mul_(absmax[-1])
+    return values
 
 
 def _serialize_blockwise(tensor: Tensor):
@@ -181,7 +224,7 @@ def encode_gradient(
     blobs, total = [], 0
     for name in sorted(gradients):
         tensor = gradients[name].detach().to("cpu", torch.float32).contiguous()
-        if not torch.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise GradientCodecError(f"gradient {name!r}: expected finite values, got inf or nan")
         mode = _wire_mode(compression, tuple(tensor.shape))
         if mode == "blockwise8":
@@ -289,7 +332,7 @@ def decode_gradient(
         except Exception as exc:  # numpy/torch raise several types on inconsistent buffers
             raise GradientCodecError(f"gradient {blob.name!r}: does not decode ({type(exc).__name__}: {exc})") from exc
         tensor = tensor.detach().to(torch.float32).reshape(shape)
-        if not torch.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise GradientCodecError(f"gradient {blob.name!r}: expected finite values, got inf or nan")
         result[blob.name] = tensor
     return result

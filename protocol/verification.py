@@ -201,9 +201,10 @@ def _contribution_finding(check: str, expected: float, claimed: float) -> tuple[
     return (Finding(CONTRIBUTION_LEVEL, check, float(expected), float(claimed)),)
 
 
-def check_signature(contribution: Contribution) -> tuple[Finding, ...]:
+def check_signature(contribution: Contribution, encoded: bytes | None = None) -> tuple[Finding, ...]:
+    """`encoded`: `encode_message(contribution)` when the caller holds it (see `verify_message`)."""
     try:
-        verify_message(contribution, contribution.node_key)
+        verify_message(contribution, contribution.node_key, encoded)
     except SignatureError:
         return _contribution_finding("signature", 1.0, 0.0)
     return ()
@@ -361,11 +362,11 @@ def _report(reason: str, findings, digests: ContributionDigests, checked=(), aud
 
 def model_free_checks(
     announcement: RoundAnnouncement, contribution: Contribution, context: VerificationContext,
-    vocab_size: int | None = None, digests: ContributionDigests | None = None,
+    vocab_size: int | None = None, digests: ContributionDigests | None = None, encoded: bytes | None = None,
 ) -> list[tuple[str, Callable[[], tuple[Finding, ...]]]]:
     """The checks before rewards, in order, as (reason, thunk) pairs."""
     return [
-        (REASON_BAD_SIGNATURE, lambda: check_signature(contribution)),
+        (REASON_BAD_SIGNATURE, lambda: check_signature(contribution, encoded)),
         (REASON_WRONG_ROUND, lambda: check_round_binding(announcement, contribution)),
         (REASON_UNKNOWN_NODE, lambda: check_registered(contribution, context.registered_nodes)),
         (REASON_SAMPLES_ROOT, lambda: check_samples_root(contribution, digests)),
@@ -386,7 +387,7 @@ def first_failure(checks) -> tuple[str, tuple[Finding, ...]] | None:
 
 def verify_contribution(
     announcement: RoundAnnouncement, contribution: Contribution, model, tokenizer, context: VerificationContext,
-    reference_model=None, digests: ContributionDigests | None = None,
+    reference_model=None, digests: ContributionDigests | None = None, encoded: bytes | None = None,
 ) -> VerificationReport:
     """Every check of the module docstring, in order; the report of the first that fails, or ok.
 
@@ -395,11 +396,11 @@ def verify_contribution(
     announcement's own signature is the caller's to check. `reference_model` (the KL reference)
     is needed only to audit the gradient of a strategy with beta > 0. Deterministic for fixed
     inputs on a fixed device; the model is not modified. `digests`: `contribution_digests` of this
-    contribution, when the caller has them already.
+    contribution, and `encoded`: `encode_message(contribution)`, when the caller has them already.
     """
     vocab_size = int(model.get_input_embeddings().num_embeddings)
-    digests = digests or contribution_digests(contribution)
-    failed = first_failure(model_free_checks(announcement, contribution, context, vocab_size, digests))
+    digests = digests or contribution_digests(contribution, encoded)
+    failed = first_failure(model_free_checks(announcement, contribution, context, vocab_size, digests, encoded))
     if failed:
         return _report(*failed, digests)
     texts = [completion_text(tokenizer, s.completion_ids) for s in contribution.samples]

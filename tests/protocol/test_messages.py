@@ -247,3 +247,23 @@ def test_encoding_is_identical_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == message_hash(message).hex()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(announcements, contributions(), verdicts, manifests))
+def test_verifying_from_the_encoded_bytes_checks_exactly_what_re_encoding_checks(message):
+    signer = NODE if isinstance(message, Contribution) else COORDINATOR
+    signed = sign_message(message, signer)
+    verify_message(signed, signer.public_key, encode_message(signed))
+    forged = dataclasses.replace(signed, signature=bytes(64 - len(b"x")) + b"x")
+    with pytest.raises(SignatureError):
+        verify_message(forged, signer.public_key, encode_message(forged))
+    with pytest.raises(SignatureError):
+        verify_message(signed, (NODE if signer is COORDINATOR else COORDINATOR).public_key, encode_message(signed))
+
+
+def test_bytes_that_are_not_the_message_s_encoding_are_refused_not_trusted():
+    signed = sign_message(_announcement(), COORDINATOR)
+    other = sign_message(_announcement(round_id=4), COORDINATOR)
+    with pytest.raises(ValueError, match="not the canonical encoding"):
+        verify_message(signed, COORDINATOR.public_key, encode_message(other))

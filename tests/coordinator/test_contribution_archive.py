@@ -1,0 +1,45 @@
+"""The accepted-contribution archive: one copy of the bytes on disk (a link to the evidence file,
+which embeds them), read back as the contribution, and a plain file where no link can be made."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.verification_world import world
+from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
+from thinkmesh.protocol.audit import AuditPolicy
+from thinkmesh.protocol.encoding import decode_message, encode_message
+from thinkmesh.protocol.errors import EncodingError
+from thinkmesh.protocol.evidence import read_evidence, rerun_evidence
+from thinkmesh.protocol.messages import Contribution
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_an_accepted_contribution_is_archived_as_a_link_to_its_evidence_and_reads_back(tmp_path):
+    w = world()
+    verifier = ContributionVerifier(
+        model=w.model, tokenizer=w.tokenizer, policy=AuditPolicy(), coordinator_seed=b"\xc0" * 32,
+        evidence_dir=tmp_path / "evidence", archive=ContributionArchive(tmp_path / "contributions"),
+    )
+    verifier.open_round(w.round.round_id)
+    outcome = verifier.verify(w.round, w.honest[0])
+    assert outcome.accepted
+    archived = verifier.archive.path(w.round.round_id, w.honest[0].node_key)
+    assert os.path.samefile(archived, outcome.evidence_path)
+    assert verifier.archive.load(w.round.round_id, w.honest[0].node_key) == w.honest[0]
+    evidence = read_evidence(outcome.evidence_path)
+    assert evidence.contribution == w.honest[0] and rerun_evidence(evidence, w.model, w.tokenizer).agrees
+
+
+def test_without_a_linkable_evidence_file_the_contribution_is_written_plain(tmp_path):
+    w = world()
+    archive = ContributionArchive(tmp_path / "contributions")
+    path = archive.save(w.honest[1], evidence=tmp_path / "missing.evidence")
+    assert decode_message(path.read_bytes(), Contribution) == w.honest[1]
+    assert archive.load(w.honest[1].round_id, w.honest[1].node_key) == w.honest[1]
+    path.write_bytes(encode_message(w.honest[1])[:-1])
+    with pytest.raises(EncodingError):
+        archive.load(w.honest[1].round_id, w.honest[1].node_key)
