@@ -10,14 +10,6 @@ import torch
 import thinkmesh.protocol.gradient_codec as codec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def bucketized(scaled: torch.Tensor) -> torch.Tensor:
     """The codes as wire format 2 first computed them: binary search over the midpoints."""
     code = codec.dynamic_codebook()

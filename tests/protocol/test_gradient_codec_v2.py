@@ -15,14 +15,6 @@ from thinkmesh.protocol.messages import TensorBlob
 EIGHT_BIT = ("uniform8", "blockwise8")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def mixed_scale_gradients() -> dict[str, torch.Tensor]:
     """Gaussian tensors from 1e-7 to 1e1 (a big tensor and a small one at each scale), plus a
     2-D small tensors: concatenating these before a mean/std quantizer would erase the small ones."""
