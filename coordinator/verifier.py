@@ -14,10 +14,10 @@ model with everything the pure pipeline leaves to its caller:
 - the evidence file, `<evidence_dir>/round-NNNNNN/<node key hex>.evidence` (canonical bytes, so
   its keccak256 is the hash put on chain), and the accepted contribution itself under
   `<data_dir>/contributions/` (replay evidence and trace export read it back), as a hard link
-  to the evidence file, which embeds it, where the file system allows. The contribution is encoded once: those bytes give its hash, its
-  signature's payload and the evidence's middle. Only a rejection's evidence
-  hash goes on chain (as the slash's evidence), so an accepted verdict's is computed from its file
-  when first asked for, not on the verification path.
+  to the evidence file (which embeds it) where the file system allows. The contribution is
+  encoded once: those bytes give its hash and its signature's payload. Only a rejection's
+  evidence hash goes on chain (as the slash's evidence), so an accepted verdict's is computed
+  from its file when first asked for, not on the verification path.
 
 Thread-safety: `verify` may be called from worker threads; model work is serialized by a lock.
 """
@@ -74,12 +74,11 @@ def write_file(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def store_evidence(path: Path, evidence, hashed: bool, contribution_encoded: bytes | None = None) -> bytes | None:
-    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain).
-    `contribution_encoded`: the contribution's canonical bytes, spliced in rather than re-encoded."""
+def store_evidence(path: Path, evidence, hashed: bool) -> bytes | None:
+    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
     if hashed:
-        return write_evidence(path, evidence, contribution_encoded)
-    write_file(path, evidence_bytes(evidence, contribution_encoded))
+        return write_evidence(path, evidence)
+    write_file(path, evidence_bytes(evidence))
     return None
 
 
@@ -277,7 +276,7 @@ class ContributionVerifier:
             evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior)
             path = round_dir(self.evidence_dir, contribution.round_id) / f"{contribution.node_key.hex()}.evidence"
             path.parent.mkdir(parents=True, exist_ok=True)
-            digest = store_evidence(path, evidence, hashed=not report.accepted, contribution_encoded=encoded)
+            digest = store_evidence(path, evidence, hashed=not report.accepted)
             if report.accepted:
                 self.archive.save(contribution, encoded, evidence=path)
                 self.current.add(contribution.round_id, contribution.node_key, report.sample_hashes, report.gradient_digest)

@@ -22,18 +22,17 @@ logprob, gradient and accepted verdicts need the round's model, whose hash is ch
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields as fields_of, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from thinkmesh.protocol.audit import AuditPolicy
-from thinkmesh.protocol.encoding import Hash32, Message, decode_message, encode_message, encode_record
-from thinkmesh.protocol.errors import EncodingError, ProtocolError, SignatureError
+from thinkmesh.protocol.encoding import Hash32, Message, decode_message, encode_message
+from thinkmesh.protocol.errors import ProtocolError, SignatureError
 from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.merkle import MerkleTree, verify_proof
 from thinkmesh.protocol.messages import (
     Contribution,
     Finding,
-    GradientPayload,
     MiB,
     RoundAnnouncement,
     Sample,
@@ -130,38 +129,8 @@ def build_evidence(
     )
 
 
-def evidence_bytes(evidence: Evidence, contribution_encoded: bytes | None = None) -> bytes:
-    """The canonical bytes. `contribution_encoded`: `encode_message(evidence.contribution)` when
-    the caller holds it (the coordinator does): its body is spliced in instead of walking the
-    megabytes again. The result is the same bytes either way (see `_spliced`)."""
-    if contribution_encoded is None:
-        return encode_message(evidence)
-    return _spliced(evidence, contribution_encoded)
-
-
-def _spliced(evidence: Evidence, contribution_encoded: bytes) -> bytes:
-    """A msgpack array is its header followed by its elements' encodings, so the evidence's bytes
-    are those of the same evidence around a one-sample, gradient-free stand-in contribution with
-    the stand-in's body replaced by the real contribution's (its encoding minus the envelope).
-    Each seam is checked: bytes that are not this contribution's encoding raise EncodingError."""
-    contribution = evidence.contribution
-    stand_in = replace(contribution, samples=contribution.samples[:1],
-                       gradient=GradientPayload(contribution.gradient.compression, ()))
-    stand_in_body = encode_record(stand_in)
-    envelope = encode_message(stand_in)[: -len(stand_in_body)]
-    if not contribution_encoded.startswith(envelope) or not contribution_encoded.endswith(contribution.signature):
-        raise EncodingError("evidence: the given bytes are not the contribution's canonical encoding")
-    around_evidence = replace(evidence, contribution=stand_in)
-    around = encode_message(around_evidence)
-    body_header = 1 if len(fields_of(Evidence)) < 16 else 3  # msgpack fixarray, else array16
-    offset = len(around) - len(encode_record(around_evidence)) + body_header + len(encode_record(evidence.announcement))
-    if around[offset: offset + len(stand_in_body)] != stand_in_body:
-        raise EncodingError("evidence: the contribution's place in the encoding moved (field order changed?)")
-    data = b"".join((around[:offset], memoryview(contribution_encoded)[len(envelope):],
-                     around[offset + len(stand_in_body):]))
-    if len(data) > Evidence.MAX_BYTES:
-        raise EncodingError(f"Evidence is {len(data)} bytes, over its limit of {Evidence.MAX_BYTES}")
-    return data
+def evidence_bytes(evidence: Evidence) -> bytes:
+    return encode_message(evidence)
 
 
 def evidence_hash(evidence: Evidence) -> bytes:
@@ -169,11 +138,10 @@ def evidence_hash(evidence: Evidence) -> bytes:
     return keccak256(encode_message(evidence))
 
 
-def write_evidence(path: str | Path, evidence: Evidence, contribution_encoded: bytes | None = None) -> bytes:
-    """Writes the canonical bytes (atomically: temp file then rename); returns the hash.
-    `contribution_encoded`: as for `evidence_bytes`."""
+def write_evidence(path: str | Path, evidence: Evidence) -> bytes:
+    """Writes the canonical bytes (atomically: temp file then rename); returns the hash."""
     path = Path(path)
-    data = evidence_bytes(evidence, contribution_encoded)
+    data = encode_message(evidence)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -9,12 +9,10 @@ import pytest
 
 from tests.verification_world import world
 from thinkmesh.node.cheats import apply_cheat
-from thinkmesh.protocol.encoding import encode_message
-from thinkmesh.protocol.errors import EncodingError, ProtocolError
+from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.evidence import (
     Evidence,
     build_evidence,
-    evidence_bytes,
     evidence_hash,
     read_evidence,
     rerun_evidence,
@@ -156,17 +154,3 @@ def test_cli_reruns_a_model_verdict_from_a_model_directory(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(["verify-evidence", str(path), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out.startswith("agree")
-
-
-def test_splicing_in_the_contribution_s_encoding_gives_the_canonical_bytes(tmp_path):
-    w = world()
-    context = with_seen(w.context(), verify_contribution(w.round, w.honest[1], w.model, w.tokenizer, w.context()))
-    for evidence in (evidence_of(w.honest[2]), evidence_of(cheat("fake-rewards")),
-                     evidence_of(cheat("copy-peer"), context, prior=(w.honest[1],))):
-        canonical = encode_message(evidence)
-        assert evidence_bytes(evidence, encode_message(evidence.contribution)) == canonical
-        path = tmp_path / "verdict.evidence"
-        assert write_evidence(path, evidence, encode_message(evidence.contribution)) == keccak256(canonical)
-        assert path.read_bytes() == canonical
-    with pytest.raises(EncodingError, match="not the contribution's canonical encoding"):
-        evidence_bytes(evidence, encode_message(w.honest[0]))
