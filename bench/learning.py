@@ -3,7 +3,15 @@
 Builds the tiny model (`thinkmesh model init`), cold-starts it (cached across runs), then runs
 `train local` for a wall-clock budget and reports held-out greedy accuracy before and after.
 The last line of stdout is one JSON object: task, strategy, minutes, baseline_accuracy,
-final_accuracy, gain_points, curve ([step, minutes, accuracy] per evaluation) and the settings.
+final_accuracy, gain_points, curve ([step, minutes, accuracy] per evaluation),
+mean_completion_tokens (per evaluation) and the settings.
+
+The default cold start imitates a teacher that stops one step short in half of its
+demonstrations (linear-1: it never divides, and answers a*x's value). RL gets no hint of which
+demonstrations were wrong: only the accuracy reward. What it shows is the R1-Zero effect: the
+policy learns to finish its reasoning, and completions grow from the short route's ~17 tokens to the
+full route's ~26. With a perfect teacher (`--coldstart-slip-rate 0`) RL does not raise greedy
+accuracy on this model; docs/learning.md has the measurements of why.
 
     .venv/bin/python bench/learning.py                 # CPU, 10 minutes of RL
     .venv/bin/python bench/learning.py --device cuda   # same on a GPU
@@ -33,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch default); 1 is steadier on a CPU shared with other jobs")
     parser.add_argument("--work-dir", default=".thinkmesh/bench-learning")
-    parser.add_argument("--coldstart-examples", type=int, default=16000)
+    parser.add_argument("--coldstart-examples", type=int, default=24000)
     parser.add_argument("--coldstart-epochs", type=int, default=1)
+    parser.add_argument("--coldstart-slip-rate", type=float, default=0.5,
+                        help="share of cold-start demonstrations where the teacher stops one step short")
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -60,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
-    base, tuned, run = work / "base", work / f"coldstart-{args.task}-{args.difficulty}", work / "run"
+    slip = f"-slip{args.coldstart_slip_rate:g}" if args.coldstart_slip_rate else ""
+    base, tuned, run = work / "base", work / f"coldstart-{args.task}-{args.difficulty}{slip}", work / "run"
     params = init_model_dir(base, seed=args.seed) if not (base / "config.json").is_file() else None
     settings = ColdStartSettings(
         families=(args.task,), difficulties=(args.difficulty,), num_examples=args.coldstart_examples,
-        epochs=args.coldstart_epochs, seed=args.seed,
+        epochs=args.coldstart_epochs, seed=args.seed, teacher_slip_rate=args.coldstart_slip_rate,
     )
     coldstart = run_coldstart(base, settings, out=tuned, device=args.device, progress=True)
     print(f"coldstart: {'cache hit, no work' if coldstart.cached else f'{coldstart.seconds:.0f}s'}", file=sys.stderr)
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "bar_points": BAR_POINTS,
         "meets_bar": 100 * (evals[-1]["accuracy"] - evals[0]["accuracy"]) >= BAR_POINTS,
         "curve": curve,
+        "mean_completion_tokens": [round(e["mean_tokens"], 1) for e in evals],
         "eval_tasks": args.eval_tasks,
         "model_params": params or sum(p.numel() for p in load_model(base).parameters()),
         "coldstart_minutes": round(coldstart.seconds / 60, 2),
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_distinct_questions": len(heldout_questions(config)),
         "train_excludes_heldout": True,  # step_tasks redraws any held-out question (linear-1 has 720 problems)
         "settings": {k: getattr(args, k) for k in ("prompts_per_step", "group_size", "max_new_tokens", "temperature", "lr",
-                                                   "warmup_steps", "update_epochs", "eval_every", "coldstart_examples", "coldstart_epochs", "seed")},
+                                                   "warmup_steps", "update_epochs", "eval_every", "coldstart_examples", "coldstart_epochs", "coldstart_slip_rate", "seed")},
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result))

@@ -17,16 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from thinkmesh.node.model_dir import load_model, load_tokenizer, save_model_atomically, weights_sha256
+from thinkmesh.protocol.errors import TaskError
 from thinkmesh.protocol.scoring import prompt_token_ids
-from thinkmesh.protocol.tasks import TaskSpec, generate_task, render_prompt, solution_trace
+from thinkmesh.protocol.tasks import DrawStream, TaskSpec, generate_task, render_prompt, solution_trace
 
 MARKER_FILE = "thinkmesh_coldstart.json"
 COLDSTART_SEED_DOMAIN = b"thinkmesh/coldstart/v1"
+RATE_SCALE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class ColdStartSettings:
 
     `families`/`difficulties` span the task mix; examples are drawn round-robin over their
     product. `lr` peaks after a 5% warmup and decays on a cosine to 10% by the end.
+    `teacher_slip_rate`: the share of demonstrations in which the teacher stops one step short
+    (see `slipped_completion`); 0 is a perfect teacher.
     """
 
     families: tuple[str, ...] = ("arithmetic", "countdown", "linear")
@@ -46,6 +51,11 @@ class ColdStartSettings:
     lr: float = 3e-3
     weight_decay: float = 0.01
     seed: int = 0
+    teacher_slip_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.teacher_slip_rate < 1.0:
+            raise TaskError(f"cold start teacher_slip_rate: expected a fraction in [0, 1), got {self.teacher_slip_rate!r}")
 
     def cache_key(self, base_weights_sha256: str) -> str:
         payload = json.dumps({"settings": asdict(self), "base": base_weights_sha256}, sort_keys=True)
@@ -64,18 +74,42 @@ class ColdStartResult:
     losses: tuple[float, ...] = field(default=(), repr=False)
 
 
-def sft_text(task, template: str) -> tuple[str, str]:
+def sft_text(task, template: str, slipped: bool = False) -> tuple[str, str]:
     """(prompt, completion) of one cold-start example in the R1 format."""
+    if slipped:
+        return render_prompt(task, template), slipped_completion(task)
     completion = f"<think>{solution_trace(task)}</think> <answer>{task.solution}</answer>"
     return render_prompt(task, template), completion
 
 
+def slipped_completion(task) -> str:
+    """The teacher's demonstration when it stops one step short: the trace loses its last step
+    and the answer is the number the remaining trace ended on (linear: "3*x=17-2=15" answers 15,
+    having never divided by 3).
+
+    Why: real cold-start data comes from imperfect teachers, and R1-Zero's headline effect is RL
+    growing the reasoning a model does before answering. A cold start that stops short part of the
+    time gives RL that decision to learn from the accuracy reward alone; nothing in training ever
+    labels the short trace as wrong.
+    """
+    steps = solution_trace(task).split(", ")
+    if len(steps) < 2:
+        raise TaskError(f"cold start slip: {task.family}-{task.difficulty}: a one-step trace has no step to skip")
+    kept = ", ".join(steps[:-1])
+    numbers = re.findall(r"-?\d+", kept)
+    return f"<think>{kept}</think> <answer>{numbers[-1]}</answer>"
+
+
 def sft_examples(settings: ColdStartSettings) -> list[tuple[str, str]]:
-    """The training examples: a pure function of the settings (task seeds are domain-separated)."""
+    """The training examples: a pure function of the settings (task seeds are domain-separated;
+    which examples slip is drawn from the same seed, so it is fixed too)."""
     specs = [TaskSpec(f, d) for f in settings.families for d in settings.difficulties]
     seed = hashlib.sha256(COLDSTART_SEED_DOMAIN + settings.seed.to_bytes(8, "big")).digest()
+    slips = DrawStream(hashlib.sha256(COLDSTART_SEED_DOMAIN + b"slips" + seed).digest())
+    threshold = round(settings.teacher_slip_rate * RATE_SCALE)
     return [
-        sft_text(generate_task(specs[i % len(specs)], seed, i // len(specs)), settings.template)
+        sft_text(generate_task(specs[i % len(specs)], seed, i // len(specs)), settings.template,
+                 slipped=slips.below(RATE_SCALE) < threshold)
         for i in range(settings.num_examples)
     ]
 

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cold.add_argument("--batch-size", type=int, default=32)
     cold.add_argument("--lr", type=float, default=3e-3)
     cold.add_argument("--seed", type=int, default=0)
+    cold.add_argument("--teacher-slip-rate", type=float, default=0.0,
+                      help="share of demonstrations in which the teacher stops one step short (0: none)")
     cold.add_argument("--device", default="cpu")
     cold.set_defaults(handler=model_coldstart)
 
@@ -59,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--max-new-tokens", type=int, default=40)
     local.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warmup")
     local.add_argument("--temperature", type=float, default=None)
-    local.add_argument("--lr", type=float, default=5e-4)
+    local.add_argument("--lr", type=float, default=1e-4,
+                       help="on the tiny model, 5e-4 erodes a cold start's greedy accuracy (docs/learning.md)")
     local.add_argument("--eval-every", type=int, default=10)
     local.add_argument("--eval-tasks", type=int, default=128)
     local.add_argument("--checkpoint-every", type=int, default=10)
@@ -121,6 +124,7 @@ def model_coldstart(args: argparse.Namespace) -> int:
     settings = ColdStartSettings(
         families=families, difficulties=difficulties, template=args.template, num_examples=args.examples,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        teacher_slip_rate=args.teacher_slip_rate,
     )
     result = run_coldstart(args.dir, settings, out=args.out, device=args.device)
     if result.cached:

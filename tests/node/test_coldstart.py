@@ -72,3 +72,35 @@ def test_a_marker_without_the_saved_tokenizer_misses_the_cache(tmp_path, micro_m
     tokenizer_json = out / "tokenizer.json"
     tokenizer_json.write_text(tokenizer_json.read_text().replace('"Fuse"', '"ByteLevel"'))
     assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is None
+
+
+def test_a_slipping_teacher_stops_one_step_short_in_the_set_share_of_examples():
+    settings = ColdStartSettings(families=("linear",), num_examples=2000, teacher_slip_rate=0.5)
+    examples = sft_examples(settings)
+    assert examples == sft_examples(settings)
+    perfect = sft_examples(ColdStartSettings(families=("linear",), num_examples=2000))
+    slipped = [(p, c) for (p, c), (_, full) in zip(examples, perfect) if c != full]
+    assert 0.45 < len(slipped) / len(examples) < 0.55
+    for (prompt, completion), (_, full) in zip(examples, perfect):
+        if completion == full:
+            continue
+        # "<think>6*x=38-8=30</think> <answer>30</answer>": the division step is gone and the
+        # answer is the last number left in the trace, so it is wrong unless x is 0.
+        kept = completion.split("</think>")[0]
+        assert full.startswith(kept + ", x=")
+        assert completion.endswith(f"<answer>{kept.rsplit('=', 1)[1]}</answer>")
+        assert format_reward(completion) == 1.0
+    assert settings.cache_key("base") != ColdStartSettings(families=("linear",), num_examples=2000).cache_key("base")
+
+
+def test_slip_rate_outside_zero_to_one_and_one_step_traces_are_refused():
+    from thinkmesh.node.coldstart import slipped_completion
+    from thinkmesh.protocol.errors import TaskError
+    from thinkmesh.protocol.tasks import Task
+
+    for rate in (-0.1, 1.0):
+        with pytest.raises(TaskError, match="teacher_slip_rate"):
+            ColdStartSettings(teacher_slip_rate=rate)
+    one_step = Task(family="countdown", difficulty=1, index=0, question="q", answer="8", trace="3+5=8", solution="3+5")
+    with pytest.raises(TaskError, match="no step to skip"):
+        slipped_completion(one_step)

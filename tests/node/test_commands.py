@@ -24,3 +24,8 @@ def test_model_init_then_coldstart_twice_reports_a_cache_hit(tmp_path, capsys):
 def test_unknown_task_family_is_a_clean_error(tmp_path, capsys):
     assert main(["model", "coldstart", str(tmp_path), "--families", "chess"]) == 1
     assert "task family" in capsys.readouterr().err
+
+
+def test_teacher_slip_rate_out_of_range_is_a_clean_error(tmp_path, capsys):
+    assert main(["model", "coldstart", str(tmp_path), "--families", "linear", "--teacher-slip-rate", "1.5"]) == 1
+    assert "teacher_slip_rate" in capsys.readouterr().err
