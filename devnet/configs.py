@@ -5,9 +5,6 @@ that lands on disk has already passed the same validation the daemon will apply,
 key breaks the devnet's tests instead of a user's first run. Only the keys the devnet sets are
 written (`exclude_unset`), so each file reads as "the devnet's choices over the defaults".
 
-Options that other parts of thinkmesh add over time (a `[chain]` section for settlement, a node's
-`cheat` mode) are filled in when the daemon's config model declares them, by field name, so the
-devnet keeps working on either side of those changes.
 """
 
 from __future__ import annotations
@@ -35,14 +32,9 @@ class ChainEndpoint:
     token: str
     deployment_file: Path
 
-    def by_field_name(self) -> dict[str, object]:
-        """The values a `[chain]` config section may ask for, under the names it is likely to use."""
-        return {
-            "rpc_url": self.rpc_url, "rpc": self.rpc_url, "url": self.rpc_url,
-            "ledger": self.ledger, "ledger_address": self.ledger, "token": self.token,
-            "token_address": self.token, "deployment": str(self.deployment_file),
-            "deployment_file": str(self.deployment_file), "chain_id": self.chain_id, "enabled": True,
-        }  # fmt: skip
+    def section(self) -> dict[str, str]:
+        """The `[chain]` entries both roles' configs share: where the ledger is and how to reach it."""
+        return {"rpc_url": self.rpc_url, "deployment_file": str(self.deployment_file), "ledger": self.ledger}
 
 
 @dataclass(frozen=True)
@@ -80,9 +72,7 @@ def coordinator_config(
         "observability": {"http_port": http_port, "port_file": str(port_file), "console": False},
     }  # fmt: skip
     if chain is not None:
-        section = _section_values(CoordinatorConfig, "chain", chain.by_field_name())
-        if section is not None:
-            values["chain"] = section
+        values["chain"] = chain.section()
     return _validated(CoordinatorConfig, values, "coordinator")
 
 
@@ -103,51 +93,21 @@ def node_config(
         "observability": {"port_file": str(port_file), "console": console},
     }  # fmt: skip
     if chain is not None:
-        section = _section_values(NodeConfig, "chain", chain.by_field_name())
-        if section is not None:
-            values["chain"] = section
+        values["chain"] = chain.section()
     if cheat is not None:
-        values.update(cheat_values(NodeConfig, cheat))
+        require_cheat_mode(cheat)
+        values["cheat"] = cheat
     return _validated(NodeConfig, values, "node")
 
 
-def supports_chain(config_class: type[BaseModel]) -> bool:
-    """Whether this build's daemon config has a `[chain]` section (settlement on chain)."""
-    return "chain" in config_class.model_fields
-
-
-def cheat_values(node_config_class: type[BaseModel], mode: str) -> dict:
-    """The node config entry that turns on `mode`: `cheat = MODE`, or `[cheat] mode = MODE`."""
-    field = node_config_class.model_fields.get("cheat")
-    if field is None:
-        raise DevnetError(
-            f"--cheater {mode}: this build's node daemon has no `cheat` option yet (expected a `cheat` "
-            f"field in thinkmesh.node.config.NodeConfig)"
-        )
-    section = _model_in(field.annotation)
-    if section is None:
-        return {"cheat": mode}
-    key = next((name for name in ("mode", "name", "kind") if name in section.model_fields), None)
-    if key is None:
-        raise DevnetError(f"--cheater: expected a `mode` key in the node's [cheat] section, found {list(section.model_fields)}")
-    return {"cheat": {key: mode}}
-
-
 def require_cheat_mode(mode: str) -> None:
-    """`DevnetError` listing the modes this build's node daemon accepts, unless `mode` is one."""
+    """`DevnetError` listing the modes the node daemon accepts, unless `mode` is one."""
     from thinkmesh.node.config import NodeConfig
 
-    field = NodeConfig.model_fields.get("cheat")
-    known = _literal_values(field.annotation) if field is not None else []
-    if field is not None and known and mode not in known:
+    (modes, _none) = typing.get_args(NodeConfig.model_fields["cheat"].annotation)
+    known = typing.get_args(modes)
+    if mode not in known:
         raise DevnetError(f"--cheater: expected one of {', '.join(known)}, got {mode!r}")
-    cheat_values(NodeConfig, mode)
-
-
-def _literal_values(annotation) -> list[str]:
-    if typing.get_origin(annotation) is typing.Literal:
-        return list(typing.get_args(annotation))
-    return [value for arg in typing.get_args(annotation) for value in _literal_values(arg)]
 
 
 def write_config(config: BaseModel, path: Path) -> Path:
@@ -182,26 +142,6 @@ def _toml_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise DevnetError(f"toml_document: cannot write {type(value).__name__} {value!r}")
-
-
-def _model_in(annotation) -> type[BaseModel] | None:
-    candidates = (annotation, *typing.get_args(annotation))
-    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-
-
-def _section_values(config_class: type[BaseModel], name: str, available: Mapping[str, object]) -> dict | None:
-    """The entries of section `name` that `available` can fill; `DevnetError` if a required one is unknown."""
-    field = config_class.model_fields.get(name)
-    if field is None:
-        return None
-    section = _model_in(field.annotation)
-    if section is None:
-        raise DevnetError(f"expected [{name}] of {config_class.__name__} to be a table, found {field.annotation}")
-    values = {key: available[key] for key in section.model_fields if key in available}
-    missing = [key for key, f in section.model_fields.items() if f.is_required() and key not in values]
-    if missing:
-        raise DevnetError(f"the devnet does not know how to fill [{name}] {', '.join(missing)} of {config_class.__name__}")
-    return values
 
 
 def _validated(config_class: type[BaseModel], values: dict, role: str):

@@ -134,12 +134,11 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
 
         first_round = completed_rounds(layout) + 1
         plan = round_plan(options, len(nodes), first_round)
-        settles = _coordinator_settles()
         state = start_roles(group, layout, state, plan, endpoint, ports, with_dashboard,
                             chain=chain, deployment=deployment)
-        say(banner(state, layout, settles))
+        say(banner(state, layout))
 
-        ledger = _reader(chain, deployment) if settles else None
+        ledger = _reader(chain, deployment)
         watcher = RoundWatcher(state.coordinator_status_url, first_round, ledger)
         watch(watcher, group, options.rounds, say)
         if options.rounds is not None:
@@ -291,7 +290,7 @@ def dashboard_command_exists() -> bool:
     return any("dashboard" in action.choices for action in commands)
 
 
-def banner(state: DevnetState, layout: DevnetLayout, settles: bool) -> str:
+def banner(state: DevnetState, layout: DevnetLayout) -> str:
     join = "thinkmesh devnet join --strategy rloo"
     if layout.root.resolve() != Path(".thinkmesh/devnet").resolve():
         join += f" --state-dir {layout.root}"
@@ -303,7 +302,7 @@ def banner(state: DevnetState, layout: DevnetLayout, settles: bool) -> str:
         f"  token        {state.token}",
         f"  coordinator  {state.coordinator_peer_id}  status {state.coordinator_status_url}",
         f"  bootstrap    {state.bootstrap[0] if state.bootstrap else '-'}",
-        f"  settlement   {'on chain, every round' if settles else 'off: this build of the coordinator does not settle on chain yet'}",
+        "  settlement   on chain, every round",
         "  nodes",
         *(f"    {n.name:<24} {n.strategy:<8} {n.address}" + (f"  CHEATS: {n.cheater}" if n.cheater else "")
           for n in state.nodes),
@@ -312,12 +311,6 @@ def banner(state: DevnetState, layout: DevnetLayout, settles: bool) -> str:
         f"  {join}", "Stop with Ctrl-C here, or `thinkmesh devnet down` from anywhere.", "",
     ]  # fmt: skip
     return "\n".join(lines)
-
-
-def _coordinator_settles() -> bool:
-    from thinkmesh.coordinator.config import CoordinatorConfig
-
-    return configs.supports_chain(CoordinatorConfig)
 
 
 def _reader(chain: DevChain, deployment):

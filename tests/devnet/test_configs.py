@@ -10,14 +10,14 @@ from thinkmesh.coordinator.config import load_coordinator_config
 from thinkmesh.devnet.configs import (
     ChainEndpoint,
     RoundPlan,
-    cheat_values,
     coordinator_config,
     node_config,
+    require_cheat_mode,
     toml_document,
     write_config,
 )
 from thinkmesh.devnet.processes import DevnetError
-from thinkmesh.node.config import NodeConfig, load_node_config
+from thinkmesh.node.config import load_node_config
 
 PLAN = RoundPlan(rounds=5, deadline_s=30.0, close_when=3, prompts_per_node=2, min_peers=3, eval_prompts=4,
                  eval_max_new_tokens=16, group_size=4, max_new_tokens=12, task_family="linear")
@@ -34,8 +34,8 @@ def test_coordinator_config_round_trips_through_its_loader(tmp_path):
     assert loaded == built
     assert loaded.network.host_maddrs == ["/ip4/127.0.0.1/tcp/9002"]
     assert (loaded.round.rounds, loaded.round.close_when, loaded.round.task_family) == (5, 3, "linear")
-    if "chain" in type(loaded).model_fields:
-        assert loaded.chain.rpc_url == CHAIN.rpc_url
+    assert (loaded.chain.rpc_url, loaded.chain.ledger) == (CHAIN.rpc_url, CHAIN.ledger)
+    assert loaded.chain.deployment_file == CHAIN.deployment_file
 
 
 def test_node_config_round_trips_and_carries_the_cheat_mode(tmp_path):
@@ -43,25 +43,25 @@ def test_node_config_round_trips_and_carries_the_cheat_mode(tmp_path):
         coordinator_peer_id="12D3KooWExample", bootstrap=["/ip4/127.0.0.1/tcp/9002/p2p/12D3KooWExample"],
         base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
         password_file=None, strategy="dr_grpo", port_file=tmp_path / "port", plan=PLAN, chain=CHAIN,
-        cheat="random-gradient" if "cheat" in NodeConfig.model_fields else None,
+        cheat="random-gradient",
     )  # fmt: skip
     path = write_config(built, tmp_path / "node.toml")
     loaded = load_node_config(path, environ={})
     assert loaded == built
     assert loaded.identity.password_file is None and "password_file" not in path.read_text()
     assert loaded.strategy.spec().name == "dr_grpo"
-    if "cheat" in NodeConfig.model_fields:
-        assert "random-gradient" in str(loaded.cheat)
+    assert loaded.cheat == "random-gradient"
+    assert (loaded.chain.rpc_url, loaded.chain.deployment_file) == (CHAIN.rpc_url, CHAIN.deployment_file)
 
 
-def test_cheat_mode_needs_a_daemon_that_declares_it():
-    from pydantic import BaseModel
+def test_cheat_modes_are_the_node_daemons_own():
+    from thinkmesh.node.cheats import CHEAT_MODES
 
-    class OldNodeConfig(BaseModel):
-        run_id: str = "x"
-
-    with pytest.raises(DevnetError, match="no `cheat` option"):
-        cheat_values(OldNodeConfig, "fake-rewards")
+    for mode in set(CHEAT_MODES) - {"copy-peer"}:  # a node of the star never sees a peer's contribution
+        require_cheat_mode(mode)
+    for mode in ("copy-peer", "free-money"):
+        with pytest.raises(DevnetError, match="expected one of fake-rewards"):
+            require_cheat_mode(mode)
 
 
 def test_toml_document_escapes_strings_and_writes_tables():
