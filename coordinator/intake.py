@@ -29,7 +29,13 @@ from thinkmesh.protocol.encoding import decode_message
 from thinkmesh.protocol.errors import EncodingError, ProtocolError, SignatureError
 from thinkmesh.protocol.gradient_codec import decode_gradient
 from thinkmesh.protocol.identity import peer_id_from_public_key
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, samples_root, verify_message
+from thinkmesh.protocol.messages import (
+    Contribution,
+    RoundAnnouncement,
+    samples_root,
+    unsigned_payload_hash,
+    verify_message,
+)
 from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.strategies import validate_strategy
 from thinkmesh.protocol.transport import Receipt, RefusalReason, UploadHeader, refusal
@@ -102,7 +108,7 @@ class ContributionIntake:
         max_bytes: int,
         allowed_nodes: frozenset[str] = frozenset(),
         compressions: frozenset[str] = frozenset({"none", "fp16", "uniform8", "blockwise8"}),
-        verify: Callable[[RoundAnnouncement, Contribution], Any] | None = None,
+        verify: Callable[[RoundAnnouncement, Contribution, bytes, bytes], Any] | None = None,
     ):
         self.chain_id = chain_id
         self.run_id = run_id
@@ -163,8 +169,9 @@ class ContributionIntake:
             return RefusalReason.MALFORMED, str(exc)
         if contribution.node_key != header.node_key:
             return RefusalReason.MALFORMED, "the body's node key differs from the header's"
+        payload = unsigned_payload_hash(contribution, body)  # strict decoding: body is the canonical encoding
         try:
-            verify_message(contribution, contribution.node_key, body)  # strict decoding: body is the canonical encoding
+            verify_message(contribution, contribution.node_key, payload_sha256=payload)
         except SignatureError as exc:
             return RefusalReason.BAD_SIGNATURE, str(exc)
         if (contribution.chain_id, contribution.run_id, contribution.round_id) != (
@@ -176,7 +183,7 @@ class ContributionIntake:
         verified = None
         if self.verify is not None:
             try:
-                verified = self.verify(announcement, contribution, body)
+                verified = self.verify(announcement, contribution, body, payload)  # one hash pass serves both
             except ProtocolError as exc:  # a contribution the pipeline cannot run on (e.g. no KL reference)
                 return RefusalReason.MALFORMED, f"verification could not run: {exc}"
             if not verified.accepted:

@@ -15,9 +15,11 @@ model with everything the pure pipeline leaves to its caller:
   its keccak256 is the hash put on chain), and the accepted contribution itself under
   `<data_dir>/contributions/` (replay evidence and trace export read it back), as a hard link
   to the evidence file (which embeds it) where the file system allows. The contribution is
-  encoded once: those bytes give its hash and its signature's payload. Only a rejection's
-  evidence hash goes on chain (as the slash's evidence), so an accepted verdict's is computed
-  from its file when first asked for, not on the verification path.
+  encoded once (or not at all: intake passes the bytes it received) and those bytes serve
+  everything: one sha256 pass gives the signature's payload hash and, from it, the
+  contribution hash; the evidence file embeds them as they are. Only a rejection's evidence
+  hash goes on chain (as the slash's evidence), so an accepted verdict's is computed from its
+  file when first asked for, not on the verification path.
 
 Thread-safety: `verify` may be called from worker threads; model work is serialized by a lock.
 """
@@ -262,18 +264,22 @@ class ContributionVerifier:
 
     def verify(
         self, announcement: RoundAnnouncement, contribution: Contribution, encoded: bytes | None = None,
+        payload_sha256: bytes | None = None,
     ) -> VerifiedContribution:
         """`encoded`: the bytes `contribution` was decoded from, when the caller has them (strict
-        decoding accepts only canonical bytes, so they are `encode_message(contribution)`)."""
+        decoding accepts only canonical bytes, so they are `encode_message(contribution)`).
+        `payload_sha256`: `unsigned_payload_hash(contribution, encoded)` when the caller has
+        computed it (intake checks the signature before verification runs)."""
         started = time.perf_counter()
         with self.lock:
             self._maybe_refresh(contribution.node_key)
             context = self._context(announcement)
             encoded = encode_message(contribution) if encoded is None else encoded
+            digests = contribution_digests(contribution, encoded, payload_sha256)
             report = verify_contribution(announcement, contribution, self.model, self.tokenizer, context,
-                                         self.reference_model, contribution_digests(contribution, encoded), encoded)
+                                         self.reference_model, digests, encoded)
             prior = self._prior(contribution) if report.reason == REASON_REPLAY else []
-            evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior)
+            evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior, encoded)
             path = round_dir(self.evidence_dir, contribution.round_id) / f"{contribution.node_key.hex()}.evidence"
             path.parent.mkdir(parents=True, exist_ok=True)
             digest = store_evidence(path, evidence, hashed=not report.accepted)

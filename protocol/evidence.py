@@ -6,9 +6,14 @@ checked against the file with any keccak tool.
 
 What it holds and why:
 - the signed announcement (round seed, model hash, task spec, template, coordinator key);
-- the whole signed contribution: the node signed the sha256 of its full encoding, so nothing
-  less proves the node sent these samples (a header-only signature would let evidence shrink to
-  the cited samples; that is a wire change, see docs/verification.md);
+- the whole signed contribution, as its canonical bytes (`contribution_bytes`): the node signed
+  the sha256 of its full encoding, so nothing less proves the node sent these samples (a
+  header-only signature would let evidence shrink to the cited samples; that is a wire change,
+  see docs/verification.md). Carried as bytes, not as a nested record, because those bytes are
+  what the signature covers, and because the coordinator holds them already: writing the file
+  packs them as one blob instead of walking megabytes of samples and tensors again (version 2;
+  version 1 nested the record). They must decode strictly as a `Contribution` (`read_evidence`
+  checks; `Evidence.contribution` decodes them);
 - the cited samples, each with its Merkle proof against `samples_root` and its decoded text (what
   the reward rules read), the findings, the audit policy, beacon and reward config in force;
 - for a replay verdict, the earlier accepted contribution(s) holding the same samples or gradient.
@@ -21,13 +26,14 @@ logprob, gradient and accepted verdicts need the round's model, whose hash is ch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.encoding import Hash32, Message, decode_message, encode_message
-from thinkmesh.protocol.errors import ProtocolError, SignatureError
+from thinkmesh.protocol.errors import EncodingError, ProtocolError, SignatureError
 from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.merkle import MerkleTree, verify_proof
 from thinkmesh.protocol.messages import (
@@ -77,11 +83,11 @@ class CitedSample:
 @dataclass(frozen=True)
 class Evidence(Message):
     TYPE = "verification-evidence"
-    VERSION = 1
+    VERSION = 2
     MAX_BYTES = 640 * MiB  # a contribution (256 MiB max) plus up to one prior, and change
 
     announcement: RoundAnnouncement
-    contribution: Contribution
+    contribution_bytes: bytes  # `encode_message` of the contribution: exactly the bytes it was signed as
     reason: str
     findings: tuple[Finding, ...]
     checked_samples: tuple[int, ...]
@@ -91,6 +97,11 @@ class Evidence(Message):
     policy: AuditPolicy
     reward_config: RewardConfig
     beacon: bytes
+
+    @functools.cached_property
+    def contribution(self) -> Contribution:
+        """The contribution, strictly decoded (EncodingError if the bytes are not one)."""
+        return decode_message(self.contribution_bytes, Contribution)
 
 
 @dataclass(frozen=True)
@@ -109,11 +120,12 @@ class RerunOutcome:
 
 def build_evidence(
     announcement: RoundAnnouncement, contribution: Contribution, report: VerificationReport,
-    context: VerificationContext, tokenizer=None, prior: Iterable[Contribution] = (),
+    context: VerificationContext, tokenizer=None, prior: Iterable[Contribution] = (), encoded: bytes | None = None,
 ) -> Evidence:
     """The evidence of `report`. Cites every sample a finding names; `tokenizer` decodes their
     text (needed when any is cited). `prior`: for a replay verdict, the accepted contributions
-    that already held the replayed samples or gradient."""
+    that already held the replayed samples or gradient. `encoded`: `encode_message(contribution)`
+    when the caller holds it (the coordinator does)."""
     indices = sorted({f.sample_index for f in report.findings if 0 <= f.sample_index < len(contribution.samples)})
     if indices and tokenizer is None:
         raise EvidenceError("build_evidence: cited samples need the tokenizer to record their decoded text")
@@ -122,8 +134,12 @@ def build_evidence(
         CitedSample(i, contribution.samples[i], tuple(tree.proof(i)), completion_text(tokenizer, contribution.samples[i].completion_ids))
         for i in indices
     )
+    if encoded is None:
+        encoded = encode_message(contribution)
+    elif not encoded.endswith(contribution.signature):
+        raise EvidenceError("build_evidence: `encoded` is not this contribution's canonical encoding")
     return Evidence(
-        announcement=announcement, contribution=contribution, reason=report.reason, findings=report.findings,
+        announcement=announcement, contribution_bytes=encoded, reason=report.reason, findings=report.findings,
         checked_samples=report.checked_samples, gradient_audit=report.gradient_audit, cited=cited,
         prior=tuple(prior), policy=context.policy, reward_config=context.reward_config, beacon=context.beacon,
     )
@@ -149,11 +165,17 @@ def write_evidence(path: str | Path, evidence: Evidence) -> bytes:
 
 
 def read_evidence(path: str | Path) -> Evidence:
+    """The evidence in `path`, its contribution decoded (EncodingError or EvidenceError say what is wrong)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise EvidenceError(f"evidence file {path}: expected a readable file, got {exc.strerror}") from exc
-    return decode_message(data, Evidence)
+    evidence = decode_message(data, Evidence)
+    try:
+        evidence.contribution  # noqa: B018 - decoded and cached now, so a bad one fails here
+    except EncodingError as exc:
+        raise EvidenceError(f"evidence file {path}: its contribution bytes are not a contribution ({exc})") from exc
+    return evidence
 
 
 # --- the re-run ------------------------------------------------------------------------------------
@@ -228,6 +250,10 @@ def rerun_evidence(
 
     a = evidence.announcement
     try:
+        evidence.contribution  # noqa: B018 - decoded once, cached
+    except EncodingError as exc:
+        return outcome(False, None, [f"the evidence's contribution bytes do not decode: {exc}"])
+    try:
         verify_message(a, a.coordinator_key)
     except SignatureError:
         return outcome(False, None, ["the announcement is not signed by its coordinator key"])
@@ -250,14 +276,14 @@ def rerun_evidence(
     tolerance = max(evidence.policy.logprob_tolerance, 1e-9)
     if evidence.reason in MODEL_FREE_REASONS:
         vocab = int(model.get_input_embeddings().num_embeddings) if model is not None else None
-        failed = first_failure(model_free_checks(a, evidence.contribution, context, vocab))
+        failed = first_failure(model_free_checks(a, evidence.contribution, context, vocab, encoded=evidence.contribution_bytes))
         if failed is None and evidence.reason == REASON_REWARD_MISMATCH:
             failed = _rerun_rewards(evidence, context, tokenizer)
         reason, findings = (failed[0], failed[1][:MAX_FINDINGS]) if failed else (REASON_OK, ())
     elif model is None:
         return outcome(False, None, [f"a {evidence.reason} verdict needs the round's model (--model DIR)"])
     else:
-        report = verify_contribution(a, evidence.contribution, model, tokenizer, context)
+        report = verify_contribution(a, evidence.contribution, model, tokenizer, context, encoded=evidence.contribution_bytes)
         reason, findings = report.reason, report.findings
         if evidence.reason == REASON_OK and report.gradient_audit != evidence.gradient_audit:
             return outcome(False, reason, [f"audit plan: recorded {evidence.gradient_audit}, re-run {report.gradient_audit}"])

@@ -11,6 +11,7 @@ canonical encoding with that field emptied, under a `SigningDomain` of (chain, r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,7 +27,7 @@ from thinkmesh.protocol.encoding import (
     encode_record,
 )
 from thinkmesh.protocol.errors import EncodingError
-from thinkmesh.protocol.identity import NodeIdentity, SigningDomain, verify_signature
+from thinkmesh.protocol.identity import NodeIdentity, SigningDomain, payload_hash, verify_signature_of_hash
 from thinkmesh.protocol.merkle import merkle_root
 from thinkmesh.protocol.rewards import RewardBreakdown
 from thinkmesh.protocol.strategies import StrategySpec, validate_strategy
@@ -260,13 +261,21 @@ def _unsigned_bytes(message: Message) -> bytes:
 _SIGNATURE_HEADER = b"\xc4\x40"
 
 
-def _unsigned_from_encoded(message: Message, encoded: bytes) -> bytes:
-    """The unsigned bytes from `encode_message(message)` without walking the message again: the
-    signature's 64 bytes zeroed in place. Array headers count elements, not bytes, and the empty
-    signature has the signature's length, so this is exactly `_unsigned_bytes(message)`."""
+def unsigned_payload_hash(message: Message, encoded: bytes | None = None) -> bytes:
+    """sha256 of what `message`'s signature covers: its canonical encoding with the signature
+    emptied (`identity.payload_hash` of it). `encoded`: `encode_message(message)` when the caller
+    holds it (a contribution's encoding is megabytes; re-walking or copying it costs more than
+    hashing it). Array headers count elements, not bytes, and the empty signature has the
+    signature's length, so the unsigned encoding is `encoded` with its last 64 bytes zeroed: hashed
+    in place, no copy. Bytes that cannot be that encoding raise ValueError: a caller's mistake, not
+    the signer's."""
+    if encoded is None:
+        return payload_hash(_unsigned_bytes(message))
     if not encoded.endswith(_SIGNATURE_HEADER + message.signature):
-        raise ValueError("verify_message: `encoded` is not the canonical encoding of this signed message")
-    return encoded[: -len(EMPTY_SIGNATURE)] + EMPTY_SIGNATURE
+        raise ValueError("unsigned_payload_hash: `encoded` is not the canonical encoding of this signed message")
+    digest = hashlib.sha256(memoryview(encoded)[: -len(EMPTY_SIGNATURE)])
+    digest.update(EMPTY_SIGNATURE)
+    return digest.digest()
 
 
 def sign_message(message: M, identity: NodeIdentity) -> M:
@@ -274,18 +283,21 @@ def sign_message(message: M, identity: NodeIdentity) -> M:
     return dataclasses.replace(message, signature=signature)
 
 
-def verify_message(message: Message, public_key: bytes, encoded: bytes | None = None) -> None:
+def verify_message(
+    message: Message, public_key: bytes, encoded: bytes | None = None, payload_sha256: bytes | None = None,
+) -> None:
     """Raises SignatureError unless `message` is signed by `public_key` in its own domain.
 
-    `encoded`: `encode_message(message)` when the caller holds it (a contribution's encoding is
-    megabytes; re-walking it costs more than hashing it). Bytes that cannot be that encoding raise
-    ValueError: a caller's mistake, not the signer's."""
-    unsigned = _unsigned_bytes(message) if encoded is None else _unsigned_from_encoded(message, encoded)
-    verify_signature(public_key, signing_domain(message), unsigned, message.signature)
+    `payload_sha256`: `unsigned_payload_hash(message)` when the caller has it (the coordinator
+    derives the contribution hash from it, so one pass over the bytes serves both); else it is
+    computed, from `encoded` when given (see `unsigned_payload_hash`)."""
+    if payload_sha256 is None:
+        payload_sha256 = unsigned_payload_hash(message, encoded)
+    verify_signature_of_hash(public_key, signing_domain(message), payload_sha256, message.signature)
 
 
 __all__ = [
     "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "Sample",
     "TensorBlob", "TensorEntry", "Verdict", "decode_message", "encode_message", "message_hash",
-    "model_content_hash", "sample_hash", "samples_root", "sign_message", "verify_message",
+    "model_content_hash", "sample_hash", "samples_root", "sign_message", "unsigned_payload_hash", "verify_message",
 ]

@@ -44,7 +44,6 @@ from thinkmesh.protocol.audit import (
     recompute_gradient,
     rescore_logprobs,
 )
-from thinkmesh.protocol.encoding import encode_message
 from thinkmesh.protocol.errors import ProtocolError, SignatureError
 from thinkmesh.protocol.gradient_codec import GradientCodecError, decode_gradient
 from thinkmesh.protocol.grpo import overlong_penalty
@@ -58,6 +57,7 @@ from thinkmesh.protocol.messages import (
     Verdict,
     sample_hash,
     samples_root,
+    unsigned_payload_hash,
     verify_message,
 )
 from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, differing_components, score_completion
@@ -66,7 +66,7 @@ from thinkmesh.protocol.strategies import validate_strategy
 from thinkmesh.protocol.tasks import Task, render_prompt, task_for_node
 
 GRADIENT_DIGEST_DOMAIN = b"thinkmesh/gradient-digest/v3"
-CONTRIBUTION_HASH_DOMAIN = b"thinkmesh/contribution-hash/v1"
+CONTRIBUTION_HASH_DOMAIN = b"thinkmesh/contribution-hash/v2"
 REASON_OK = "ok"
 REASON_BAD_SIGNATURE = "bad-signature"
 REASON_WRONG_ROUND = "wrong-round"
@@ -148,30 +148,42 @@ def _length_prefixed(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def contribution_hash_from(payload_sha256: bytes, signature: bytes) -> bytes:
+    """sha256(CONTRIBUTION_HASH_DOMAIN, sha256 of the signed payload, signature): see `contribution_hash`."""
+    return hashlib.sha256(CONTRIBUTION_HASH_DOMAIN + payload_sha256 + signature).digest()
+
+
 def contribution_hash(contribution: Contribution, encoded: bytes | None = None) -> bytes:
-    """sha256(CONTRIBUTION_HASH_DOMAIN, canonical encoding, signature included): names one exact
-    contribution in its verdict and keys its audit plan. Off chain, so sha256 rather than keccak256
-    (one pass over megabytes of gradient, ~6x faster). `encoded`: `encode_message(contribution)`
-    when the caller already holds it (the coordinator archives those same bytes)."""
-    digest = hashlib.sha256(CONTRIBUTION_HASH_DOMAIN)
-    digest.update(encode_message(contribution) if encoded is None else encoded)
-    return digest.digest()
+    """Names one exact contribution in its verdict and keys its audit plan: the unsigned encoding
+    and the signature fix the canonical bytes, and the unsigned encoding enters as the sha256 its
+    signature already covers (`unsigned_payload_hash`), so one pass over the megabytes serves the
+    signature check and this hash alike. Off chain, so sha256 rather than keccak256. `encoded`:
+    `encode_message(contribution)` when the caller already holds it."""
+    return contribution_hash_from(unsigned_payload_hash(contribution, encoded), contribution.signature)
 
 
 @dataclass(frozen=True)
 class ContributionDigests:
-    """The hashes a verification needs, computed once (each is a pass over megabytes)."""
+    """The hashes a verification needs, computed once (each is a pass over megabytes but the
+    contribution hash, which is derived from `payload_hash`, the signed payload's sha256)."""
 
     contribution_hash: bytes
     sample_hashes: tuple[bytes, ...]
     gradient_digest: bytes
+    payload_hash: bytes | None = None
 
 
-def contribution_digests(contribution: Contribution, encoded: bytes | None = None) -> ContributionDigests:
+def contribution_digests(
+    contribution: Contribution, encoded: bytes | None = None, payload_sha256: bytes | None = None,
+) -> ContributionDigests:
+    """`encoded`, `payload_sha256`: `encode_message(contribution)` and `unsigned_payload_hash` of
+    it, when the caller holds them already."""
+    payload = unsigned_payload_hash(contribution, encoded) if payload_sha256 is None else payload_sha256
     return ContributionDigests(
-        contribution_hash=contribution_hash(contribution, encoded),
+        contribution_hash=contribution_hash_from(payload, contribution.signature),
         sample_hashes=tuple(sample_hash(s) for s in contribution.samples),
         gradient_digest=gradient_digest(contribution.gradient),
+        payload_hash=payload,
     )
 
 
@@ -201,10 +213,12 @@ def _contribution_finding(check: str, expected: float, claimed: float) -> tuple[
     return (Finding(CONTRIBUTION_LEVEL, check, float(expected), float(claimed)),)
 
 
-def check_signature(contribution: Contribution, encoded: bytes | None = None) -> tuple[Finding, ...]:
-    """`encoded`: `encode_message(contribution)` when the caller holds it (see `verify_message`)."""
+def check_signature(
+    contribution: Contribution, encoded: bytes | None = None, payload_sha256: bytes | None = None,
+) -> tuple[Finding, ...]:
+    """`encoded`, `payload_sha256`: what the caller holds already (see `verify_message`)."""
     try:
-        verify_message(contribution, contribution.node_key, encoded)
+        verify_message(contribution, contribution.node_key, encoded, payload_sha256)
     except SignatureError:
         return _contribution_finding("signature", 1.0, 0.0)
     return ()
@@ -366,7 +380,7 @@ def model_free_checks(
 ) -> list[tuple[str, Callable[[], tuple[Finding, ...]]]]:
     """The checks before rewards, in order, as (reason, thunk) pairs."""
     return [
-        (REASON_BAD_SIGNATURE, lambda: check_signature(contribution, encoded)),
+        (REASON_BAD_SIGNATURE, lambda: check_signature(contribution, encoded, digests.payload_hash if digests else None)),
         (REASON_WRONG_ROUND, lambda: check_round_binding(announcement, contribution)),
         (REASON_UNKNOWN_NODE, lambda: check_registered(contribution, context.registered_nodes)),
         (REASON_SAMPLES_ROOT, lambda: check_samples_root(contribution, digests)),

@@ -18,6 +18,7 @@ from thinkmesh.protocol.messages import (
     encode_message,
     samples_root,
     sign_message,
+    unsigned_payload_hash,
 )
 from thinkmesh.protocol.rewards import RewardBreakdown
 from thinkmesh.protocol.strategies import strategy_from_name
@@ -86,6 +87,27 @@ def test_a_well_formed_contribution_is_accepted_once(intake):
     assert torch.equal(accepted.gradients["a.weight"], torch.ones(4, 3))
     again = submit(intake, body)
     assert again.reason == RefusalReason.DUPLICATE.value and len(intake.current.accepted) == 1
+
+
+def test_the_verify_hook_gets_the_bytes_and_the_signature_s_payload_hash():
+    """Intake hashes the body once for the signature; the verifier derives its hashes from that."""
+    calls = []
+
+    class Verified:
+        accepted = True
+
+    def verify(announced, contribution, body, payload):
+        calls.append((announced, contribution, body, payload))
+        return Verified()
+
+    intake = ContributionIntake(chain_id=CHAIN, run_id=RUN, param_shapes=SHAPES, max_bytes=64 * 1024, verify=verify)
+    intake.open(announcement())
+    sent = contribution()
+    body = encode_message(sent)
+    assert submit(intake, body).accepted
+    [(announced, received, passed, payload)] = calls
+    assert announced == intake.current.announcement and received == sent and passed == body
+    assert payload == unsigned_payload_hash(sent) and len(payload) == 32
 
 
 def test_wrong_round_is_refused_from_the_header_and_from_the_body(intake):

@@ -9,6 +9,7 @@ import pytest
 
 from tests.verification_world import world
 from thinkmesh.node.cheats import apply_cheat
+from thinkmesh.protocol.encoding import encode_message
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.evidence import (
     Evidence,
@@ -94,7 +95,9 @@ def tamperings(evidence: Evidence):
     yield "reason", dataclasses.replace(evidence, reason=REASON_LOGPROB_MISMATCH)
     yield "extra finding", dataclasses.replace(evidence, findings=evidence.findings + (Finding(5, "reward:accuracy", 0.0, 1.0),))
     samples = (honest_sample,) + evidence.contribution.samples[1:]
-    yield "sample", dataclasses.replace(evidence, contribution=dataclasses.replace(evidence.contribution, samples=samples))
+    yield "sample", dataclasses.replace(
+        evidence, contribution_bytes=encode_message(dataclasses.replace(evidence.contribution, samples=samples)))
+    yield "contribution bytes", dataclasses.replace(evidence, contribution_bytes=evidence.contribution_bytes[:-1])
     cited = evidence.cited[0]
     yield "text", dataclasses.replace(evidence, cited=(dataclasses.replace(cited, completion_text="<think>5</think> <answer>3</answer>"),) + evidence.cited[1:])
     yield "proof", dataclasses.replace(evidence, cited=(dataclasses.replace(cited, proof=cited.proof[:-1]),) + evidence.cited[1:])
@@ -116,9 +119,26 @@ def test_evidence_hash_is_the_keccak_of_the_file(tmp_path):
     digest = write_evidence(path, evidence)
     assert digest == evidence_hash(evidence) == keccak256(path.read_bytes())
     assert read_evidence(path) == evidence
+    assert read_evidence(path).contribution == evidence.contribution
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(ProtocolError):
         read_evidence(path)
+    not_a_contribution = dataclasses.replace(evidence, contribution_bytes=evidence.contribution_bytes + b"\x00")
+    write_evidence(path, not_a_contribution)
+    with pytest.raises(ProtocolError, match="contribution bytes are not a contribution"):
+        read_evidence(path)
+
+
+def test_evidence_embeds_the_contribution_s_signed_bytes_as_they_are():
+    w = world()
+    contribution = cheat("fake-rewards")
+    encoded = encode_message(contribution)
+    report = verify_contribution(w.round, contribution, w.model, w.tokenizer, w.context())
+    evidence = build_evidence(w.round, contribution, report, w.context(), w.tokenizer, (), encoded)
+    assert evidence.contribution_bytes is encoded and evidence == evidence_of(contribution)
+    assert evidence.contribution == contribution
+    with pytest.raises(ProtocolError, match="not this contribution"):
+        build_evidence(w.round, contribution, report, w.context(), w.tokenizer, (), encode_message(w.honest[0]))
 
 
 def run_cli(argv):

@@ -10,10 +10,12 @@ from thinkmesh.protocol.identity import (
     NodeIdentity,
     SigningDomain,
     bind_identity,
+    payload_hash,
     peer_id_from_public_key,
     public_key_from_peer_id,
     verify_binding,
     verify_signature,
+    verify_signature_of_hash,
 )
 
 ALICE = NodeIdentity.from_seed(bytes(range(32)))
@@ -29,6 +31,20 @@ def test_peer_id_is_the_libp2p_ed25519_form_and_round_trips():
 
 def test_signature_verifies_in_its_own_domain():
     verify_signature(ALICE.public_key, DOMAIN, b"payload", ALICE.sign(DOMAIN, b"payload"))
+
+
+def test_a_signature_checks_from_the_payload_s_hash_and_its_bytes_are_pinned():
+    signature = ALICE.sign(DOMAIN, b"payload")
+    # The wire form: signatures made before the hash-only entry point existed still verify.
+    assert signature.hex() == (
+        "d9280940feb43d3900508415802dad6d906a87e20570ab1adeb9039966fcc3d4"
+        "17aac4b960fd463c5a67e88a46bbce99570e96ef423e54315c45443c41e1200f"
+    )
+    verify_signature_of_hash(ALICE.public_key, DOMAIN, payload_hash(b"payload"), signature)
+    with pytest.raises(SignatureError, match="bad signature"):
+        verify_signature_of_hash(ALICE.public_key, DOMAIN, payload_hash(b"payloaD"), signature)
+    with pytest.raises(SignatureError, match="32 bytes"):
+        verify_signature_of_hash(ALICE.public_key, DOMAIN, b"payload", signature)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from thinkmesh.protocol.messages import (
     message_hash,
     sign_message,
     samples_root,
+    unsigned_payload_hash,
     verify_message,
 )
 from thinkmesh.protocol.rewards import RewardBreakdown
@@ -255,6 +257,11 @@ def test_verifying_from_the_encoded_bytes_checks_exactly_what_re_encoding_checks
     signer = NODE if isinstance(message, Contribution) else COORDINATOR
     signed = sign_message(message, signer)
     verify_message(signed, signer.public_key, encode_message(signed))
+    unsigned = encode_message(dataclasses.replace(signed, signature=bytes(64)))
+    assert unsigned_payload_hash(signed, encode_message(signed)) == unsigned_payload_hash(signed) == hashlib.sha256(unsigned).digest()
+    verify_message(signed, signer.public_key, payload_sha256=hashlib.sha256(unsigned).digest())
+    with pytest.raises(SignatureError):
+        verify_message(signed, signer.public_key, payload_sha256=hashlib.sha256(unsigned + b"\x00").digest())
     forged = dataclasses.replace(signed, signature=bytes(64 - len(b"x")) + b"x")
     with pytest.raises(SignatureError):
         verify_message(forged, signer.public_key, encode_message(forged))
@@ -267,3 +274,5 @@ def test_bytes_that_are_not_the_message_s_encoding_are_refused_not_trusted():
     other = sign_message(_announcement(round_id=4), COORDINATOR)
     with pytest.raises(ValueError, match="not the canonical encoding"):
         verify_message(signed, COORDINATOR.public_key, encode_message(other))
+    with pytest.raises(ValueError, match="not the canonical encoding"):
+        unsigned_payload_hash(signed, encode_message(other))

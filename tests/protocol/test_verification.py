@@ -45,6 +45,7 @@ from thinkmesh.protocol.verification import (
     REASON_SAMPLES_ROOT,
     REASON_UNKNOWN_NODE,
     REASON_WRONG_ROUND,
+    contribution_digests,
     contribution_hash,
     gradient_digest,
     verdict_for,
@@ -86,6 +87,12 @@ def test_a_forged_signature_is_bad_signature():
     report = verify(forged)
     assert report.reason == REASON_BAD_SIGNATURE
     assert report.findings[0].sample_index == CONTRIBUTION_LEVEL
+    # The coordinator's path: one hash pass over the bytes serves the signature and the hash.
+    encoded = encode_message(forged)
+    digests = contribution_digests(forged, encoded)
+    assert digests.contribution_hash == contribution_hash(forged)
+    coordinator = verify_contribution(w.round, forged, w.model, w.tokenizer, w.context(), digests=digests, encoded=encoded)
+    assert coordinator.reason == REASON_BAD_SIGNATURE
 
 
 @pytest.mark.parametrize("field, value", [("round_id", 7), ("chain_id", 1), ("run_id", "other"), ("model_hash", b"\x09" * 32)])
@@ -221,7 +228,11 @@ def test_verdict_carries_the_report():
     verdict = verdict_for(report, w.honest[0], b"\xee" * 32)
     assert verdict.accepted and verdict.reason == REASON_OK
     assert verdict.contribution_hash == contribution_hash(w.honest[0])
-    assert verdict.contribution_hash == hashlib.sha256(CONTRIBUTION_HASH_DOMAIN + encode_message(w.honest[0])).digest()
+    signed = w.honest[0]
+    unsigned = encode_message(dataclasses.replace(signed, signature=bytes(64)))
+    assert verdict.contribution_hash == hashlib.sha256(
+        CONTRIBUTION_HASH_DOMAIN + hashlib.sha256(unsigned).digest() + signed.signature
+    ).digest()
     assert verdict.checked_samples == report.checked_samples
 
 
