@@ -52,6 +52,7 @@ class RoundPlan:
     max_new_tokens: int
     task_family: str = "arithmetic"
     template: str = "r1"  # the base model's cold-start template
+    lr: float = 1e-3
 
 
 def coordinator_config(
@@ -67,7 +68,7 @@ def coordinator_config(
         "round": {"rounds": plan.rounds, "deadline_s": plan.deadline_s, "close_when": plan.close_when,
                   "prompts_per_node": plan.prompts_per_node, "start_delay_s": 1.0, "min_peers": plan.min_peers,
                   "task_family": plan.task_family, "template": plan.template},
-        "aggregation": {"rule": "norm_clip", "clip_norm": 10.0, "lr": 1e-3},
+        "aggregation": {"rule": "norm_clip", "clip_norm": 10.0, "lr": plan.lr},
         "eval": {"prompts": plan.eval_prompts, "max_new_tokens": plan.eval_max_new_tokens},
         "observability": {"http_port": http_port, "port_file": str(port_file), "console": False},
     }  # fmt: skip
