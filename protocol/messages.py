@@ -125,7 +125,7 @@ class Contribution(Message):
     """A node's work for one round: samples, the gradient they produce, and a commitment."""
 
     TYPE = "contribution"
-    VERSION = 1
+    VERSION = 2  # 2: gradient wire format v2 (gradient_codec); a v1 node is refused at the envelope
     MAX_BYTES = 256 * MiB
 
     chain_id: int

@@ -276,3 +276,11 @@ def test_bytes_that_are_not_the_message_s_encoding_are_refused_not_trusted():
         verify_message(signed, COORDINATOR.public_key, encode_message(other))
     with pytest.raises(ValueError, match="not the canonical encoding"):
         unsigned_payload_hash(signed, encode_message(other))
+
+
+def test_a_contribution_from_before_gradient_wire_format_v2_is_refused_at_the_envelope():
+    from thinkmesh.protocol.gradient_codec import WIRE_FORMAT
+
+    assert Contribution.VERSION == 2 and WIRE_FORMAT == 2  # bump both together
+    with pytest.raises(EncodingError, match="unsupported contribution version 1; this node speaks 2"):
+        decode_message(_raw_envelope([], tag="contribution", version=1), Contribution)
