@@ -105,8 +105,8 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
 
     recipe = options.profile.recipe
     if not is_ready(model_path(recipe, options.cache_dir)):
-        say(f"building the {recipe.name} base model (cold start; cached in {options.cache_dir} afterwards) ...")
-    model = ensure_model(recipe, options.cache_dir)
+        say(f"building the {recipe.name} base model (a cold start of a few minutes on a CPU, once; cached in {options.cache_dir}) ...")
+    model = ensure_model(recipe, options.cache_dir, progress=True)
     say(f"model: {model.path} ({'cached' if model.cached else f'built in {model.built_s:.0f}s'})")
 
     group = ProcessGroup()
