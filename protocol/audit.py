@@ -28,10 +28,11 @@ must therefore pass a value fixed only after the deadline (a block hash after th
 secret committed on chain at round opening) and publish it with the evidence.
 
 **Gradient tolerances.** The verifier quantises its own float32 recomputation with the node's
-codec (`encode_gradient`, deterministic) and compares the decoded tensors, so the codec's own
-error cancels and what is left is (a) float32 kernel-order noise between two machines (measured
-~1e-6 relative; identical bits on one machine), (b) the codes that this noise pushes across a
-bin edge: with relative noise d, a fraction ~d of codes move by one bin, which changes the norm by
+codec (`dequantized`: what `encode_gradient` then decoding gives, deterministic) and compares
+the decoded tensors, so the codec's own error cancels and what is left is (a) float32
+kernel-order noise between two machines (measured ~1e-6 relative; identical bits on one
+machine), (b) the codes that this noise pushes across a bin edge: with relative noise d, a
+fraction ~d of codes move by one bin, which changes the norm by
 far less than 1e-3. The bounds below leave >= 10x margin over the largest honest gap measured in
 `bench/verify.py`, and still reject a gradient scaled by 1.01 (8-bit) or 1.001 (fp32/fp16), or
 one turned by more than 2.6 degrees (cos 0.999) / 0.8 degrees (cos 0.9999). A gradient that
@@ -51,7 +52,7 @@ import torch
 from torch import Tensor
 
 from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
+from thinkmesh.protocol.gradient_codec import dequantized
 from thinkmesh.protocol.grpo import strategy_loss
 from thinkmesh.protocol.messages import COMPRESSIONS, Finding, Sample
 from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
@@ -286,11 +287,11 @@ class GradientComparison:
 
 def quantized_reference(reference: Mapping[str, Tensor], compression: str) -> dict[str, Tensor]:
     """`reference` passed through the node's codec and back: the value an honest node would
-    have sent for these tensors, so the codec's error cancels out of the comparison."""
+    have sent for these tensors, so the codec's error cancels out of the comparison. Computed
+    without the wire bytes (`dequantized`: the codec's own quantizer, bit-identical values)."""
     if compression == "none":  # float32 as is: the round trip is the identity
         return {name: t.detach().to("cpu", torch.float32) for name, t in reference.items()}
-    shapes = {name: tuple(t.shape) for name, t in reference.items()}
-    return decode_gradient(encode_gradient(reference, compression), shapes)
+    return dequantized(reference, compression)
 
 
 def compare_gradients(claimed: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> GradientComparison:

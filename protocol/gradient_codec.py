@@ -22,14 +22,12 @@ Every tensor's encoding depends on that tensor alone (no buckets shared across n
 encoding a subset of a gradient, as the audit does, gives the same bytes for those names.
 `uniform8` stays hivemind's own layout, whose 1 KiB codebook is data (the mean of each bin).
 
-`blockwise8` is bitsandbytes' blockwise quantizer (its signed dynamic map, block size 4096,
-nearest-code rounding) written in plain torch, and never bitsandbytes itself: every machine then
-produces the same codes for the same gradient, which the audit's re-encoding relies on
-(bitsandbytes rounds a few codes at bin edges the other way), and a node does not pay
-bitsandbytes' import (6-7 s on the 2-core dev box) inside its first round. Encoding the 1.6M
-`tiny` gradient takes ~0.2 s there. Both 8-bit formats are decoded here rather than by hivemind:
-hivemind 1.1.12's `Quantization.extract` calls `int(np.frombuffer(..., count=1))`, which NumPy 2
-refuses (TypeError).
+Each mode's arithmetic lives in `gradient_quantization.py` (`blockwise8` is bitsandbytes'
+quantizer in plain torch, so every machine produces the same codes); this module packs its parts
+into hivemind's buffers and back, byte for byte what hivemind's own serializer writes, and
+`dequantized` runs the arithmetic without the bytes: the audit's reference. Nothing is decoded by
+hivemind: its 1.1.12 `Quantization.extract` calls `int(np.frombuffer(..., count=1))`, which
+NumPy 2 refuses (TypeError).
 
 Decoding trusts nothing: every blob is checked against the expected names and shapes, its byte
 length against what its compression implies, and its values for finiteness, before a tensor is
@@ -48,14 +46,19 @@ import torch
 from torch import Tensor
 
 from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.gradient_quantization import (  # noqa: F401 (dynamic_codebook: the codec's public surface)
+    BLOCKWISE_BLOCK,
+    CODEBOOK_SIZE,
+    dequantize,
+    dynamic_codebook,
+    quantize,
+)
 from thinkmesh.protocol.messages import COMPRESSIONS, GradientPayload, MiB, TensorBlob
 
 WIRE_FORMAT = 2
 MIN_QUANTIZED_NUMEL = 1024
 MAX_TENSOR_BYTES = 64 * MiB  # per serialized tensor
 MAX_GRADIENT_BYTES = 192 * MiB  # per payload, under Contribution.MAX_BYTES
-BLOCKWISE_BLOCK = 4096
-CODEBOOK_SIZE = 256
 
 
 class GradientCodecError(ProtocolError):
@@ -83,20 +86,6 @@ def _compression_type(mode: str) -> int:
 WIRE_MODES = (*COMPRESSIONS, "meanstd16")
 
 
-@functools.cache
-def dynamic_codebook() -> Tensor:
-    """bitsandbytes' `create_dynamic_map(signed=True)`: 256 sorted float32 codes in [-1, 1]."""
-    data: list[float] = []
-    for i in range(7):
-        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
-        means = (boundaries[:-1] + boundaries[1:]) / 2.0
-        data += ((10 ** (-6 + i)) * means).tolist()
-        data += (-(10 ** (-6 + i)) * means).tolist()
-    data += [0.0, 1.0]
-    data += [0.0] * (CODEBOOK_SIZE - len(data))
-    return torch.tensor(data, dtype=torch.float32).sort().values
-
-
 def _all_finite(tensor: Tensor) -> bool:
     """`torch.isfinite(tensor).all()` in one pass without a boolean copy: min and max propagate
     NaN, and are infinite iff some element is."""
@@ -106,103 +95,59 @@ def _all_finite(tensor: Tensor) -> bool:
     return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
-LOOKUP_KEY_BITS = 18  # 256 Ki keys: ~2.5% of a gradient's values left to the binary search
+def _pack(mode: str, parts: tuple[Tensor, ...]) -> bytes:
+    """hivemind's buffer layout: int64 headers (uniform8: codebook size; blockwise8: block count
+    and a codebook size of 0), then each part's bytes."""
+    headers = {"uniform8": (CODEBOOK_SIZE,), "blockwise8": (parts[0].numel(), 0)}.get(mode, ())
+    return b"".join((np.array(headers, dtype=np.int64).tobytes(), *(p.contiguous().numpy().tobytes() for p in parts)))
 
 
-@functools.cache
-def _code_lookup() -> tuple[Tensor, Tensor, Tensor]:
-    """(bounds, code by key, ambiguous by key) for `_nearest_codes`. A float32's top
-    LOOKUP_KEY_BITS bits (its key: sign, exponent, leading mantissa bits) pick a contiguous
-    interval of the reals; where both ends of it fall in the same bucket, so does every value in
-    it (bucketize is monotone). Built once per process (~10 ms)."""
-    code = dynamic_codebook()
-    bounds = (code[:-1] + code[1:]) / 2
-    shift = 32 - LOOKUP_KEY_BITS
-    keys = np.arange(1 << LOOKUP_KEY_BITS, dtype=np.uint32) << shift
-    low = torch.from_numpy(keys.view(np.float32).copy())
-    high = torch.from_numpy((keys | ((1 << shift) - 1)).view(np.float32).copy())
-    at_low = torch.bucketize(low, bounds, out_int32=True)
-    at_high = torch.bucketize(high, bounds, out_int32=True)
-    return bounds, at_low.to(torch.uint8), (at_low != at_high) | ~torch.isfinite(low) | ~torch.isfinite(high)
+def _unpack(mode: str, buffer: bytes, shape: tuple[int, ...], dtype: str) -> tuple[Tensor, ...]:
+    """The parts of a buffer whose length `_expected_buffer_bytes` has checked: views of one
+    writable copy, so nothing is copied twice."""
+    data, numel = bytearray(buffer), math.prod(shape)
 
+    def part(torch_dtype, count, offset):
+        if not count:  # frombuffer refuses an empty view
+            return torch.empty(0, dtype=torch_dtype)
+        return torch.frombuffer(data, dtype=torch_dtype, count=count, offset=offset)
 
-def _nearest_codes(scaled: Tensor) -> Tensor:
-    """`torch.bucketize(scaled, bounds).to(uint8)` for the dynamic codebook's midpoints, the same
-    codes ~7x faster: a table look-up by each value's key, and the binary search only for values
-    whose key interval straddles a bound."""
-    bounds, by_key, ambiguous = _code_lookup()
-    keys = (scaled.contiguous().view(torch.int32) >> (32 - LOOKUP_KEY_BITS)).long() & ((1 << LOOKUP_KEY_BITS) - 1)
-    codes = torch.take(by_key, keys)
-    unsure = torch.take(ambiguous, keys).nonzero().squeeze(1)
-    if unsure.numel():
-        codes[unsure] = torch.bucketize(scaled[unsure], bounds, out_int32=True).to(torch.uint8)
-    return codes
-
-
-def _blockwise_quantize(flat: Tensor) -> tuple[Tensor, Tensor]:
-    """(codes uint8 [n], absmax float32 [blocks]) exactly as bitsandbytes' CPU kernel rounds."""
-    n = flat.numel()
-    full = n - n % BLOCKWISE_BLOCK
-    grid = flat[:full].reshape(-1, BLOCKWISE_BLOCK)
-    absmax = grid.abs().max(dim=-1).values
-    scaled = torch.clamp(grid * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
-    if full < n:  # the last, partial block divides instead of multiplying, as bitsandbytes does
-        tail_max = flat[full:].abs().max().clamp(min=1e-38)
-        absmax = torch.cat([absmax, tail_max.unsqueeze(0)])
-        scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
-    return _nearest_codes(scaled), absmax
-
-
-def _blockwise_dequantize(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
-    """code[codes] * absmax of each value's block: one float32 product per value, in place."""
-    n = codes.numel()
-    values = torch.take(code, codes.to(torch.int64))
-    full = n - n % BLOCKWISE_BLOCK
-    values[:full].view(-1, BLOCKWISE_BLOCK).mul_(absmax[: full // BLOCKWISE_BLOCK].view(-1, 1))
-    if full < n:
-        values[full:].mul_(absmax[-1])
-    return values
-
-
-def _serialize_blockwise(tensor: Tensor):
-    """hivemind's BLOCKWISE_8BIT layout with a code count of 0: the codebook is implied."""
-    codes, absmax = _blockwise_quantize(tensor.detach().reshape(-1).to(torch.float32))
-    buffer = b"".join((np.int64(absmax.numel()).tobytes(), np.int64(0).tobytes(),
-                       absmax.numpy().astype(np.float32).tobytes(), codes.numpy().tobytes()))
-    return _pb().Tensor(
-        buffer=buffer, size=tensor.shape, requires_grad=False, dtype="float32",
-        compression=_compression_type("blockwise8"),
-    )
+    if mode == "none":
+        return (part(getattr(torch, dtype), numel, 0),)
+    if mode == "fp16":
+        return (part(torch.float16, numel, 0),)
+    if mode == "meanstd16":
+        rows = numel // shape[-1]
+        means, stds = part(torch.float32, rows, 2 * numel), part(torch.float32, rows, 2 * numel + 4 * rows)
+        return part(torch.float16, numel, 0), means, stds
+    if mode == "uniform8":
+        return part(torch.float32, CODEBOOK_SIZE, 8), part(torch.uint8, numel, 8 + 4 * CODEBOOK_SIZE)
+    blocks = -(-numel // BLOCKWISE_BLOCK)
+    return part(torch.float32, blocks, 16), part(torch.uint8, numel, 16 + 4 * blocks)
 
 
 def _read_header(buffer: bytes, offset: int) -> int:
     return int(np.frombuffer(buffer, offset=offset, count=1, dtype=np.int64)[0])
 
 
-def _deserialize_uniform8(proto) -> Tensor:
-    codebook_size = _read_header(proto.buffer, 0)
-    codebook = np.frombuffer(proto.buffer, offset=8, count=codebook_size, dtype=np.float32)
-    codes = np.frombuffer(proto.buffer, offset=8 + codebook.nbytes, dtype=np.uint8)
-    values = torch.from_numpy(codebook.copy())[torch.from_numpy(codes.astype(np.int64))]
-    return values.reshape(tuple(proto.size))
-
-
-def _deserialize_blockwise8(proto) -> Tensor:
-    buffer = proto.buffer
-    absmax_size = _read_header(buffer, 0)
-    absmax = np.frombuffer(buffer, offset=16, count=absmax_size, dtype=np.float32)
-    codes = np.frombuffer(buffer, offset=16 + absmax.nbytes, dtype=np.uint8)
-    flat = _blockwise_dequantize(torch.from_numpy(codes.copy()), torch.from_numpy(absmax.copy()), dynamic_codebook())
-    return flat.reshape(tuple(proto.size))
-
-
 def _wire_mode(mode: str, shape: tuple[int, ...]) -> str:
     """The compression one tensor travels under (8-bit modes: small tensors as meanstd16 where
     that is smaller than float32)."""
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if mode in ("uniform8", "blockwise8") and numel < MIN_QUANTIZED_NUMEL:
+    if mode in ("uniform8", "blockwise8") and math.prod(shape) < MIN_QUANTIZED_NUMEL:
         return "meanstd16" if shape and shape[-1] > 4 else "none"
     return mode
+
+
+def _finite_cpu_float32(name: str, tensor: Tensor) -> Tensor:
+    tensor = tensor.detach().to("cpu", torch.float32).contiguous()
+    if not _all_finite(tensor):
+        raise GradientCodecError(f"gradient {name!r}: expected finite values, got inf or nan")
+    return tensor
+
+
+def _check_compression(compression: str) -> None:
+    if compression not in COMPRESSIONS:
+        raise GradientCodecError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
 
 
 def encode_gradient(
@@ -217,20 +162,15 @@ def encode_gradient(
     Deterministic for a fixed input and mode. Raises `GradientCodecError` for an unknown mode,
     a non-float or non-finite tensor, or a result over either size limit.
     """
-    from hivemind.compression import serialize_torch_tensor
-
-    if compression not in COMPRESSIONS:
-        raise GradientCodecError(f"compression: expected one of {COMPRESSIONS}, got {compression!r}")
+    _check_compression(compression)
     blobs, total = [], 0
     for name in sorted(gradients):
-        tensor = gradients[name].detach().to("cpu", torch.float32).contiguous()
-        if not _all_finite(tensor):
-            raise GradientCodecError(f"gradient {name!r}: expected finite values, got inf or nan")
+        tensor = _finite_cpu_float32(name, gradients[name])
         mode = _wire_mode(compression, tuple(tensor.shape))
-        if mode == "blockwise8":
-            proto = _serialize_blockwise(tensor)
-        else:
-            proto = serialize_torch_tensor(tensor, _compression_type(mode))
+        proto = _pb().Tensor(
+            buffer=_pack(mode, quantize(tensor, mode)), size=tensor.shape, dtype="float32",
+            requires_grad=False, compression=_compression_type(mode),
+        )
         data = proto.SerializeToString()
         if len(data) > max_tensor_bytes:
             raise GradientCodecError(
@@ -246,10 +186,28 @@ def encode_gradient(
     return GradientPayload(compression=compression, tensors=tuple(blobs))
 
 
+def dequantized(gradients: Mapping[str, Tensor], compression: str) -> dict[str, Tensor]:
+    """`decode_gradient(encode_gradient(gradients, compression), shapes)`, bit for bit, without
+    the bytes: what an honest node's gradient looks like to the verifier after the codec (the
+    audit's reference). Same pieces as the codec, so the two cannot drift apart; no size limits,
+    since nothing is sent. Under none, a tensor may be the (CPU float32) input itself."""
+    _check_compression(compression)
+    result: dict[str, Tensor] = {}
+    for name in sorted(gradients):
+        tensor = _finite_cpu_float32(name, gradients[name])
+        shape = tuple(tensor.shape)
+        mode = _wire_mode(compression, shape)
+        values = dequantize(mode, quantize(tensor, mode), shape)
+        if mode != "none" and not _all_finite(values):
+            raise GradientCodecError(f"gradient {name!r}: expected finite values, got inf or nan")
+        result[name] = values
+    return result
+
+
 def _expected_buffer_bytes(mode: str, shape: tuple[int, ...], dtype: str, buffer: bytes) -> int:
     """What the buffer's length must be for a tensor of `shape` under `mode`; a header that
     disagrees with the shape raises `ValueError` saying what was expected."""
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    numel = math.prod(shape)
     if mode == "none":
         return numel * np.dtype(dtype).itemsize
     if mode == "fp16":
@@ -269,6 +227,11 @@ def _expected_buffer_bytes(mode: str, shape: tuple[int, ...], dtype: str, buffer
     return 16 + 4 * absmax_size + numel
 
 
+@functools.cache
+def _mode_by_type() -> dict[int, str]:
+    return {_compression_type(mode): mode for mode in WIRE_MODES}
+
+
 def decode_gradient(
     payload: GradientPayload,
     expected_shapes: Mapping[str, tuple[int, ...]],
@@ -281,8 +244,6 @@ def decode_gradient(
     Every check runs before any tensor is materialised: names, per-blob and total sizes, the
     declared compression, shape, dtype and buffer length. Values must be finite.
     """
-    from hivemind.compression import deserialize_torch_tensor
-
     pb = _pb()
     names = [blob.name for blob in payload.tensors]
     if names != sorted(expected_shapes):
@@ -302,36 +263,30 @@ def decode_gradient(
         except Exception as exc:  # protobuf's DecodeError and friends
             raise GradientCodecError(f"gradient {blob.name!r}: not a serialized hivemind tensor ({exc})") from exc
         mode = _wire_mode(payload.compression, shape)
-        try:
-            wire_name = {_compression_type(m): m for m in WIRE_MODES}[proto.compression]
-        except KeyError:
-            raise GradientCodecError(f"gradient {blob.name!r}: unsupported compression {proto.compression}") from None
+        wire_name = _mode_by_type().get(proto.compression)
+        if wire_name is None:
+            raise GradientCodecError(f"gradient {blob.name!r}: unsupported compression {proto.compression}")
         if wire_name != mode:
             raise GradientCodecError(f"gradient {blob.name!r}: expected compression {mode!r}, got {wire_name!r}")
         if tuple(proto.size) != shape:
             raise GradientCodecError(f"gradient {blob.name!r}: expected shape {list(shape)}, got {list(proto.size)}")
         if proto.dtype not in ("float32", "float16", "bfloat16") or proto.chunks not in (0, 1):
             raise GradientCodecError(f"gradient {blob.name!r}: expected a whole float tensor, got dtype {proto.dtype!r}")
-        if mode in ("none", "meanstd16") and proto.dtype == "bfloat16":
+        if mode in ("none", "fp16", "meanstd16") and proto.dtype == "bfloat16":
             raise GradientCodecError(f"gradient {blob.name!r}: expected float32 or float16, got bfloat16")
+        buffer = proto.buffer  # read once: every read of a bytes field copies it
         try:
-            expected_len = _expected_buffer_bytes(mode, shape, proto.dtype, proto.buffer)
+            expected_len = _expected_buffer_bytes(mode, shape, proto.dtype, buffer)
         except ValueError as exc:
             raise GradientCodecError(f"gradient {blob.name!r}: {exc}") from None
-        if len(proto.buffer) != expected_len:
+        if len(buffer) != expected_len:
             raise GradientCodecError(
-                f"gradient {blob.name!r}: expected a {expected_len}-byte {mode} buffer, got {len(proto.buffer)}"
+                f"gradient {blob.name!r}: expected a {expected_len}-byte {mode} buffer, got {len(buffer)}"
             )
         try:
-            if mode == "uniform8":
-                tensor = _deserialize_uniform8(proto)
-            elif mode == "blockwise8":
-                tensor = _deserialize_blockwise8(proto)
-            else:
-                tensor = deserialize_torch_tensor(proto)
+            tensor = dequantize(mode, _unpack(mode, buffer, shape, proto.dtype), shape, proto.dtype)
         except Exception as exc:  # numpy/torch raise several types on inconsistent buffers
             raise GradientCodecError(f"gradient {blob.name!r}: does not decode ({type(exc).__name__}: {exc})") from exc
-        tensor = tensor.detach().to(torch.float32).reshape(shape)
         if not _all_finite(tensor):
             raise GradientCodecError(f"gradient {blob.name!r}: expected finite values, got inf or nan")
         result[blob.name] = tensor

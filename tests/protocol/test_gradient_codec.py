@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import thinkmesh.protocol.gradient_codec as codec
+import thinkmesh.protocol.gradient_quantization as quantization
 from thinkmesh.protocol.messages import GradientPayload, TensorBlob
 
 
@@ -61,7 +62,7 @@ def test_blockwise_codes_match_bitsandbytes_where_it_is_installed():
     functional = pytest.importorskip("bitsandbytes.functional")
     flat = torch.randn(3 * codec.BLOCKWISE_BLOCK + 100, generator=torch.Generator().manual_seed(3)) * 1e-3
     theirs, state = functional.quantize_blockwise(flat, blocksize=codec.BLOCKWISE_BLOCK, nested=False)
-    ours, absmax = codec._blockwise_quantize(flat)
+    ours, absmax = quantization._blockwise_quantize(flat)
     assert torch.equal(absmax, state.absmax)
     differ = ours.to(torch.int16) - theirs.to(torch.int16)
     assert differ.abs().max() <= 1 and (differ != 0).float().mean() < 0.01
