@@ -10,8 +10,8 @@ The default cold start imitates a teacher that stops one step short in half of i
 demonstrations (linear-1: it never divides, and answers a*x's value). RL gets no hint of which
 demonstrations were wrong: only the accuracy reward. What it shows is the R1-Zero effect: the
 policy learns to finish its reasoning, and completions grow from the short route's ~17 tokens to the
-full route's ~26. With a perfect teacher (`--coldstart-slip-rate 0`) RL does not raise greedy
-accuracy on this model; docs/learning.md has the measurements of why.
+full route's ~26. On a 10,000-example perfect teacher's student (`--coldstart-slip-rate 0`), every
+RL setting tried lowered greedy accuracy; docs/learning.md has the measurements of why.
 
     .venv/bin/python bench/learning.py                 # CPU, 10 minutes of RL
     .venv/bin/python bench/learning.py --device cuda   # same on a GPU

@@ -5,9 +5,8 @@
                                    [--lr LR] [--eval-prompts 128] [--cache-dir DIR]
 
 `--model tiny` (the default) is what `thinkmesh devnet up` trains: the devnet's default profile's
-recipe (the 1.6M-parameter `tiny` shape cold-started on 4000 linear chains, the same cache key as
-the devnet's), its template, prompts per node, group size and max tokens, at AdamW lr 3e-4 (1e-3
-took held-out accuracy from 0.117 to 0.016 in 3 rounds). `--model micro` is an 82k-parameter
+recipe (the 1.6M-parameter `tiny` shape and its cold start, the same cache key as the devnet's),
+its template, prompts per node, group size, max tokens and coordinator lr. `--model micro` is an 82k-parameter
 shape cold-started in the R1 template, 2 prompts of 32 tokens per node, lr 1e-3. Either is built
 once and cached in `--cache-dir`. Per mode, a real coordinator and three real node processes
 (grpo, dapo, gspo) over p2pd train it; the coordinator's round records give the upload bytes per
@@ -25,7 +24,9 @@ read off the coordinator's and the nodes' /status, sampled every 0.1 s (so +-0.1
 Prints one JSON object as its last line.
 
 Measured 2026-11-27 on the 2-core dev box shared with other work (gradient wire format 2), the
-8-bit bar being at most 30% of fp32's bytes per round:
+8-bit bar being at most 30% of fp32's bytes per round, with the tiny profile as it was then (a
+4000-example cold start without slips, lr 3e-4; 1e-3 took held-out accuracy from 0.117 to 0.016
+in 3 rounds); the bytes do not depend on the cold start, the accuracies do:
   tiny   bytes/round none 19.23 MB; fp16 0.501, uniform8 0.256, blockwise8 0.252 of none; held-out
          accuracy 0.117 -> 0.102 (none, fp16, blockwise8), 0.086 (uniform8), +-0.027; local 0.141.
          Time ratio 1.80 (18.1 s / 10.1 s): 8.8 s collecting (per node 4.7 s rollouts + gradient,
@@ -61,7 +62,6 @@ PASSWORD = "bench-mesh"
 STRATEGIES = ("grpo", "dapo", "gspo")
 TASK, DIFFICULTY = "linear", 1
 EVAL_PROMPTS = 128
-TINY_LR = 3e-4
 SAMPLE_S = 0.1
 
 
@@ -89,7 +89,7 @@ def workload(model: str) -> Workload:
     if model == "tiny":
         profile = PROFILES["tiny"]
         return Workload(profile.recipe, profile.recipe.coldstart.template, profile.prompts_per_node,
-                        profile.group_size, profile.max_new_tokens, lr=TINY_LR)
+                        profile.group_size, profile.max_new_tokens, lr=profile.lr)
     recipe = ModelRecipe(
         "bench-mesh",
         TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128),

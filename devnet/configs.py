@@ -27,9 +27,7 @@ class ChainEndpoint:
     """What a role needs to reach the devnet's ledger; the key comes from the role's own key dir."""
 
     rpc_url: str
-    chain_id: int
     ledger: str
-    token: str
     deployment_file: Path
 
     def section(self) -> dict[str, str]:

@@ -63,8 +63,7 @@ def prepare_join(layout: DevnetLayout, name: str, strategy: str, key_dir: Path |
     if not bootstrap:
         raise DevnetError("the ledger lists no bootstrap peer yet; is the coordinator up? (`thinkmesh devnet status`)")
     plan = round_plan(_options_like(state), node_count=len(state.nodes), first_round=1)
-    endpoint = configs.ChainEndpoint(chain.rpc_url, chain.chain_id, deployment.ledger, deployment.token,
-                                     layout.deployment_file)
+    endpoint = configs.ChainEndpoint(chain.rpc_url, deployment.ledger, layout.deployment_file)
     config = configs.node_config(
         coordinator_peer_id=state.coordinator_peer_id, bootstrap=bootstrap, base_model=Path(state.model_dir),
         data_dir=layout.data_dir(name), key_dir=key_dir, password_file=password_file, strategy=strategy,

@@ -47,8 +47,8 @@ class DevnetProfile:
 PROFILES = {
     "tiny": DevnetProfile(
         # 13% held-out greedy after the cold start (it mostly stops short). In `train local` with
-        # the devnet's batch (12 prompts x 4, grpo) this rises to 55-60% within 5-10 steps at lr
-        # 3e-4; at 1e-3 it rises as fast but noise erodes it back to ~30%.
+        # three nodes' worth of the devnet's batch (12 prompts x 4, grpo) this rises to 55-60%
+        # within 5-10 steps at lr 3e-4; at 1e-3 it rises as fast but noise erodes it to ~30%.
         recipe=ModelRecipe("tiny", TinyModelSpec(), ColdStartSettings(
             families=("linear",), num_examples=24000, teacher_slip_rate=0.5)),
         deadline_s=90.0, prompts_per_node=4, group_size=4, max_new_tokens=48, eval_prompts=32, eval_max_new_tokens=48,

@@ -122,8 +122,7 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
         provision.ensure_pool(chain, deployment)
         say(f"ledger: {deployment.ledger} ({'reused' if reused else 'deployed'}), token: {deployment.token}")
         nodes = register_nodes(layout, chain, deployment, options.nodes, options.cheater)
-        endpoint = configs.ChainEndpoint(chain.rpc_url, chain.chain_id, deployment.ledger, deployment.token,
-                                         layout.deployment_file)
+        endpoint = configs.ChainEndpoint(chain.rpc_url, deployment.ledger, layout.deployment_file)
         state = DevnetState(
             phase="starting", up_pid=os.getpid(), rpc_url=chain.rpc_url, chain_id=chain.chain_id,
             ledger=deployment.ledger, token=deployment.token, coordinator_peer_id=coordinator_keys.identity.peer_id,

@@ -56,6 +56,11 @@ class ColdStartSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.teacher_slip_rate < 1.0:
             raise TaskError(f"cold start teacher_slip_rate: expected a fraction in [0, 1), got {self.teacher_slip_rate!r}")
+        if self.teacher_slip_rate and set(self.families) != {"linear"}:
+            raise TaskError(
+                f"cold start teacher_slip_rate: a slip is defined for linear traces only (stop before dividing), "
+                f"got families {', '.join(self.families)}"
+            )
 
     def cache_key(self, base_weights_sha256: str) -> str:
         payload = json.dumps({"settings": asdict(self), "base": base_weights_sha256}, sort_keys=True)
@@ -85,7 +90,8 @@ def sft_text(task, template: str, slipped: bool = False) -> tuple[str, str]:
 def slipped_completion(task) -> str:
     """The teacher's demonstration when it stops one step short: the trace loses its last step
     and the answer is the number the remaining trace ended on (linear: "3*x=17-2=15" answers 15,
-    having never divided by 3).
+    having never divided by 3). Linear only (`ColdStartSettings` checks): other families' last
+    steps are a column sum or a restated result, not a reasoning step.
 
     Why: real cold-start data comes from imperfect teachers, and R1-Zero's headline effect is RL
     growing the reasoning a model does before answering. A cold start that stops short part of the

@@ -137,7 +137,8 @@ def build_evidence(
     if encoded is None:
         encoded = encode_message(contribution)
     elif not encoded.endswith(contribution.signature):
-        raise EvidenceError("build_evidence: `encoded` is not this contribution's canonical encoding")
+        raise EvidenceError("build_evidence: `encoded` does not end with this contribution's signature, "
+                            "so it cannot be its canonical encoding")
     return Evidence(
         announcement=announcement, contribution_bytes=encoded, reason=report.reason, findings=report.findings,
         checked_samples=report.checked_samples, gradient_audit=report.gradient_audit, cited=cited,

@@ -134,8 +134,10 @@ def quantize(tensor: Tensor, mode: str) -> tuple[Tensor, ...]:
 
 def dequantize(mode: str, parts: tuple[Tensor, ...], shape: tuple[int, ...], dtype: str = "float32") -> Tensor:
     """The float32 tensor of `shape` that `parts` stand for, computed as hivemind's `extract`
-    would (`dtype`, the declared one, matters only to meanstd16's arithmetic and none's bytes).
-    Under none, the result may be `parts[0]` itself."""
+    would for a float32 declaration. `dtype`, the declared one, matters here only to meanstd16's
+    arithmetic and none's bytes; hivemind's uniform8 extract would also cast its codebook to it,
+    which this codec never needed (the node declares float32). Under none, the result may be
+    `parts[0]` itself."""
     if mode in ("none", "fp16"):
         values = parts[0].to(torch.float32)
     elif mode == "meanstd16":

@@ -21,7 +21,7 @@ from thinkmesh.node.config import load_node_config
 
 PLAN = RoundPlan(rounds=5, deadline_s=30.0, close_when=3, prompts_per_node=2, min_peers=3, eval_prompts=4,
                  eval_max_new_tokens=16, group_size=4, max_new_tokens=12, task_family="linear")
-CHAIN = ChainEndpoint("http://127.0.0.1:8545", 31337, "0x" + "11" * 20, "0x" + "22" * 20, Path("/s/deployment.json"))
+CHAIN = ChainEndpoint("http://127.0.0.1:8545", "0x" + "11" * 20, Path("/s/deployment.json"))
 
 
 def test_coordinator_config_round_trips_through_its_loader(tmp_path):

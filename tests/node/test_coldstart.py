@@ -100,7 +100,9 @@ def test_slip_rate_outside_zero_to_one_and_one_step_traces_are_refused():
 
     for rate in (-0.1, 1.0):
         with pytest.raises(TaskError, match="teacher_slip_rate"):
-            ColdStartSettings(teacher_slip_rate=rate)
+            ColdStartSettings(families=("linear",), teacher_slip_rate=rate)
+    with pytest.raises(TaskError, match="linear traces only"):
+        ColdStartSettings(teacher_slip_rate=0.5)  # the default families include arithmetic and countdown
     one_step = Task(family="countdown", difficulty=1, index=0, question="q", answer="8", trace="3+5=8", solution="3+5")
     with pytest.raises(TaskError, match="no step to skip"):
         slipped_completion(one_step)

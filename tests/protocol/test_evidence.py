@@ -137,7 +137,7 @@ def test_evidence_embeds_the_contribution_s_signed_bytes_as_they_are():
     evidence = build_evidence(w.round, contribution, report, w.context(), w.tokenizer, (), encoded)
     assert evidence.contribution_bytes is encoded and evidence == evidence_of(contribution)
     assert evidence.contribution == contribution
-    with pytest.raises(ProtocolError, match="not this contribution"):
+    with pytest.raises(ProtocolError, match="does not end with this contribution.s signature"):
         build_evidence(w.round, contribution, report, w.context(), w.tokenizer, (), encode_message(w.honest[0]))
 
 
