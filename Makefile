@@ -29,7 +29,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 # The dashboard's browser test drives Debian's chromium (Playwright's own download fails offline).
 chromium:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
 	  || { echo "error: could not install chromium (apt-get install chromium)"; exit 1; }
 
 contracts/node_modules/.installed: contracts/package.json contracts/package-lock.json
