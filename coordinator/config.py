@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinkmesh.protocol.config_files import load_config
-from thinkmesh.protocol.messages import COMPRESSIONS, MiB
+from thinkmesh.protocol.errors import EncodingError
+from thinkmesh.protocol.messages import COMPRESSIONS, MiB, RoundTerms
 
 
 class _Section(BaseModel):
@@ -43,6 +44,24 @@ class RoundConfig(_Section):
     start_delay_s: float = Field(0.0, ge=0)  # wait before the first announcement
     min_peers: int = Field(0, ge=0)  # before the first announcement, wait for this many p2p peers
     template: Literal["r1", "r1-compact"] = "r1"  # the prompt template announced to nodes (protocol.tasks.TEMPLATES): the base model's SFT one
+    # The round's terms (protocol/terms.py): each a small allowed set a node's strategy must take its
+    # sampling values from; they bound the work, the pay and the bytes of every contribution.
+    temperatures: list[float] = Field([1.0], min_length=1, max_length=8)
+    top_ps: list[float] = Field([1.0], min_length=1, max_length=8)
+    group_sizes: list[int] = Field([8], min_length=1, max_length=8)
+    max_new_tokens: list[int] = Field([512], min_length=1, max_length=8)
+
+    def terms(self) -> RoundTerms:
+        """The announcement's `RoundTerms`; its errors name the bad set."""
+        try:
+            return RoundTerms(tuple(self.temperatures), tuple(self.top_ps), tuple(self.group_sizes), tuple(self.max_new_tokens))
+        except EncodingError as error:
+            raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _terms_valid(self) -> "RoundConfig":
+        self.terms()
+        return self
 
 
 class IntakeConfig(_Section):
@@ -78,7 +97,7 @@ class ChainConfig(_Section):
     ledger: str | None = None
     from_block: int = Field(0, ge=0)  # with `ledger` only: the deployment block, for event scans
     private_key_env: str | None = None
-    reward_per_sample: str = "0.01"  # tokens per verified sample at score 1.0
+    reward_per_prompt: str = "0.08"  # tokens per verified prompt (a group) at score 1.0
     slash_amount: str = "5"  # tokens slashed per failed contribution (capped at the stake)
     evidence_dir: Path | None = None  # default: <data_dir>/evidence
     publish_bootstrap: bool = True  # keep this coordinator's multiaddrs in the ledger's bootstrap list

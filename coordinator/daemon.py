@@ -146,7 +146,7 @@ class Coordinator:
             chain_id=cfg.chain_id, run_id=cfg.run_id, round_id=round_id, model_version=self.manifest.version,
             model_hash=self.manifest.model_hash, task=self.task, prompts_per_node=cfg.round.prompts_per_node,
             seed=round_seed(cfg.round.seed, round_id), deadline_ms=int((time.time() + cfg.round.deadline_s) * 1000),
-            coordinator_key=self.identity.public_key, prompt_template=cfg.round.template,
+            coordinator_key=self.identity.public_key, prompt_template=cfg.round.template, terms=cfg.round.terms(),
         ), self.identity)
 
     async def _collect(self, announcement: RoundAnnouncement) -> str:
@@ -218,7 +218,9 @@ class Coordinator:
                  "compression": c.compression, "gradient_bytes": c.gradient_bytes, "upload_bytes": c.upload_bytes,
                  "mean_reward": c.mean_reward, "accuracy": c.accuracy}
                 for c in closed.accepted.values()],
-            "refusals": [dataclasses.asdict(r) for r in closed.refusals if r.peer_id not in rejected_peers],
+            # Bounded whatever peers send: counts by reason, and a few refusals in full (intake.RefusalLog).
+            "refusals": closed.refusals.as_record(rejected_peers)["kept"],
+            "refusals_total": len(closed.refusals), "refusals_by_reason": dict(closed.refusals.counts),
             "rejected": [{"peer_id": r.peer_id, "reason": r.reason, "evidence_hash": r.verified.evidence_hash.hex()}
                          for r in closed.rejected.values()],
         }

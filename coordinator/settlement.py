@@ -1,17 +1,8 @@
 """Settlement: what a closed round pays and slashes, written down before anything is sent.
 
-**Payout.** Each accepted contribution earns
-
-    payout = reward_per_sample * verified_samples * score / SCORE_SCALE      (integer token units)
-    score  = SCORE_FLOOR + (1 - SCORE_FLOOR) * informative_groups / groups   (fixed point, 1e6 = 1.0)
-
-where a prompt group is *informative* when its G samples' total rewards are not all equal: only
-those groups carry a GRPO advantage, hence a gradient (DAPO's dynamic-sampling argument). Every
-sample of an accepted contribution counts as verified (the audit plan samples it on behalf of the
-whole; see docs/verification.md for why that is enough). The floor pays honest work on a model
-that cannot yet solve anything (all rewards equal), half rate. Rejected contributions earn
-nothing; each slashable one (`verifier.UNSLASHABLE_REASONS` excepted) costs its node
-`slash_amount`, capped at its stake, with the verdict's reason code and evidence hash.
+**Payout** is `protocol/payout.py`'s rule (per verified prompt, times the contribution's score).
+Rejected contributions earn nothing; each slashable one (`verifier.UNSLASHABLE_REASONS` excepted)
+costs its node `slash_amount`, capped at its stake, with the verdict's reason code and evidence hash.
 
 **Crash safety** (the chain is the source of truth). Per round, in this order:
 
@@ -49,11 +40,11 @@ from thinkmesh.protocol.ledger import (
     seed_commitment,
 )
 from thinkmesh.protocol.messages import Contribution
+from thinkmesh.protocol.payout import contribution_score, payout_for, verified_prompts
 from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.traces import contribution_traces, traces_tree
 
 logger = logging.getLogger(__name__)
-SCORE_FLOOR = 0.5
 CRASH_ENV = "THINKMESH_COORDINATOR_CRASH_AT"  # tests: "after-intent", "before-settle" or "after-settle", optionally "@ROUND"
 CRASH_EXIT_CODE = 97  # when not a process-group leader; a leader dies of SIGKILL with its children
 
@@ -63,20 +54,6 @@ class SettlementError(ProtocolError):
 
 
 # ---- the rules ------------------------------------------------------------------------------
-
-
-def contribution_score(contribution: Contribution) -> int:
-    """The fixed-point score of the module docstring (SCORE_SCALE = 1.0)."""
-    group = contribution.strategy.group_size
-    totals = [total_reward(s.rewards) for s in contribution.samples]
-    groups = [totals[i:i + group] for i in range(0, len(totals), group)]
-    informative = sum(1 for g in groups if max(g) != min(g))
-    floor = round(SCORE_FLOOR * SCORE_SCALE)
-    return floor + (SCORE_SCALE - floor) * informative // max(len(groups), 1)
-
-
-def payout_for(verified_samples: int, score: int, reward_per_sample: int) -> int:
-    return reward_per_sample * verified_samples * score // SCORE_SCALE
 
 
 @dataclass(frozen=True)
@@ -142,7 +119,7 @@ class SettlementIntent:
 
 def build_intent(
     round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence, held_out_accuracy: float, *,
-    reward_per_sample: int, slash_amount: int,
+    reward_per_prompt: int, slash_amount: int,
 ) -> SettlementIntent:
     """The intent of a closed round. `accepted` / `rejected` are `VerifiedContribution`s."""
     contributions = [item.contribution for item in accepted]
@@ -154,7 +131,8 @@ def build_intent(
     for item in accepted:
         if item.address is not None:
             samples, score = len(item.contribution.samples), contribution_score(item.contribution)
-            awards.append(Award(item.address, samples, score, payout_for(samples, score, reward_per_sample)))
+            payout = payout_for(verified_prompts(item.contribution), score, reward_per_prompt)
+            awards.append(Award(item.address, samples, score, payout))
     slashes = tuple(
         SlashIntent(item.contribution.node_key, item.address, slash_amount,
                     int(SlashReason.from_verdict_reason(item.report.reason)), item.evidence_hash)
@@ -214,7 +192,7 @@ class ChainConnection:
 
     signer: object
     reader: object
-    reward_per_sample: int
+    reward_per_prompt: int
     slash_amount: int
 
     def registry(self) -> dict[bytes, str]:
@@ -249,7 +227,7 @@ def connect_chain(config, evm_private_key: bytes | None) -> ChainConnection:
     if not signer.is_coordinator(signer.address):
         raise SettlementError(f"the coordinator account {signer.address} lacks COORDINATOR_ROLE on ledger {deployment.ledger}")
     return ChainConnection(signer, LedgerClient.connect(chain.rpc_url, deployment),
-                           tokens(chain.reward_per_sample), tokens(chain.slash_amount))
+                           tokens(chain.reward_per_prompt), tokens(chain.slash_amount))
 
 
 def crash_point(point: str, round_id: int) -> None:
@@ -334,10 +312,10 @@ class RoundSettler:
     and pays nothing. Methods that talk to the chain block: call them from a worker thread.
     """
 
-    def __init__(self, journal: SettlementJournal, client=None, *, reward_per_sample: int = 0, slash_amount: int = 0):
+    def __init__(self, journal: SettlementJournal, client=None, *, reward_per_prompt: int = 0, slash_amount: int = 0):
         self.journal = journal
         self.client = client
-        self.reward_per_sample = reward_per_sample
+        self.reward_per_prompt = reward_per_prompt
         self.slash_amount = slash_amount
 
     def recover(self, next_round: int) -> list[SettlementIntent]:
@@ -358,7 +336,7 @@ class RoundSettler:
                held_out_accuracy: float) -> SettlementIntent:
         """Steps 1 of the module docstring: the intent, durable before the checkpoint commits."""
         intent = build_intent(round_id, seed, accepted, rejected, held_out_accuracy,
-                              reward_per_sample=self.reward_per_sample, slash_amount=self.slash_amount)
+                              reward_per_prompt=self.reward_per_prompt, slash_amount=self.slash_amount)
         self.journal.write(intent)
         crash_point("after-intent", round_id)
         return intent

@@ -12,6 +12,12 @@ gradient agree. Every cheap check therefore passes; what catches each mode is a 
     scaled-gradient   the honest gradient times `scale`          -> gradient-mismatch
     copy-peer         a peer's contribution re-signed as its own -> replay / reward / logprob
     replay            its own old round's contribution, re-bound -> replay / reward / logprob
+    off-policy        sampled at temperature `scale`, declared at the round's, with the
+                      round's logprobs                           -> sampling-mismatch
+    crafted-samples   one reference answer and bare EOS per group, never sampled, with
+                      their true logprobs and gradient           -> sampling-mismatch
+    partial-gradient  the gradient of half the prompt groups, except the tensors a fixed probe
+                      would look at (the trailing ones), computed in full -> gradient-mismatch
 
 `fraction` (where it applies) is the share of prompt groups that are cheated, whole groups at a
 time so the prompt set stays well formed. A cheat that changes nothing (`changes_nothing`: say,
@@ -26,19 +32,22 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkmesh.node.contribution_step import honest_contribution
-from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient
+from thinkmesh.node.contribution_step import honest_contribution, samples_and_gradients
+from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient, rescore_logprobs
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
 from thinkmesh.protocol.rewards import reference_completion, score_completion
+from thinkmesh.protocol.scoring import completion_text
 from thinkmesh.protocol.strategies import StrategySpec
 from thinkmesh.protocol.verification import CLAIMED_REWARD_OVERLONG_BUFFER, node_tasks, prompt_ids_for
 
 CHEAT_MODES = (
     "fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient", "copy-peer", "replay",
+    "off-policy", "crafted-samples", "partial-gradient",
 )
+OFF_POLICY_TEMPERATURE = 1.3
 MADE_UP_LOGPROB = math.log(0.9)  # "the model was confident": what a lazy forger writes
 
 
@@ -60,8 +69,10 @@ class CheatInputs:
     peer: Contribution | None = None  # copy-peer: another node's contribution to this round
     old: Contribution | None = None  # replay: this node's contribution to an earlier round
     fraction: float = 1.0
-    scale: float = 4.0
+    scale: float = 4.0  # scaled-gradient's factor
     seed: int = 0
+    temperature: float = OFF_POLICY_TEMPERATURE  # off-policy: what it really samples at
+    top_p: float | None = None  # off-policy: its real top_p (None: the declared one)
 
 
 
@@ -154,6 +165,62 @@ def scaled_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> 
     return resign(inputs.honest, inputs.identity, gradient=encode_gradient(scaled, inputs.honest.gradient.compression))
 
 
+def _true_logprobs(inputs: CheatInputs, samples: tuple[Sample, ...], model) -> tuple[Sample, ...]:
+    """`samples` with each token's logprob as the round's model gives it at the declared
+    temperature: what makes forged tokens pass the logprob check."""
+    prompts = prompt_ids_for(inputs.announcement, inputs.identity.public_key, inputs.tokenizer)
+    indices = range(len(samples))
+    rescored = rescore_logprobs(model, prompts, samples, indices, inputs.honest.strategy.temperature,
+                                inputs.tokenizer.pad_token_id or 0)
+    return tuple(dataclasses.replace(s, logprobs=tuple(rescored.logprobs[i])) for i, s in zip(indices, samples))
+
+
+def off_policy(inputs: CheatInputs) -> Contribution:
+    """Samples drawn from its public streams at temperature `inputs.temperature` and top_p
+    `inputs.top_p` (say, hotter, for more diverse groups and so more informative ones), declared
+    and scored at the round's."""
+    strategy = inputs.honest.strategy
+    hot = dataclasses.replace(strategy, temperature=inputs.temperature,
+                              top_p=strategy.top_p if inputs.top_p is None else inputs.top_p)
+    sampled, _ = samples_and_gradients(inputs.model, inputs.tokenizer, inputs.announcement,
+                                       inputs.identity.public_key, hot)
+    return _with_samples(inputs, _true_logprobs(inputs, sampled, inputs.model), inputs.model)
+
+
+def crafted_samples(inputs: CheatInputs) -> Contribution:
+    """Per group: the reference answer once, then a bare EOS; nothing is sampled. Logprobs,
+    rewards and gradient are all the true ones for these tokens, so only the draws can show it."""
+    tasks = node_tasks(inputs.announcement, inputs.identity.public_key)
+    strategy, tokenizer = inputs.honest.strategy, inputs.tokenizer
+    samples = []
+    for index, sample in enumerate(inputs.honest.samples):
+        task = tasks[sample.prompt_index]
+        if index % strategy.group_size == 0:
+            ids = tuple(tokenizer.encode(f"<answer>{task.solution}</answer>", add_special_tokens=False))
+        else:
+            ids = (tokenizer.eos_token_id,)
+        ids = ids[: strategy.max_new_tokens]
+        text = completion_text(tokenizer, ids)
+        rewards = score_completion(task, text, len(ids), strategy.max_new_tokens, CLAIMED_REWARD_OVERLONG_BUFFER)
+        samples.append(Sample(sample.prompt_index, ids, (0.0,) * len(ids), rewards))
+    return _with_samples(inputs, _true_logprobs(inputs, tuple(samples), inputs.model), inputs.model)
+
+
+def partial_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> Contribution:
+    """The gradient of the first half of the prompt groups only (half the backward saved), except
+    the model's trailing tensor, which a probe fixed in advance would check, computed over all."""
+    strategy, samples = inputs.honest.strategy, inputs.honest.samples
+    kept = samples[: max(1, len(samples) // strategy.group_size // 2) * strategy.group_size]
+    prompts = prompt_ids_for(inputs.announcement, inputs.identity.public_key, inputs.tokenizer)
+    names = audited_parameter_names(inputs.model, "full", 1)
+    half = recompute_gradient(inputs.model, prompts, kept, [s.rewards for s in kept], strategy, names,
+                              inputs.tokenizer.pad_token_id or 0).gradients
+    honest = _decoded(inputs.honest, shapes)
+    trailing = names[-1]
+    gradient = {name: honest[name] if name == trailing else half[name] for name in names}
+    return resign(inputs.honest, inputs.identity, gradient=encode_gradient(gradient, inputs.honest.gradient.compression))
+
+
 def copy_peer(inputs: CheatInputs) -> Contribution:
     if inputs.peer is None:
         raise CheatError("copy-peer needs CheatInputs.peer (another node's contribution)")
@@ -172,7 +239,7 @@ def replay(inputs: CheatInputs) -> Contribution:
 def apply_cheat(mode: str, inputs: CheatInputs) -> Contribution:
     """The contribution a cheater of `mode` sends instead of `inputs.honest`."""
     shapes = None
-    if mode in ("random-gradient", "scaled-gradient"):
+    if mode in ("random-gradient", "scaled-gradient", "partial-gradient"):
         if inputs.model is None:
             raise CheatError(f"{mode} needs CheatInputs.model to know the gradient's shapes")
         shapes = {name: tuple(p.shape) for name, p in inputs.model.named_parameters()}
@@ -184,12 +251,16 @@ def apply_cheat(mode: str, inputs: CheatInputs) -> Contribution:
         "scaled-gradient": lambda: scaled_gradient(inputs, shapes),
         "copy-peer": lambda: copy_peer(inputs),
         "replay": lambda: replay(inputs),
+        "off-policy": lambda: off_policy(inputs),
+        "crafted-samples": lambda: crafted_samples(inputs),
+        "partial-gradient": lambda: partial_gradient(inputs, shapes),
     }
     if mode not in table:
         raise CheatError(f"cheat mode: expected one of {', '.join(CHEAT_MODES)}, got {mode!r}")
-    if mode in ("fake-rewards", "made-up-logprobs", "stale-model") and inputs.tokenizer is None:
+    needs_model = ("fake-rewards", "made-up-logprobs", "off-policy", "crafted-samples", "partial-gradient")
+    if mode in ("stale-model", *needs_model) and inputs.tokenizer is None:
         raise CheatError(f"{mode} needs CheatInputs.tokenizer")
-    if mode in ("fake-rewards", "made-up-logprobs") and inputs.model is None:
+    if mode in needs_model and inputs.model is None:
         raise CheatError(f"{mode} needs CheatInputs.model")
     cheated = table[mode]()
     if changes_nothing(cheated, inputs.honest):

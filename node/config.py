@@ -113,7 +113,7 @@ class NodeConfig(_Section):
     # Adversarial mode for tests and the devnet (node/cheats.py); copy-peer needs another node's
     # contribution, which a node of the star never sees, so it is verification-level only.
     cheat: Literal["fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient",
-                   "replay"] | None = None
+                   "replay", "off-policy", "crafted-samples", "partial-gradient"] | None = None
 
     @field_validator("chain")
     @classmethod

@@ -10,8 +10,6 @@ it changes memory use, not the contribution.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import Tensor
 
@@ -20,16 +18,9 @@ from thinkmesh.node.train_step import collect_rollouts, encode_prompts, policy_g
 from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
+from thinkmesh.protocol.sampling import group_row_keys
 from thinkmesh.protocol.strategies import StrategySpec
 from thinkmesh.protocol.verification import node_tasks
-
-SAMPLING_SEED_DOMAIN = b"thinkmesh/node-sampling/v1"
-
-
-def sampling_seed(announcement: RoundAnnouncement, node_key: bytes) -> int:
-    digest = hashlib.sha256(SAMPLING_SEED_DOMAIN + announcement.seed + node_key).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
 
 def samples_and_gradients(
     model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec, reference_model=None,
@@ -37,16 +28,17 @@ def samples_and_gradients(
 ) -> tuple[tuple[Sample, ...], dict[str, Tensor]]:
     """This node's samples for `announcement` and the float32 CPU gradient they produce.
 
-    Leaves `model.grad` empty. `fit` (None: whole batches, no planning) is planned on its first
+    Every row draws from its public stream (`sampling.group_row_keys` of the round seed and the node
+    key), so the samples are a pure function of public values that the verifier replays.
+    `strategy` must be within the round's terms (`terms.strategy_under_terms`). Leaves `model.grad` empty. `fit` (None: whole batches, no planning) is planned on its first
     round from the longest prompt and `max_new_tokens`."""
     tasks = node_tasks(announcement, node_key)
-    device = next(model.parameters()).device
     if fit is not None:
         fit.begin_round()
         longest = max((len(ids) for ids in encode_prompts(tokenizer, tasks, announcement.prompt_template)), default=0)
         fit.plan_once(model, longest, strategy.max_new_tokens, extra_models=int(reference_model is not None))
-    generator = torch.Generator(device=device).manual_seed(sampling_seed(announcement, node_key))
-    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, generator, fit=fit)
+    keys = group_row_keys(announcement.seed, node_key, len(tasks), strategy.group_size)
+    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, None, fit=fit, keys=keys)
     model.zero_grad(set_to_none=True)
     policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model, fit=fit)
     gradients = {

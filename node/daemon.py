@@ -45,6 +45,7 @@ from thinkmesh.protocol.messages import (
     message_hash,
 )
 from thinkmesh.protocol.rewards import total_reward
+from thinkmesh.protocol.terms import strategy_under_terms
 from thinkmesh.protocol.model_manifest import (
     ManifestError,
     assign_parameters,
@@ -168,6 +169,8 @@ class NodeDaemon:
             self.phase = previous
 
     # ---- one round -----------------------------------------------------------------------
+    _terms_noted = None  # the last terms whose changes to the configured strategy were logged
+
     async def read_announcement(self) -> RoundAnnouncement | None:
         found = await self.dht.get(announcement_key(self.config.run_id), latest=True, return_future=True)
         if found is None or not isinstance(found.value, bytes):
@@ -185,7 +188,12 @@ class NodeDaemon:
             self.memory_fit = MemoryFit(memory.rollout_batch, memory.micro_batch, memory.free_fraction,
                                         memory.cpu_cap_mb * 1024 * 1024)
         started = time.perf_counter()
-        honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, self.strategy,
+        strategy = strategy_under_terms(self.strategy, announcement.terms)
+        if strategy != self.strategy and self._terms_noted != announcement.terms:
+            self._terms_noted = announcement.terms
+            logger.info("round %d: the round's terms set %s (configured %s)", announcement.round_id,
+                        _sampling_values(strategy), _sampling_values(self.strategy))
+        honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, strategy,
                                      self.config.round.compression, self.reference_model, self.memory_fit)
         contribution = honest
         mode = self.config.cheat
@@ -380,3 +388,8 @@ class NodeDaemon:
         if self.dht is not None:
             self.dht.shutdown()
             self.dht = None
+
+
+def _sampling_values(strategy) -> str:
+    return (f"temperature {strategy.temperature}, top_p {strategy.top_p}, group size {strategy.group_size}, "
+            f"max_new_tokens {strategy.max_new_tokens}")

@@ -4,7 +4,7 @@ on out-of-memory instead of dying.
 Two sizes, in sequences: the rollout batch (how many completions are sampled at once; each holds a
 KV cache) and the micro-batch (how many sequences one forward/backward of the loss holds
 activations for). Neither changes the result: sampling draws per-row random streams
-(`rollout.row_seeds`), and the loss is accumulated over micro-batches with each one weighted by its
+(`protocol.sampling`), and the loss is accumulated over micro-batches with each one weighted by its
 share of the full batch's normaliser (`train_step.policy_gradient`), so a node that settled on
 smaller sizes sends the gradient the verifier recomputes in one batch, up to float summation order.
 

@@ -11,12 +11,12 @@ is visible here:
   Greedy decoding (temperature 0) records logprobs at temperature 1.
 - Stop: a sample ends after emitting EOS or any stop string (the stop token is kept in the
   completion and has a logprob); otherwise at `max_new_tokens` ("length").
-- Determinism: sampling draws only from the `torch.Generator` passed in, so a seed fixes the
-  output on a given device and dtype. The generator seeds one random stream per row
-  (`row_seeds`), and a token is drawn by inverting the row's CDF at that stream's uniform for the
-  step, so a row's sample does not depend on which other rows share its batch: generating in
-  smaller batches (`batch_size`, or after an out-of-memory fallback) gives the same completions,
-  up to float-order noise in the logits.
+- Determinism: every row draws from its own public stream of uniforms
+  (`thinkmesh.protocol.sampling`: keyed by round seed, node key, prompt and row in the mesh), and
+  a token is the inverse CDF of the round's distribution at the step's uniform. So a row's sample
+  does not depend on which other rows share its batch, nor on the device: generating in smaller
+  batches (`batch_size`, or after an out-of-memory fallback) or on another GPU gives the same
+  completions, up to float-order noise in the logits, and a verifier replays each draw.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from typing import Sequence
 import torch
 
 from thinkmesh.protocol.prefix_scoring import cache_keyword
+from thinkmesh.protocol.sampling import (  # noqa: F401  (StopRule, stop_rule_for: the engine's public surface)
+    TEXT_STOP_WINDOW, StopRule, draw_token, stop_rule_for, text_stopped, token_distribution, uniforms_tensor,
+)
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -51,68 +54,26 @@ class Completion:
     finish_reason: str  # FINISH_STOP or FINISH_LENGTH
 
 
-@dataclass(frozen=True)
-class StopRule:
-    """Token ids that end a sample, plus stop strings that span several tokens (checked on text)."""
-
-    token_ids: frozenset[int]
-    multi_token_strings: tuple[str, ...] = ()
-
-
-def stop_rule_for(tokenizer, stop_strings: Sequence[str] = ("</answer>",)) -> StopRule:
-    """EOS plus each stop string: a single-token string stops by id, a longer one by text."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    strings = []
-    for text in stop_strings:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-        else:
-            strings.append(text)
-    return StopRule(frozenset(ids), tuple(strings))
-
-
 ROW_SEED_BITS = 62
 
 
-def row_seeds(generator: torch.Generator | None, count: int) -> list[int]:
-    """One seed per row, all drawn from `generator` at once (the global RNG when None)."""
+def row_keys(generator: torch.Generator | None, count: int) -> list[bytes]:
+    """Private row stream keys drawn from `generator` (local training, benches); a mesh node uses
+    the public `sampling.group_row_keys` instead."""
     device = generator.device if generator is not None else "cpu"
     draws = torch.randint(0, 1 << ROW_SEED_BITS, (count,), generator=generator, device=device)
-    return [int(x) for x in draws.tolist()]
+    return [int(x).to_bytes(8, "big") for x in draws.tolist()]
 
 
-def row_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
-    """[len(seeds), steps] float64 uniforms in [0, 1), row i from its own CPU generator."""
-    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) for seed in seeds]
-    return torch.stack(rows) if rows else torch.zeros((0, steps), dtype=torch.float64)
-
-
-def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
-    uniforms: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token [B], recorded logprob [B]) from last-position logits [B, V].
-
-    With `uniforms` [B] the token is the row's inverse CDF at that value (batch-independent);
-    else a `torch.multinomial` draw from `generator`."""
+def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token [B], recorded logprob [B]) from last-position logits [B, V] and the step's uniforms [B]."""
     logits = logits.float()
     if temperature <= 0:
         token = logits.argmax(dim=-1)
         return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+    token = draw_token(token_distribution(logits, temperature, top_p), uniforms)
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    probs = logprobs.exp()
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p  # keeps at least the top token
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    if uniforms is None:
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    else:
-        cdf = probs.double().cumsum(dim=-1)
-        target = (uniforms.to(cdf.device) * cdf[:, -1])[:, None]
-        token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return token, logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -138,12 +99,13 @@ def generate(
     generator: torch.Generator | None = None,
     tokenizer=None,
     batch_size: int | None = None,
-    seeds: Sequence[int] | None = None,
+    keys: Sequence[bytes] | None = None,
 ) -> list[Completion]:
     """Samples one completion per prompt (repeat a prompt G times for a group).
 
-    `tokenizer` is needed only when `stop` has multi-token strings. `seeds` (one per prompt)
-    replace the draw from `generator`, so a caller can generate a slice of a batch on its own.
+    `tokenizer` is needed only when `stop` has multi-token strings. `keys` (one stream key per
+    prompt, see `thinkmesh.protocol.sampling`) replace keys drawn from `generator`, so a caller can
+    generate a slice of a batch on its own and a mesh node draws from its public streams.
     Cost per `batch_size` rows (default all): one prefill of the padded prompts, then one cached
     forward of width 1 per step until every sample of the batch stopped.
     """
@@ -151,16 +113,22 @@ def generate(
         return []
     if stop.multi_token_strings and tokenizer is None:
         raise ValueError("expected a tokenizer to check multi-token stop strings, got None")
-    if seeds is None:  # greedy decoding draws nothing, so it leaves the generator untouched
-        seeds = row_seeds(generator, len(prompts)) if settings.temperature > 0 else [0] * len(prompts)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"expected one seed per prompt ({len(prompts)}), got {len(seeds)}")
+    if keys is None:  # greedy decoding draws nothing, so it leaves the generator untouched
+        keys = row_keys(generator, len(prompts)) if settings.temperature > 0 else [b""] * len(prompts)
+    if len(keys) != len(prompts):
+        raise ValueError(f"expected one stream key per prompt ({len(prompts)}), got {len(keys)}")
     size = len(prompts) if not batch_size or batch_size < 1 else batch_size
     completions: list[Completion] = []
     for start in range(0, len(prompts), size):
         completions += _generate_batch(model, prompts[start: start + size], settings, stop, pad_token_id,
-                                       row_uniforms(seeds[start: start + size], settings.max_new_tokens), tokenizer)
+                                       _uniforms(keys[start: start + size], settings), tokenizer)
     return completions
+
+
+def _uniforms(keys: Sequence[bytes], settings: SamplingSettings) -> torch.Tensor:
+    if settings.temperature <= 0:
+        return torch.zeros((len(keys), settings.max_new_tokens), dtype=torch.float64)
+    return uniforms_tensor(keys, settings.max_new_tokens)
 
 
 def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, pad_token_id: int,
@@ -182,7 +150,7 @@ def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, 
     next_position = positions[:, -1] + 1
     uniforms = uniforms.to(device)
     for step in range(settings.max_new_tokens):
-        token, logprob = sample_next_token(out.logits[:, -1], settings.temperature, settings.top_p, None, uniforms[:, step])
+        token, logprob = sample_next_token(out.logits[:, -1], settings.temperature, settings.top_p, uniforms[:, step])
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logprobs.append(logprob)
@@ -202,7 +170,7 @@ def _generate_batch(model, prompts, settings: SamplingSettings, stop: StopRule, 
 
 
 def _text_stop(tokenizer, tokens: list[torch.Tensor], strings: tuple[str, ...], device) -> torch.Tensor:
-    tail = torch.stack(tokens[-16:], dim=1).tolist()
+    tail = torch.stack(tokens[-TEXT_STOP_WINDOW:], dim=1).tolist()
     hits = [any(s in tokenizer.decode(row) for s in strings) for row in tail]
     return torch.tensor(hits, dtype=torch.bool, device=device)
 
@@ -215,10 +183,7 @@ def _collect(prompts, tokens, logprobs, alive_steps, stop: StopRule, tokenizer) 
     for prompt, ids, lps, alive in zip(prompts, token_rows, logprob_rows, alive_rows):
         length = sum(alive)
         ids, lps = ids[:length], lps[:length]
-        stopped = bool(ids) and (
-            ids[-1] in stop.token_ids
-            or (stop.multi_token_strings and any(s in tokenizer.decode(ids[-16:]) for s in stop.multi_token_strings))
-        )
+        stopped = bool(ids) and (ids[-1] in stop.token_ids or text_stopped(tokenizer, ids, stop))
         completions.append(
             Completion(tuple(prompt), tuple(ids), tuple(lps), FINISH_STOP if stopped else FINISH_LENGTH)
         )

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from thinkmesh.node.memory_fit import MemoryFit
-from thinkmesh.node.rollout import Completion, SamplingSettings, generate, row_seeds, stop_rule_for
+from thinkmesh.node.rollout import Completion, SamplingSettings, generate, row_keys, stop_rule_for
 from thinkmesh.protocol.grpo import (
     LossStats,
     dynamic_sampling_mask,
@@ -77,8 +77,12 @@ def collect_rollouts(
     generator: torch.Generator | None,
     reward_config: RewardConfig = RewardConfig(),
     fit: MemoryFit | None = None,
+    keys: Sequence[bytes] | None = None,
 ) -> ScoredRollouts:
     """Samples `strategy.group_size` completions per task and scores them with the rule rewards.
+
+    `keys`: one sampling stream key per row (a mesh node's public `sampling.group_row_keys`); else
+    private keys drawn from `generator`.
 
     Rewards are scored with overlong_buffer 0: DAPO's length shaping is applied once, inside
     `strategy_loss`, from the completion lengths.
@@ -87,7 +91,10 @@ def collect_rollouts(
     repeated = [ids for ids in prompts for _ in range(strategy.group_size)]
     settings = SamplingSettings(strategy.temperature, strategy.top_p, strategy.max_new_tokens)
     stop = stop_rule_for(tokenizer)
-    seeds = row_seeds(generator, len(repeated)) if settings.temperature > 0 else [0] * len(repeated)
+    if keys is None:
+        keys = row_keys(generator, len(repeated)) if settings.temperature > 0 else [b""] * len(repeated)
+    if len(keys) != len(repeated):
+        raise ValueError(f"expected one stream key per row ({len(repeated)}), got {len(keys)}")
     fit = fit or MemoryFit()
     device = next(model.parameters()).device
     completions: list[Completion] = []
@@ -96,7 +103,7 @@ def collect_rollouts(
 
         def attempt(size: int, start: int = start) -> list[Completion]:
             return generate(model, repeated[start: start + size], settings, stop, tokenizer.pad_token_id,
-                            tokenizer=tokenizer, seeds=seeds[start: start + size])
+                            tokenizer=tokenizer, keys=keys[start: start + size])
 
         completions += fit.run("rollout", len(repeated) - start, attempt, device)
     texts, rewards = [], []

@@ -8,14 +8,14 @@ beacon) picks, per contribution, a gradient audit level and a logprob subset:
 
 - `full` (probability `full_gradient_rate`): one forward over *all* samples with autograd on,
   `strategy_loss` exactly as the node computes it, and the gradient of every parameter;
-- `probe` (probability `probe_rate` of the rest): the same forward, but the gradient of only the
-  model's trailing `probe_tensors` parameters (registration order: the final norm, or an untied
-  head; more reach into the last block). Only those require grad during the probe
-  (`gradient_only_for`), so autograd records nothing before them: the default probe (one tensor)
-  costs what a no-grad forward costs, and each block it reaches into adds that block's backward. A
-  whole-gradient fake (random, scaled) shows in any slice; a fake confined to other tensors is
-  left to the `full` audit and its economics (a cheater who computes the slice honestly still pays
-  the forward, whatever the slice's size);
+- `probe` (probability `probe_rate` of the rest): the same forward, but the gradient of only
+  `probe_tensors` parameters drawn uniformly from all of the model's, by the same post-deadline
+  draws (`probe_names`). No tensor is safe to fake: a node learns which were probed only after it
+  sent its gradient, so a fake confined to some tensors is caught with the probability that one of
+  them is drawn, and a fake of the whole gradient (random, scaled, computed over a subset of the
+  samples) is caught at once. Only the probed tensors require grad (`gradient_only_for`), so
+  autograd records nothing before the earliest of them: a probe costs the forward plus the backward
+  from the output down to that tensor, half a backward on average;
 - `none`: a no-grad prefill of `logprob_samples` samples drawn without replacement.
 Any gradient audit re-scores the logprobs of every sample for free (its forward computes them).
 Every forward here runs each distinct prompt once (`protocol/prefix_scoring.py`): a group's G
@@ -57,11 +57,13 @@ from thinkmesh.protocol.grpo import strategy_loss
 from thinkmesh.protocol.messages import COMPRESSIONS, Finding, Sample
 from thinkmesh.protocol.prefix_scoring import shared_prefix_logprobs
 from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, total_reward
+from thinkmesh.protocol.sampling import SAMPLING_TOLERANCE_FP32, DrawCheck
 from thinkmesh.protocol.scoring import SCORING_TOLERANCE_FP32
 from thinkmesh.protocol.strategies import StrategySpec
 from thinkmesh.protocol.tasks import DrawStream
 
 AUDIT_DOMAIN = b"thinkmesh/audit/v1"
+PROBE_DOMAIN = b"thinkmesh/audit-probe/v1"
 RATE_SCALE = 1_000_000  # rates are compared as integer parts per million: exact on every platform
 GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL = "none", "probe", "full"
 GRADIENT_AUDITS = (GRADIENT_NONE, GRADIENT_PROBE, GRADIENT_FULL)
@@ -109,10 +111,11 @@ class AuditPolicy:
     full_gradient_rate: float = 0.1
     probe_tensors: int = 1
     logprob_tolerance: float = SCORING_TOLERANCE_FP32
+    sampling_tolerance: float = SAMPLING_TOLERANCE_FP32
     gradient_tolerances: tuple[GradientTolerance, ...] = GRADIENT_TOLERANCES
 
     def __post_init__(self) -> None:
-        for name in ("probe_rate", "full_gradient_rate", "logprob_tolerance"):
+        for name in ("probe_rate", "full_gradient_rate", "logprob_tolerance", "sampling_tolerance"):
             value = getattr(self, name)
             if type(value) is not float or not math.isfinite(value) or value < 0:
                 raise AuditError(f"audit policy {name}: expected a finite float >= 0, got {value!r}")
@@ -142,6 +145,7 @@ class AuditPlan:
 
     gradient: str
     rescored: tuple[int, ...]
+    probe_key: bytes = b""  # keys `probe_names`: which tensors a probe recomputes
 
 
 def _length_prefixed(data: bytes) -> bytes:
@@ -165,7 +169,8 @@ def audit_plan(
     full = draws.below(RATE_SCALE) < round(policy.full_gradient_rate * RATE_SCALE)
     probe = draws.below(RATE_SCALE) < round(policy.probe_rate * RATE_SCALE)
     if full or probe:
-        return AuditPlan(GRADIENT_FULL if full else GRADIENT_PROBE, tuple(range(num_samples)))
+        probe_key = hashlib.sha256(PROBE_DOMAIN + audit_seed(round_seed, contribution_hash, beacon)).digest()
+        return AuditPlan(GRADIENT_FULL if full else GRADIENT_PROBE, tuple(range(num_samples)), probe_key)
     order = list(range(num_samples))
     for i in range(min(policy.logprob_samples, num_samples)):
         j = i + draws.below(num_samples - i)
@@ -173,35 +178,61 @@ def audit_plan(
     return AuditPlan(GRADIENT_NONE, tuple(sorted(order[: min(policy.logprob_samples, num_samples)])))
 
 
-def audited_parameter_names(model, level: str, probe_tensors: int) -> tuple[str, ...]:
-    """Every parameter for `full`; the trailing `probe_tensors` in registration order for `probe`.
+def probe_names(names: Sequence[str], probe_tensors: int, probe_key: bytes) -> tuple[str, ...]:
+    """`probe_tensors` distinct names drawn uniformly by a partial Fisher-Yates shuffle keyed by
+    `probe_key`, in model order."""
+    draws, order = DrawStream(probe_key), list(range(len(names)))
+    count = min(probe_tensors, len(names))
+    for i in range(count):
+        j = i + draws.below(len(names) - i)
+        order[i], order[j] = order[j], order[i]
+    return tuple(names[i] for i in sorted(order[:count]))
 
-    Registration order runs embeddings -> blocks -> final norm (-> untied head), so the trailing
-    tensors need only a short backward. A tied head is registered under the embedding's name and
-    so is never a probe (its gradient would need the whole backward).
-    """
+
+def audited_parameter_names(model, level: str, probe_tensors: int, probe_key: bytes = b"") -> tuple[str, ...]:
+    """Every parameter for `full`; for `probe`, `probe_names` of the model's parameters. A tied
+    head is registered once, under the embedding's name."""
     names = tuple(name for name, _ in model.named_parameters())
     if level == GRADIENT_FULL:
         return names
     if level == GRADIENT_PROBE:
-        return names[-probe_tensors:]
+        return probe_names(names, probe_tensors, probe_key)
     raise AuditError(f"gradient audit level: expected probe or full, got {level!r}")
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """The verifier's forward over some samples: each one's token logprobs and, when the draws
+    were replayed, each token's draw gap (`protocol/sampling.py`); gradients when audited."""
+
+    logprobs: dict[int, list[float]]
+    draw_gaps: dict[int, list[float]]
+    gradients: dict[str, Tensor] | None = None
+
+
+def _draw_gaps(indices: Sequence[int], samples: Sequence[Sample], scored) -> dict[int, list[float]]:
+    if scored.draw_gaps is None:
+        return {}
+    rows = scored.draw_gaps.tolist()
+    return {i: row[: len(s.completion_ids)] for i, row, s in zip(indices, rows, samples)}
 
 
 def rescore_logprobs(
     model, prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sample], indices: Sequence[int],
-    temperature: float, pad_token_id: int,
-) -> dict[int, list[float]]:
+    temperature: float, pad_token_id: int, draw: DrawCheck | None = None,
+) -> Rescoring:
     """Re-scored token logprobs of `samples[i]` for i in `indices`: one no-grad prefill, each
-    distinct prompt run once (`shared_prefix_logprobs`)."""
+    distinct prompt run once (`shared_prefix_logprobs`); with `draw` (rows in `indices` order),
+    every token's draw replayed from the same logits."""
     chosen = [samples[i] for i in indices]
     with torch.no_grad():
         scored = shared_prefix_logprobs(
             model, [prompt_ids[s.prompt_index] for s in chosen], [s.completion_ids for s in chosen],
-            temperature, pad_token_id,
+            temperature, pad_token_id, draw,
         )
     rows = scored.logprobs.cpu().tolist()
-    return {i: row[: len(s.completion_ids)] for i, row, s in zip(indices, rows, chosen)}
+    logprobs = {i: row[: len(s.completion_ids)] for i, row, s in zip(indices, rows, chosen)}
+    return Rescoring(logprobs, _draw_gaps(indices, chosen, scored))
 
 
 @contextmanager
@@ -221,20 +252,11 @@ def gradient_only_for(model, parameter_names: Sequence[str]):
             param.requires_grad_(requires)
 
 
-@dataclass(frozen=True)
-class Recomputation:
-    """The verifier's own forward/backward over every sample: logprobs per sample, gradients of
-    the audited parameters (float32, CPU)."""
-
-    logprobs: dict[int, list[float]]
-    gradients: dict[str, Tensor]
-
-
 def recompute_gradient(
     model, prompt_ids: Sequence[Sequence[int]], samples: Sequence[Sample], rewards: Sequence[RewardBreakdown],
     strategy: StrategySpec, parameter_names: Sequence[str], pad_token_id: int,
-    reward_config: RewardConfig = RewardConfig(), reference_model=None,
-) -> Recomputation:
+    reward_config: RewardConfig = RewardConfig(), reference_model=None, draw: DrawCheck | None = None,
+) -> Rescoring:
     """The node's loss chain on the submitted samples, exactly: one batched forward over all
     samples in order (`shared_prefix_logprobs`: each distinct prompt run once, same value and
     graph as the node's `completion_logprobs`), `strategy_loss` with old = detached current
@@ -255,7 +277,7 @@ def recompute_gradient(
             reference = shared_prefix_logprobs(reference_model, prompts, completions, strategy.temperature, pad_token_id).logprobs
     wanted = [params[n] for n in parameter_names]
     with torch.enable_grad(), gradient_only_for(model, parameter_names):
-        scored = shared_prefix_logprobs(model, prompts, completions, strategy.temperature, pad_token_id)
+        scored = shared_prefix_logprobs(model, prompts, completions, strategy.temperature, pad_token_id, draw)
         totals = torch.tensor([total_reward(r, reward_config) for r in rewards], dtype=torch.float32)
         totals = totals.reshape(-1, strategy.group_size).to(scored.logprobs.device)
         loss, _stats = strategy_loss(scored.logprobs, scored.logprobs.detach(), totals, scored.mask, strategy, reference)
@@ -266,7 +288,7 @@ def recompute_gradient(
     }
     rows = scored.logprobs.detach().cpu().tolist()
     logprobs = {i: row[: len(s.completion_ids)] for i, (row, s) in enumerate(zip(rows, samples))}
-    return Recomputation(logprobs=logprobs, gradients=gradients)
+    return Rescoring(logprobs, _draw_gaps(range(len(samples)), samples, scored), gradients)
 
 
 @dataclass(frozen=True)
@@ -319,6 +341,18 @@ def logprob_findings(samples, rescored: dict[int, list[float]], tolerance: float
         worst = max(range(len(gaps)), key=gaps.__getitem__)
         if not gaps[worst] <= tolerance:
             findings.append(Finding(index, f"logprob:{worst}", rescored[index][worst], recorded[worst]))
+    return tuple(findings)
+
+
+def sampling_findings(draw_gaps: dict[int, list[float]], tolerance: float) -> tuple[Finding, ...]:
+    """Per checked sample with a draw gap over `tolerance`: its first such token (the first that
+    could not have been drawn), as check "draw:<position>", expected 0 (inside its interval),
+    claimed the gap (a share of the probability mass)."""
+    findings = []
+    for index in sorted(draw_gaps):
+        first = next((t for t, gap in enumerate(draw_gaps[index]) if not gap <= tolerance), None)
+        if first is not None:
+            findings.append(Finding(index, f"draw:{first}", 0.0, draw_gaps[index][first]))
     return tuple(findings)
 
 

@@ -277,7 +277,8 @@ def rerun_evidence(
     tolerance = max(evidence.policy.logprob_tolerance, 1e-9)
     if evidence.reason in MODEL_FREE_REASONS:
         vocab = int(model.get_input_embeddings().num_embeddings) if model is not None else None
-        failed = first_failure(model_free_checks(a, evidence.contribution, context, vocab, encoded=evidence.contribution_bytes))
+        failed = first_failure(model_free_checks(a, evidence.contribution, context, vocab, encoded=evidence.contribution_bytes,
+                                                 tokenizer=tokenizer))
         if failed is None and evidence.reason == REASON_REWARD_MISMATCH:
             failed = _rerun_rewards(evidence, context, tokenizer)
         reason, findings = (failed[0], failed[1][:MAX_FINDINGS]) if failed else (REASON_OK, ())

@@ -77,6 +77,8 @@ class SlashReason(enum.IntEnum):
     MALFORMED_GRADIENT = 9
     LOGPROB_MISMATCH = 10
     GRADIENT_MISMATCH = 11
+    OFF_TERMS = 12
+    SAMPLING_MISMATCH = 13
 
     @property
     def verdict_reason(self) -> str:

@@ -32,6 +32,7 @@ from thinkmesh.protocol.merkle import merkle_root
 from thinkmesh.protocol.rewards import RewardBreakdown
 from thinkmesh.protocol.strategies import StrategySpec, validate_strategy
 from thinkmesh.protocol.tasks import TEMPLATES, TaskSpec
+from thinkmesh.protocol.terms import RoundTerms
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -44,10 +45,10 @@ M = TypeVar("M", bound=Message)
 
 @dataclass(frozen=True)
 class RoundAnnouncement(Message):
-    """The coordinator's call for work: which model, which tasks, until when."""
+    """The coordinator's call for work: which model, which tasks, under which terms, until when."""
 
     TYPE = "round-announcement"
-    VERSION = 1
+    VERSION = 2  # 2: the round's sampling terms
     MAX_BYTES = 16 * KiB
 
     chain_id: int
@@ -61,6 +62,7 @@ class RoundAnnouncement(Message):
     deadline_ms: int  # unix milliseconds; contributions arriving later are refused
     coordinator_key: PublicKey32
     prompt_template: str = "r1"  # a key of protocol.tasks.TEMPLATES: prompts are rebuilt exactly
+    terms: RoundTerms = RoundTerms()
     signature: Signature64 = EMPTY_SIGNATURE
 
     def __post_init__(self) -> None:
@@ -297,7 +299,7 @@ def verify_message(
 
 
 __all__ = [
-    "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "Sample",
+    "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "RoundTerms", "Sample",
     "TensorBlob", "TensorEntry", "Verdict", "decode_message", "encode_message", "message_hash",
     "model_content_hash", "sample_hash", "samples_root", "sign_message", "unsigned_payload_hash", "verify_message",
 ]

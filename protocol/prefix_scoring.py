@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from thinkmesh.protocol.sampling import DrawCheck, completion_draw_gaps
 from thinkmesh.protocol.scoring import ScoredBatch, ScoringError, _check
 
 # What one more completion batch costs, in padded completion tokens (its model call's fixed
@@ -63,10 +64,12 @@ def shared_prefix_logprobs(
     completion_ids: Sequence[Sequence[int]],
     temperature: float,
     pad_token_id: int = 0,
+    draw: DrawCheck | None = None,
 ) -> ScoredBatch:
     """`completion_logprobs` (same value, layout and graph) with each distinct prompt run once.
 
     Keeps the autograd graph when called with grad enabled; wrap in `torch.no_grad()` to score.
+    `draw`: also replay every token's draw from these logits (the sampling proof; no extra forward).
     """
     from transformers import DynamicCache
 
@@ -122,4 +125,5 @@ def shared_prefix_logprobs(
             logits = logits.index_select(0, inverse.to(device))
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     mask = completion_mask.to(torch.float32)
-    return ScoredBatch(logprobs=logprobs * mask, mask=mask)
+    gaps = None if draw is None else completion_draw_gaps(logits.detach(), targets, completion_mask, draw)
+    return ScoredBatch(logprobs=logprobs * mask, mask=mask, draw_gaps=gaps)

@@ -31,11 +31,13 @@ class ScoringError(ProtocolError):
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Per-token logprobs [N, T] (float32; differentiable when computed with grad) and the
-    completion mask [N, T] (1 on real completion tokens)."""
+    """Per-token logprobs [N, T] (float32; differentiable when computed with grad), the
+    completion mask [N, T] (1 on real completion tokens), and, when draws were replayed
+    (`protocol.sampling.DrawCheck`), each token's draw gap [N, T] (float64, 0 on padding)."""
 
     logprobs: Tensor
     mask: Tensor
+    draw_gaps: Tensor | None = None
 
 
 def _check(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], temperature: float) -> None:

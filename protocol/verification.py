@@ -4,18 +4,25 @@ The checks run cheapest first and stop at the first that fails; its name is the 
 
     bad-signature       the contribution is not signed by its node key
     wrong-round         chain, run, round or model hash differ from the announcement
+    off-terms           the strategy's temperature, top_p, group size or max_new_tokens is outside
+                        the announcement's terms (`protocol/terms.py`)
     unknown-node        the node key is not in the registered set
     samples-root        `samples_root` is not the Merkle root of the samples
     prompt-set          prompt indices are not exactly 0..prompts_per_node-1, group_size each, in order
-    sample-shape        an empty completion, one over max_new_tokens, or a token outside the vocabulary
+    sample-shape        an empty completion, one over max_new_tokens, a token outside the vocabulary,
+                        or one that does not end as the rollout engine ends one (`sampling.stop_violation`)
     replay              a sample hash or the gradient digest was already accepted (any node, any round)
     reward-mismatch     a reward component differs from `score_completion` on the decoded text
     malformed-gradient  tensor names differ from the model's, or an audited tensor does not decode
     logprob-mismatch    a re-scored token logprob differs by more than the policy's tolerance
+    sampling-mismatch   a re-scored token could not have been drawn from its row's public stream
+                        under the round's terms (the sampling proof, `protocol/sampling.py`)
     gradient-mismatch   the recomputed gradient's cosine or norm is outside the mode's tolerance
 
-The first eight need no model (the reward check needs the tokenizer only to decode ids); the last
-three run under the round's model as planned by `thinkmesh.protocol.audit`. Findings name the
+The first nine need no model (the reward and stop checks need the tokenizer only to decode ids); the
+last four run under the round's model as planned by `thinkmesh.protocol.audit`, the sampling proof
+inside the forward that re-scores logprobs. `REASONS` lists the reasons in the order of their
+on-chain codes (`ledger.SlashReason`, append-only), not in the order they are checked. Findings name the
 sample (`CONTRIBUTION_LEVEL` for the whole contribution), the check, and the expected and claimed
 values; a hash-valued check carries the hash's first 48 bits as an exact float.
 
@@ -43,6 +50,7 @@ from thinkmesh.protocol.audit import (
     logprob_findings,
     recompute_gradient,
     rescore_logprobs,
+    sampling_findings,
 )
 from thinkmesh.protocol.errors import ProtocolError, SignatureError
 from thinkmesh.protocol.gradient_codec import GradientCodecError, decode_gradient
@@ -61,9 +69,11 @@ from thinkmesh.protocol.messages import (
     verify_message,
 )
 from thinkmesh.protocol.rewards import RewardBreakdown, RewardConfig, differing_components, score_completion
+from thinkmesh.protocol.sampling import DrawCheck, row_key, stop_rule_for, stop_violation, uniforms_tensor
 from thinkmesh.protocol.scoring import completion_text, prompt_token_ids
 from thinkmesh.protocol.strategies import validate_strategy
 from thinkmesh.protocol.tasks import Task, render_prompt, task_for_node
+from thinkmesh.protocol.terms import off_terms
 
 GRADIENT_DIGEST_DOMAIN = b"thinkmesh/gradient-digest/v3"
 CONTRIBUTION_HASH_DOMAIN = b"thinkmesh/contribution-hash/v2"
@@ -79,12 +89,17 @@ REASON_REWARD_MISMATCH = "reward-mismatch"
 REASON_MALFORMED_GRADIENT = "malformed-gradient"
 REASON_LOGPROB_MISMATCH = "logprob-mismatch"
 REASON_GRADIENT_MISMATCH = "gradient-mismatch"
+REASON_OFF_TERMS = "off-terms"
+REASON_SAMPLING_MISMATCH = "sampling-mismatch"
 REASONS = (
     REASON_BAD_SIGNATURE, REASON_WRONG_ROUND, REASON_UNKNOWN_NODE, REASON_SAMPLES_ROOT, REASON_PROMPT_SET,
     REASON_SAMPLE_SHAPE, REASON_REPLAY, REASON_REWARD_MISMATCH, REASON_MALFORMED_GRADIENT,
-    REASON_LOGPROB_MISMATCH, REASON_GRADIENT_MISMATCH,
+    REASON_LOGPROB_MISMATCH, REASON_GRADIENT_MISMATCH, REASON_OFF_TERMS, REASON_SAMPLING_MISMATCH,
 )
-MODEL_FREE_REASONS = REASONS[: REASONS.index(REASON_REWARD_MISMATCH) + 1]
+MODEL_FREE_REASONS = (
+    REASON_BAD_SIGNATURE, REASON_WRONG_ROUND, REASON_OFF_TERMS, REASON_UNKNOWN_NODE, REASON_SAMPLES_ROOT,
+    REASON_PROMPT_SET, REASON_SAMPLE_SHAPE, REASON_REPLAY, REASON_REWARD_MISMATCH,
+)
 MAX_FINDINGS = 64  # per report: bounds a Verdict's size whatever a node sends
 REWARD_TOLERANCE = 1e-9  # rewards are rule outputs: equal up to float printing, nothing more
 # Claimed rewards carry no length shaping: DAPO's overlong penalty is applied once, inside
@@ -239,6 +254,15 @@ def check_round_binding(announcement: RoundAnnouncement, contribution: Contribut
     return tuple(findings)
 
 
+def check_terms(announcement: RoundAnnouncement, contribution: Contribution) -> tuple[Finding, ...]:
+    """One finding per sampling value outside the announcement's allowed set ("terms:<field>",
+    expected the set's first value, claimed the declared one)."""
+    return tuple(
+        Finding(CONTRIBUTION_LEVEL, f"terms:{field}", allowed, declared)
+        for field, allowed, declared in off_terms(contribution.strategy, announcement.terms)
+    )
+
+
 def check_registered(contribution: Contribution, registered_nodes: frozenset[bytes] | None) -> tuple[Finding, ...]:
     if registered_nodes is None or contribution.node_key in registered_nodes:
         return ()
@@ -266,9 +290,13 @@ def check_prompt_set(announcement: RoundAnnouncement, contribution: Contribution
     )
 
 
-def check_sample_shape(contribution: Contribution, vocab_size: int | None) -> tuple[Finding, ...]:
-    """Non-empty completions within max_new_tokens; token ids below `vocab_size` when given."""
+def check_sample_shape(contribution: Contribution, vocab_size: int | None, tokenizer=None) -> tuple[Finding, ...]:
+    """Non-empty completions within max_new_tokens; token ids below `vocab_size` when given; with
+    a tokenizer, each completion ends as the rollout engine ends one (`sampling.stop_violation`:
+    "stop-inside", expected the stop's position, claimed the last; "cut-short", expected
+    max_new_tokens, claimed the length)."""
     limit = contribution.strategy.max_new_tokens
+    rule = stop_rule_for(tokenizer) if tokenizer is not None else None
     findings = []
     for index, sample in enumerate(contribution.samples):
         length = len(sample.completion_ids)
@@ -278,6 +306,11 @@ def check_sample_shape(contribution: Contribution, vocab_size: int | None) -> tu
             findings.append(Finding(index, "completion-length", float(limit), float(length)))
         elif vocab_size is not None and max(sample.completion_ids) >= vocab_size:
             findings.append(Finding(index, "token-id", float(vocab_size - 1), float(max(sample.completion_ids))))
+        elif rule is not None and (violation := stop_violation(sample.completion_ids, rule, limit, tokenizer)):
+            if violation == "cut-short":
+                findings.append(Finding(index, "cut-short", float(limit), float(length)))
+            else:
+                findings.append(Finding(index, "stop-inside", float(violation.split(":")[1]), float(length - 1)))
     return tuple(findings)
 
 
@@ -377,15 +410,18 @@ def _report(reason: str, findings, digests: ContributionDigests, checked=(), aud
 def model_free_checks(
     announcement: RoundAnnouncement, contribution: Contribution, context: VerificationContext,
     vocab_size: int | None = None, digests: ContributionDigests | None = None, encoded: bytes | None = None,
+    tokenizer=None,
 ) -> list[tuple[str, Callable[[], tuple[Finding, ...]]]]:
-    """The checks before rewards, in order, as (reason, thunk) pairs."""
+    """The checks before rewards, in order, as (reason, thunk) pairs. `tokenizer`: needed for the
+    stop check's multi-token stop strings (None skips the stop check)."""
     return [
         (REASON_BAD_SIGNATURE, lambda: check_signature(contribution, encoded, digests.payload_hash if digests else None)),
         (REASON_WRONG_ROUND, lambda: check_round_binding(announcement, contribution)),
+        (REASON_OFF_TERMS, lambda: check_terms(announcement, contribution)),
         (REASON_UNKNOWN_NODE, lambda: check_registered(contribution, context.registered_nodes)),
         (REASON_SAMPLES_ROOT, lambda: check_samples_root(contribution, digests)),
         (REASON_PROMPT_SET, lambda: check_prompt_set(announcement, contribution)),
-        (REASON_SAMPLE_SHAPE, lambda: check_sample_shape(contribution, vocab_size)),
+        (REASON_SAMPLE_SHAPE, lambda: check_sample_shape(contribution, vocab_size, tokenizer)),
         (REASON_REPLAY, lambda: check_replay(
             contribution, context.seen_sample_hashes, context.seen_gradient_digests, digests)),
     ]
@@ -414,7 +450,7 @@ def verify_contribution(
     """
     vocab_size = int(model.get_input_embeddings().num_embeddings)
     digests = digests or contribution_digests(contribution, encoded)
-    failed = first_failure(model_free_checks(announcement, contribution, context, vocab_size, digests, encoded))
+    failed = first_failure(model_free_checks(announcement, contribution, context, vocab_size, digests, encoded, tokenizer))
     if failed:
         return _report(*failed, digests)
     texts = [completion_text(tokenizer, s.completion_ids) for s in contribution.samples]
@@ -443,30 +479,43 @@ def _model_audit(announcement, contribution, digests, model, tokenizer, context,
     strategy = validate_strategy(contribution.strategy)
     plan = audit_plan(announcement.seed, digests.contribution_hash, context.beacon, len(samples), policy)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    names = audited_parameter_names(model, plan.gradient, policy.probe_tensors) if plan.gradient != GRADIENT_NONE else ()
+    names = (audited_parameter_names(model, plan.gradient, policy.probe_tensors, plan.probe_key)
+             if plan.gradient != GRADIENT_NONE else ())
     try:
         claimed = decode_audited_gradient(contribution.gradient, shapes, names)
     except ProtocolError:
         return _report(REASON_MALFORMED_GRADIENT, _contribution_finding("gradient-decode", 1.0, 0.0), digests)
     prompts = prompt_ids_for(announcement, contribution.node_key, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    recomputation = None
+    draw = draw_check(announcement, contribution, plan.rescored)
     if plan.gradient == GRADIENT_NONE:
-        rescored = rescore_logprobs(model, prompts, samples, plan.rescored, strategy.temperature, pad)
+        rescored = rescore_logprobs(model, prompts, samples, plan.rescored, strategy.temperature, pad, draw)
     else:
         ordered = [rewards[i] for i in range(len(samples))]
-        recomputation = recompute_gradient(
-            model, prompts, samples, ordered, strategy, names, pad, context.reward_config, reference_model
+        rescored = recompute_gradient(
+            model, prompts, samples, ordered, strategy, names, pad, context.reward_config, reference_model, draw
         )
-        rescored = recomputation.logprobs
-    findings = logprob_findings(samples, rescored, policy.logprob_tolerance)
+    findings = logprob_findings(samples, rescored.logprobs, policy.logprob_tolerance)
     if findings:
         return _report(REASON_LOGPROB_MISMATCH, findings, digests, plan.rescored, plan.gradient)
-    if recomputation is not None:
-        findings = gradient_findings(claimed, recomputation.gradients, contribution.gradient.compression, policy)
+    findings = sampling_findings(rescored.draw_gaps, policy.sampling_tolerance)
+    if findings:
+        return _report(REASON_SAMPLING_MISMATCH, findings, digests, plan.rescored, plan.gradient)
+    if rescored.gradients is not None:
+        findings = gradient_findings(claimed, rescored.gradients, contribution.gradient.compression, policy)
         if findings:
             return _report(REASON_GRADIENT_MISMATCH, findings, digests, plan.rescored, plan.gradient)
     return _report(REASON_OK, (), digests, plan.rescored, plan.gradient)
+
+
+def draw_check(announcement: RoundAnnouncement, contribution: Contribution, indices: Sequence[int]) -> DrawCheck:
+    """The public uniforms of the samples at `indices` (their rows: position within the group),
+    under the contribution's declared (and term-checked) temperature and top_p."""
+    strategy, samples = contribution.strategy, contribution.samples
+    keys = [row_key(announcement.seed, contribution.node_key, samples[i].prompt_index, i % strategy.group_size)
+            for i in indices]
+    steps = max(len(samples[i].completion_ids) for i in indices)
+    return DrawCheck(strategy.temperature, strategy.top_p, uniforms_tensor(keys, steps))
 
 
 def verdict_for(report: VerificationReport, contribution: Contribution, evidence_hash: bytes) -> Verdict:

@@ -19,7 +19,7 @@ from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config
 from thinkmesh.node.tokenizer import build_tokenizer, vocabulary
 from thinkmesh.protocol.gradient_codec import decode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sign_message
+from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, RoundTerms, sign_message
 from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
 from thinkmesh.protocol.strategies import strategy_from_name
 from thinkmesh.protocol.tasks import TaskSpec
@@ -29,6 +29,8 @@ SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, 
 # DAPO's length shaping (overlong_buffer = max_new_tokens - 1, applied inside strategy_loss) makes
 # a group's shaped rewards differ, so advantages and gradients are non-zero for an untrained model.
 STRATEGY = dataclasses.replace(strategy_from_name("grpo"), beta=0.0, group_size=4, max_new_tokens=12, overlong_buffer=11)
+TERMS = RoundTerms(temperatures=(STRATEGY.temperature,), top_ps=(STRATEGY.top_p,), group_sizes=(STRATEGY.group_size,),
+                   max_new_tokens=(STRATEGY.max_new_tokens,))
 EOS_BOOST = 40.0  # scales the <eos> embedding so completions end at varied lengths
 
 
@@ -56,7 +58,7 @@ def announce(
     return sign_message(RoundAnnouncement(
         chain_id=31337, run_id="verify-test", round_id=round_id, model_version=round_id, model_hash=model_hash(model),
         task=TaskSpec("arithmetic", 1), prompts_per_node=prompts, seed=seed, deadline_ms=2**41,
-        coordinator_key=coordinator.public_key, prompt_template=template,
+        coordinator_key=coordinator.public_key, prompt_template=template, terms=TERMS,
     ), coordinator)
 
 

@@ -10,16 +10,14 @@ import pytest
 
 from tests.verification_world import world
 from thinkmesh.coordinator.settlement import (
-    SCORE_FLOOR,
     RoundSettler,
     SettlementIntent,
     SettlementJournal,
     build_intent,
-    contribution_score,
-    payout_for,
     read_registry,
     send_settlement,
 )
+from thinkmesh.protocol.payout import SCORE_FLOOR, contribution_score, payout_for, verified_prompts
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.node.cheats import CHEAT_MODES, apply_cheat
 from thinkmesh.protocol.audit import AuditPolicy
@@ -32,7 +30,7 @@ from thinkmesh.protocol.traces import contribution_traces, leaf_trace_hash, trac
 from thinkmesh.protocol.verification import REASON_OK, REASON_REPLAY, gradient_digest
 
 pytestmark = pytest.mark.timeout(300)
-REWARD_PER_SAMPLE = tokens("0.01")
+REWARD_PER_PROMPT = tokens("0.01")
 SLASH = tokens(5)
 
 
@@ -98,14 +96,16 @@ def test_intent_pays_accepted_by_score_and_slashes_every_cheater(verdicts):
     _, honest, cheats, _ = verdicts
     rejected = list(cheats.values())
     intent = build_intent(2, world().round.seed, honest, rejected, 0.375,
-                          reward_per_sample=REWARD_PER_SAMPLE, slash_amount=SLASH)
+                          reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
     assert (intent.stats.accepted, intent.stats.rejected, intent.stats.held_out_accuracy) == (2, len(CHEAT_MODES), 375_000)
     paid = {a.node: a for a in intent.awards}
     for item in honest:
         award = paid[item.address]
         assert award.verified_samples == len(item.contribution.samples)
         assert award.score == contribution_score(item.contribution)
-        assert award.payout == payout_for(award.verified_samples, award.score, REWARD_PER_SAMPLE) > 0
+        prompts = verified_prompts(item.contribution)
+        assert prompts == len(item.contribution.samples) // item.contribution.strategy.group_size
+        assert award.payout == payout_for(prompts, award.score, REWARD_PER_PROMPT) > 0
     assert {s.evidence_hash for s in intent.slashes} == {c.evidence_hash for c in rejected}
     assert all(s.amount == SLASH for s in intent.slashes)
     tree = traces_tree(leaf for item in honest for leaf in contribution_traces(item.contribution))
@@ -131,6 +131,20 @@ def test_score_pays_informative_groups_above_the_floor():
     assert contribution_score(flat) == round(SCORE_FLOOR * SCORE_SCALE)
     assert contribution_score(mixed) == round(SCORE_FLOOR * SCORE_SCALE) + round((1 - SCORE_FLOOR) * SCORE_SCALE) // groups
     assert isinstance(honest.samples[0], Sample)
+
+
+def test_pay_is_per_prompt_so_group_size_cannot_inflate_it():
+    """Two contributions over the same prompts, one with groups twice as large: the same pay."""
+    honest = world().honest[0]
+    group = honest.strategy.group_size
+    doubled = dataclasses.replace(
+        honest, strategy=dataclasses.replace(honest.strategy, group_size=2 * group),
+        samples=tuple(s for i in range(0, len(honest.samples), group)
+                      for s in honest.samples[i:i + group] * 2))
+    assert len(doubled.samples) == 2 * len(honest.samples)
+    assert verified_prompts(doubled) == verified_prompts(honest)
+    assert payout_for(verified_prompts(doubled), contribution_score(doubled), REWARD_PER_PROMPT) == payout_for(
+        verified_prompts(honest), contribution_score(honest), REWARD_PER_PROMPT)
 
 
 # ---------------------------------------------------------------- on a real chain
@@ -171,7 +185,7 @@ def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
     accepted = [bind(item) for item in honest]
     rejected = [bind(cheats["fake-rewards"])]
     settler = RoundSettler(SettlementJournal(tmp_path / "settlement"), coordinator,
-                           reward_per_sample=REWARD_PER_SAMPLE, slash_amount=SLASH)
+                           reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
     settler.open_round(2, w.round.model_hash, w.round.seed)
     settler.open_round(2, w.round.model_hash, w.round.seed)  # a re-announced round: no second opening
     assert coordinator.round(2).seed_commitment == seed_commitment(w.round.seed)

@@ -112,7 +112,7 @@ console = false
 [chain]
 rpc_url = "{self.anvil.rpc_url}"
 deployment_file = "{self.root / 'deployment.json'}"
-reward_per_sample = "0.5"
+reward_per_prompt = "0.5"
 slash_amount = "7"
 """)
         return path

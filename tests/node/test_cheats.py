@@ -14,6 +14,7 @@ from thinkmesh.protocol.verification import (
     REASON_OK,
     REASON_REPLAY,
     REASON_REWARD_MISMATCH,
+    REASON_SAMPLING_MISMATCH,
     check_prompt_set,
     check_round_binding,
     verify_contribution,
@@ -31,6 +32,9 @@ EXPECTED = {
     "scaled-gradient": REASON_GRADIENT_MISMATCH,
     "copy-peer": REASON_LOGPROB_MISMATCH,
     "replay": REASON_LOGPROB_MISMATCH,
+    "off-policy": REASON_SAMPLING_MISMATCH,
+    "crafted-samples": REASON_SAMPLING_MISMATCH,
+    "partial-gradient": REASON_GRADIENT_MISMATCH,
 }
 
 

@@ -69,8 +69,8 @@ def test_top_p_restricts_sampling_to_the_nucleus():
     from thinkmesh.node.rollout import sample_next_token
 
     logits = torch.tensor([[5.0, 4.0, -5.0, -5.0]]).repeat(500, 1)
-    tokens, logprobs = sample_next_token(logits, 1.0, 0.5, torch.Generator().manual_seed(0))
+    tokens, logprobs = sample_next_token(logits, 1.0, 0.5, torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     assert set(tokens.tolist()) == {0}  # p(0) ~ 0.73 > 0.5: the nucleus is token 0 alone
     assert logprobs[0].item() == pytest.approx(torch.log_softmax(logits[0], -1)[0].item())
-    tokens, _ = sample_next_token(logits, 1.0, 1.0, torch.Generator().manual_seed(0))
+    tokens, _ = sample_next_token(logits, 1.0, 1.0, torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     assert {0, 1} <= set(tokens.tolist())

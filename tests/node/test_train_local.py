@@ -56,7 +56,7 @@ def test_grpo_steps_raise_mean_reward_on_their_prompts(coldstarted_micro_dir):
     model, tokenizer = load_model(coldstarted_micro_dir), load_tokenizer(coldstarted_micro_dir)
     tasks = [generate_task(TaskSpec("linear", 1), b"test", i) for i in range(4)]
     spec = dataclasses.replace(strategy_from_name("dapo"), group_size=8, max_new_tokens=32, overlong_buffer=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 
     def mean_reward() -> float:
         model.eval()
@@ -65,7 +65,7 @@ def test_grpo_steps_raise_mean_reward_on_their_prompts(coldstarted_micro_dir):
         return float(rollouts.reward_matrix().mean())
 
     before = mean_reward()
-    for step in range(12):
+    for step in range(16):
         model.eval()
         rollouts = collect_rollouts(model, tokenizer, tasks, spec, "r1-compact", torch.Generator().manual_seed(step))
         model.train()

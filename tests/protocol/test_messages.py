@@ -148,7 +148,7 @@ def _announcement(**changes) -> RoundAnnouncement:
     return dataclasses.replace(base, **changes)
 
 
-def _raw_envelope(body, tag="round-announcement", version=1) -> bytes:
+def _raw_envelope(body, tag="round-announcement", version=RoundAnnouncement.VERSION) -> bytes:
     import msgpack
 
     return msgpack.packb([tag, version, body], use_bin_type=True)
@@ -163,8 +163,8 @@ def _body(message) -> list:
 @pytest.mark.parametrize(
     ("mangle", "error"),
     [
-        (lambda b: b[:-1], "has 12 fields, got 11"),
-        (lambda b: b + [0], "has 12 fields, got 13"),
+        (lambda b: b[:-1], "has 13 fields, got 12"),
+        (lambda b: b + [0], "has 13 fields, got 14"),
         (lambda b: [str(b[0])] + b[1:], "chain_id: expected int, got str"),
         (lambda b: b[:4] + [b[4][:31]] + b[5:], "model_hash: expected 32 bytes, got 31"),
         (lambda b: b[:5] + [["arithmetic", 9]] + b[6:], "difficulty"),
@@ -180,8 +180,8 @@ def test_strict_decoding_names_the_problem(mangle, error):
 
 def test_unknown_version_type_and_non_canonical_bytes_are_refused():
     body = _body(_announcement())
-    with pytest.raises(EncodingError, match="version 2"):
-        decode_message(_raw_envelope(body, version=2), RoundAnnouncement)
+    with pytest.raises(EncodingError, match="version 3"):
+        decode_message(_raw_envelope(body, version=3), RoundAnnouncement)
     with pytest.raises(EncodingError, match="expected a 'round-announcement' message, got 'verdict'"):
         decode_message(_raw_envelope(body, tag="verdict"), RoundAnnouncement)
     canonical = encode_message(_announcement())

@@ -1,0 +1,45 @@
+"""The payout rule: what an accepted contribution earns, from its samples alone.
+
+    payout = reward_per_prompt * verified_prompts * score / SCORE_SCALE     (integer token units)
+    score  = SCORE_FLOOR + (1 - SCORE_FLOOR) * informative_groups / groups  (fixed point, 1e6 = 1.0)
+
+Pay is per prompt (one group of G samples), never per sample: the group size is the round's term,
+and a node that could pick it could otherwise multiply its pay by sending more, cheaper samples. A
+prompt group is *informative* when its samples' total rewards are not all equal: only those groups
+carry a GRPO advantage, hence a gradient (DAPO's dynamic-sampling argument). Every prompt of an
+accepted contribution counts as verified (the audit plan samples it on behalf of the whole; see
+docs/verification.md for why that is enough). The floor pays honest work on a model that cannot yet
+solve anything (all rewards equal) at half rate. Pure: anyone re-runs a round's awards from the
+accepted contributions with `protocol/` alone.
+"""
+
+from __future__ import annotations
+
+from thinkmesh.protocol.ledger import SCORE_SCALE
+from thinkmesh.protocol.messages import Contribution
+from thinkmesh.protocol.rewards import total_reward
+
+SCORE_FLOOR = 0.5
+
+
+def prompt_groups(contribution: Contribution) -> list[list[float]]:
+    """Each prompt's total rewards, in order (groups are contiguous, `group_size` each)."""
+    group = contribution.strategy.group_size
+    totals = [total_reward(s.rewards) for s in contribution.samples]
+    return [totals[i:i + group] for i in range(0, len(totals), group)]
+
+
+def verified_prompts(contribution: Contribution) -> int:
+    return len(prompt_groups(contribution))
+
+
+def contribution_score(contribution: Contribution) -> int:
+    """The fixed-point score of the module docstring (SCORE_SCALE = 1.0)."""
+    groups = prompt_groups(contribution)
+    informative = sum(1 for g in groups if max(g) != min(g))
+    floor = round(SCORE_FLOOR * SCORE_SCALE)
+    return floor + (SCORE_SCALE - floor) * informative // max(len(groups), 1)
+
+
+def payout_for(prompts: int, score: int, reward_per_prompt: int) -> int:
+    return reward_per_prompt * prompts * score // SCORE_SCALE
