@@ -26,7 +26,7 @@ from pathlib import Path
 
 from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
 from thinkmesh.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from thinkmesh.coordinator.config import CoordinatorConfig
+from thinkmesh.coordinator.config import CoordinatorConfig, IntakeConfig
 from thinkmesh.coordinator.evaluation import evaluate
 from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
 from thinkmesh.coordinator.p2p_service import CoordinatorService
@@ -57,6 +57,20 @@ def write_identity_file(path: Path, identity: NodeIdentity) -> Path:
         handle.write(identity.libp2p_private_key_bytes())
     return path
 
+
+
+def wire_intake(config: IntakeConfig, *, chain_id: int, run_id: str, shapes: dict[str, tuple[int, ...]],
+                verifier: ContributionVerifier | None) -> ContributionIntake:
+    """The intake as the coordinator runs it: with a verifier, every contribution is verified
+    after intake's own checks, its verdict goes back to the verifier when intake records or drops
+    it, and the verifier's registry (when it has one) is consulted from the upload header."""
+    return ContributionIntake(
+        chain_id=chain_id, run_id=run_id, param_shapes=shapes, max_bytes=config.max_contribution_bytes,
+        allowed_nodes=frozenset(config.allowed_nodes), compressions=frozenset(config.compressions),
+        verify=verifier.verify if verifier else None,
+        registry=verifier if verifier is not None and verifier.registered is not None else None,
+        admit_verdict=verifier.admit if verifier else None, drop_verdict=verifier.release if verifier else None,
+    )
 
 
 class Coordinator:
@@ -265,11 +279,8 @@ class Coordinator:
             shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
             if cfg.verifies:
                 await asyncio.to_thread(self._start_verification, next_round)
-            self.intake = ContributionIntake(
-                chain_id=cfg.chain_id, run_id=cfg.run_id, param_shapes=shapes, max_bytes=cfg.intake.max_contribution_bytes,
-                allowed_nodes=frozenset(cfg.intake.allowed_nodes), compressions=frozenset(cfg.intake.compressions),
-                verify=self.verifier.verify if self.verifier is not None else None,
-            )
+            self.intake = wire_intake(cfg.intake, chain_id=cfg.chain_id, run_id=cfg.run_id, shapes=shapes,
+                                      verifier=self.verifier)
             self.service = CoordinatorService(self.p2p, cfg.run_id, self.intake)
             await self.service.start()
             self.service.publish(self.manifest, self.chunks)
@@ -362,7 +373,8 @@ class Coordinator:
             "model_hash": self.manifest.model_hash.hex() if self.manifest else None,
             "open_round": None if current is None else {
                 "round_id": current.announcement.round_id, "deadline_ms": current.announcement.deadline_ms,
-                "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals)},
+                "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals),
+                "refusals_by_reason": dict(current.refusals.counts)},
             "rounds": self.rounds, "evals": self.evals, "uptime_s": round(time.time() - self.started, 1),
         }
 

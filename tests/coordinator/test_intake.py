@@ -1,14 +1,32 @@
-"""Contribution intake: each refusal carries its named reason and leaves the round unchanged."""
+"""Contribution intake: each refusal carries its named reason and leaves the round unchanged; the
+refusal log and the byte bound stay bounded whatever peers send."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from thinkmesh.coordinator.intake import ContributionIntake
+from thinkmesh.coordinator.intake import (
+    DETAIL_CHARS,
+    KEPT_PER_REASON,
+    KEPT_REFUSALS,
+    ContributionIntake,
+    Refusal,
+    RefusalLog,
+    clip_text,
+)
+from thinkmesh.coordinator.intake_bounds import (
+    ENVELOPE_BYTES,
+    contribution_byte_bound,
+    gradient_byte_bound,
+    round_terms,
+    samples_byte_bound,
+)
 from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import (
@@ -21,7 +39,7 @@ from thinkmesh.protocol.messages import (
     unsigned_payload_hash,
 )
 from thinkmesh.protocol.rewards import RewardBreakdown
-from thinkmesh.protocol.strategies import strategy_from_name
+from thinkmesh.protocol.strategies import MAX_GROUP_SIZE, MAX_NEW_TOKENS_LIMIT, strategy_from_name
 from thinkmesh.protocol.tasks import TaskSpec
 from thinkmesh.protocol.transport import RefusalReason, UploadHeader
 
@@ -75,7 +93,7 @@ def assert_refused_without_change(intake, receipt, reason: RefusalReason):
     assert receipt.reason == reason.value, receipt
     assert not receipt.accepted
     assert intake.current.accepted == {}
-    assert intake.current.refusals[-1].reason == reason.value
+    assert intake.current.refusals.last.reason == reason.value
 
 
 def test_a_well_formed_contribution_is_accepted_once(intake):
@@ -158,3 +176,80 @@ def test_no_open_round_means_late(intake):
     body = encode_message(contribution())
     receipt = intake.check_header(header_for(body), NODE.peer_id, int(time.time() * 1000))
     assert receipt.reason == RefusalReason.LATE.value
+
+
+# ---- bounded refusals and the round's byte bound ---------------------------------------------
+
+
+def test_a_flood_of_nul_run_ids_is_counted_but_stored_bounded(intake):
+    """800 headers whose run id is 65,400 NUL characters: every one counted, a few kept, each
+    detail at most DETAIL_CHARS printable characters (no repr escapes), the record a few KiB."""
+    for _ in range(800):
+        header = UploadHeader(run_id="\x00" * 65_400, round_id=2, node_key=NODE.public_key, total_bytes=1)
+        receipt = intake.check_header(header, NODE.peer_id, int(time.time() * 1000))
+        assert receipt.reason == RefusalReason.WRONG_ROUND.value and len(receipt.detail) <= DETAIL_CHARS
+    log = intake.current.refusals
+    assert len(log) == 800 and log.counts == {"wrong-round": 800}
+    assert len(log.kept) == KEPT_PER_REASON
+    assert all(len(r.detail) <= DETAIL_CHARS and r.detail.isprintable() and "\\x00" not in r.detail for r in log.kept)
+    record = json.dumps(log.as_record())
+    assert len(record) < 4 * 1024, len(record)
+    assert intake.refusal_counts["wrong-round"] == 800
+
+
+def test_kept_refusals_are_capped_across_reasons():
+    log = RefusalLog()
+    for i in range(100):
+        log.add(Refusal(f"peer-{i}", 1, f"reason-{i % 20}", "x"))
+    assert len(log) == 100 and len(log.kept) == KEPT_REFUSALS and log.last.peer_id == "peer-99"
+    assert log.as_record(exclude_peers={"peer-0"})["kept"][0]["peer_id"] == "peer-1"
+
+
+def test_clip_text_never_outgrows_its_limit():
+    assert clip_text("\x00\x01abc") == "??abc"
+    long = clip_text("é" * 10_000, 50)
+    assert len(long) == 50 and long.endswith("...")
+
+
+def test_a_header_over_the_round_s_byte_bound_is_oversized_even_under_the_configured_cap():
+    """The bound follows the terms: with terms, far below `max_bytes`; an honest body fits it."""
+    intake = ContributionIntake(chain_id=CHAIN, run_id=RUN, param_shapes=SHAPES, max_bytes=64 * 1024 * 1024)
+    ann = announcement()
+    intake.open(ann)
+    terms = round_terms(ann)
+    bound = intake.current.byte_bound
+    expected = min(64 * 1024 * 1024, samples_byte_bound(terms) + gradient_byte_bound(SHAPES, intake.compressions)
+                   + ENVELOPE_BYTES + 4 * len(RUN))
+    assert bound == expected
+    body = encode_message(contribution())
+    assert len(body) <= bound and submit(intake, body).accepted
+    header = UploadHeader(run_id=RUN, round_id=2, node_key=OTHER.public_key, total_bytes=bound + 1)
+    receipt = intake.check_header(header, OTHER.peer_id, int(time.time() * 1000))
+    assert receipt.reason == RefusalReason.OVERSIZED.value
+
+
+def test_without_terms_the_bound_falls_back_to_the_protocol_limits():
+    bare = SimpleNamespace(prompts_per_node=4, run_id=RUN)  # an announcement from before RoundTerms
+    terms = round_terms(bare)
+    assert (terms.max_group_size, terms.max_tokens) == (MAX_GROUP_SIZE, MAX_NEW_TOKENS_LIMIT)
+    assert contribution_byte_bound(bare, SHAPES, {"none"}, cap=64 * 1024 * 1024) == 64 * 1024 * 1024
+    with_terms = SimpleNamespace(prompts_per_node=4, run_id=RUN,
+                                 terms=SimpleNamespace(group_sizes=(4, 8), max_new_tokens=(12,)))
+    assert round_terms(with_terms).max_group_size == 8
+    assert contribution_byte_bound(with_terms, SHAPES, {"none"}, cap=10**9) == (
+        4 * 8 * (12 * 18 + 96) + gradient_byte_bound(SHAPES, {"none"}) + ENVELOPE_BYTES + 4 * len(RUN))
+
+
+def test_the_gradient_bound_covers_every_compression_s_encoding():
+    shapes = {"big": (64, 48), "small": (3, 5), "scalar": ()}
+    grads = {name: torch.randn(shape) for name, shape in shapes.items()}
+    for mode in ("none", "fp16", "uniform8", "blockwise8"):
+        assert encode_gradient(grads, mode).nbytes <= gradient_byte_bound(shapes, {mode}), mode
+
+
+def test_without_a_verifier_a_strategy_outside_the_terms_is_refused_before_its_gradient_is_decoded():
+    intake = ContributionIntake(chain_id=CHAIN, run_id=RUN, param_shapes=SHAPES, max_bytes=64 * 1024)
+    intake.open(announcement())
+    intake.current.terms = dataclasses.replace(intake.current.terms, max_new_tokens=(12,))
+    receipt = submit(intake, encode_message(contribution()))  # grpo's default max_new_tokens: 512
+    assert receipt.reason == RefusalReason.MALFORMED.value and "max_new_tokens 512" in receipt.detail
