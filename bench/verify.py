@@ -20,6 +20,7 @@ code that runs. The accuracy part is `bench/verify_accuracy.py`. Prints one JSON
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import json
@@ -39,12 +40,13 @@ import thinkmesh.coordinator.verifier as coordinator_verifier  # noqa: E402
 import thinkmesh.node.contribution_step as contribution_step  # noqa: E402
 import thinkmesh.protocol.verification as verification  # noqa: E402
 from bench.verify_accuracy import accuracy_with_and_without_cheater  # noqa: E402
-from tests.verification_world import EOS_BOOST, announce, one_step_later  # noqa: E402
+from tests.verification_world import EOS_BOOST, announce, one_step_later, terms_of  # noqa: E402
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier  # noqa: E402
 from thinkmesh.node.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
 from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
 from thinkmesh.node.tokenizer import build_tokenizer, vocabulary  # noqa: E402
-from thinkmesh.protocol.audit import AuditPolicy  # noqa: E402
+from thinkmesh.protocol.audit import AuditPolicy, rescore_logprobs  # noqa: E402
+from thinkmesh.protocol.sampling import SAMPLING_TOLERANCE_BF16, SAMPLING_TOLERANCE_FP32  # noqa: E402
 from thinkmesh.protocol.audit_economics import detection_probability  # noqa: E402
 from thinkmesh.protocol.gradient_codec import decode_gradient  # noqa: E402
 from thinkmesh.protocol.identity import NodeIdentity  # noqa: E402
@@ -63,7 +65,7 @@ STRATEGY = dataclasses.replace(strategy_from_name("grpo"), beta=0.0, group_size=
 VERIFY_PHASES = (
     (coordinator_verifier, "encode_message", "hashing: encode contribution (also signature payload, evidence, archive)"),
     (coordinator_verifier, "contribution_digests", "hashing (contribution, samples, gradient digest)"),
-    (verification, "first_failure", "model-free checks (signature, root, prompt set, shape, replay)"),
+    (verification, "first_failure", "model-free checks (signature, terms, root, prompt set, shape and stop, replay)"),
     (verification, "completion_text", "rewards: decode"),
     (verification, "recompute_rewards", "rewards: recompute"),
     (verification, "reward_findings", "rewards: compare"),
@@ -72,6 +74,7 @@ VERIFY_PHASES = (
     (verification, "rescore_logprobs", "logprob prefill (no gradient audit)"),
     (verification, "recompute_gradient", "probe / full: forward + backward"),
     (verification, "logprob_findings", "logprob compare"),
+    (verification, "sampling_findings", "sampling proof compare (the replay runs inside the forward)"),
     (verification, "gradient_findings", "gradient compare (codec round trip, cosine)"),
     (coordinator_verifier, "build_evidence", "evidence: build"),
     (coordinator_verifier, "store_evidence", "evidence: encode, write (+ keccak for rejections)"),
@@ -135,11 +138,32 @@ def build_model():
     return model.eval()
 
 
+def draw_gap_rates(contributions, announcement, model, tokenizer) -> dict:
+    """Every token of `contributions` re-scored under `model` (float32) with its draw replayed:
+    the share of tokens whose gap exceeds each tolerance, the share of samples with at least one,
+    and the largest gap seen."""
+    gaps, rows = [], []
+    for contribution in contributions:
+        prompts = verification.prompt_ids_for(announcement, contribution.node_key, tokenizer)
+        indices = range(len(contribution.samples))
+        rescored = rescore_logprobs(model, prompts, contribution.samples, indices, contribution.strategy.temperature,
+                                    tokenizer.pad_token_id or 0, verification.draw_check(announcement, contribution, indices))
+        for row in rescored.draw_gaps.values():
+            gaps += row
+            rows.append(max(row))
+    out = {"tokens": len(gaps), "samples": len(rows), "max_gap": max(gaps)}
+    for name, tolerance in (("fp32", SAMPLING_TOLERANCE_FP32), ("bf16", SAMPLING_TOLERANCE_BF16)):
+        out[f"token_rate_over_{name}_tolerance"] = sum(g > tolerance for g in gaps) / len(gaps)
+        out[f"sample_rate_over_{name}_tolerance"] = sum(g > tolerance for g in rows) / len(rows)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--honest", type=int, default=200)
     parser.add_argument("--cheats", type=int, default=50)
     parser.add_argument("--partial-trials", type=int, default=60)
+    parser.add_argument("--bf16-nodes", type=int, default=24, help="honest contributions sampled by a bfloat16 copy")
     parser.add_argument("--max-new-tokens", type=int, default=STRATEGY.max_new_tokens)
     parser.add_argument("--template", default="r1-compact", choices=("r1", "r1-compact"))
     parser.add_argument("--accuracy-rounds", type=int, default=4, help="0 skips the accuracy runs")
@@ -153,11 +177,11 @@ def main() -> None:
     coordinator = NodeIdentity.from_seed(b"\xc0" * 32)
     nodes = [NodeIdentity.from_seed(i.to_bytes(32, "big")) for i in range(1, args.honest + 1)]
     old_model = build_model()
-    old_round = announce(coordinator, old_model, 1, b"\x11" * 32, template=args.template)
+    old_round = announce(coordinator, old_model, 1, b"\x11" * 32, template=args.template, terms=terms_of(strategy))
     old = [honest_contribution(old_model, tokenizer, old_round, n, strategy) for n in nodes[: args.cheats]]
     shapes = {name: tuple(p.shape) for name, p in old_model.named_parameters()}
     model = one_step_later(old_model, decode_gradient(old[0].gradient, shapes))
-    current = announce(coordinator, model, 2, b"\x22" * 32, template=args.template)
+    current = announce(coordinator, model, 2, b"\x22" * 32, template=args.template, terms=terms_of(strategy))
     policy = AuditPolicy()
     context = VerificationContext(frozenset(n.public_key for n in nodes), policy=policy, beacon=b"post-deadline")
 
@@ -231,6 +255,13 @@ def main() -> None:
         cheat = apply_cheat("made-up-logprobs", inputs)
         partial_caught += not verify_contribution(current, cheat, model, tokenizer, blind).accepted
 
+    # The sampling proof's honest mismatch: fp32 node vs fp32 verifier (kernel order only), and a
+    # bfloat16 node (what a GPU node runs) against the float32 verifier, on this CPU.
+    sampling_fp32 = draw_gap_rates(honest, current, model, tokenizer)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    bf16 = [honest_contribution(low, tokenizer, current, node, strategy) for node in nodes[: args.bf16_nodes]]
+    sampling_bf16 = draw_gap_rates(bf16, current, model, tokenizer)
+
     shutil.rmtree(scratch, ignore_errors=True)
     accuracy = (accuracy_with_and_without_cheater(args.accuracy_rounds, args.accuracy_heldout, trials=args.accuracy_trials)
                 if args.accuracy_rounds > 0 else {"accuracy_all_honest": None, "accuracy_with_cheater": None})
@@ -255,6 +286,9 @@ def main() -> None:
         "detection_rate": detection,
         "rejection_reasons": reasons,
         "false_positive_rate": len(false_positives) / len(honest),
+        "honest_sampling_mismatch_rate": sampling_fp32["sample_rate_over_fp32_tolerance"],
+        "sampling_gaps_fp32_node": sampling_fp32,
+        "sampling_gaps_bf16_node_vs_fp32_verifier": sampling_bf16,
         "false_positives": false_positives[:5],
         "honest_contributions": len(honest),
         "cheating_contributions_per_mode": args.cheats,

@@ -79,6 +79,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 256, promp
     from thinkmesh.protocol.strategies import strategy_from_name
     from thinkmesh.protocol.tasks import TaskSpec
     from thinkmesh.protocol.verification import VerificationContext, verify_contribution, with_seen
+    from tests.verification_world import terms_of
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -107,7 +108,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 256, promp
                 model_hash=parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict())),
                 task=spec, prompts_per_node=prompts_per_node, seed=(trial * 1000 + round_id).to_bytes(32, "big"),
                 deadline_ms=2**41,
-                coordinator_key=coordinator.public_key, prompt_template=template,
+                coordinator_key=coordinator.public_key, prompt_template=template, terms=terms_of(strategy),
             ), coordinator)
             accepted = []
             for index, node in enumerate(nodes):

@@ -326,7 +326,7 @@ class Coordinator:
         )
         journal = SettlementJournal(cfg.data_dir / "settlement")
         self.settler = RoundSettler(journal, chain.signer if chain else None,
-                                    reward_per_sample=chain.reward_per_sample if chain else 0,
+                                    reward_per_prompt=chain.reward_per_prompt if chain else 0,
                                     slash_amount=chain.slash_amount if chain else 0)
         for intent in self.settler.recover(next_round):
             self.verifier.committed.add_intent(intent)

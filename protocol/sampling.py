@@ -119,18 +119,23 @@ class DrawCheck:
     uniforms: Tensor  # [N, T] float64, row i for completion i
 
 
+GAP_CHUNK_ELEMENTS = 1 << 22  # positions x vocabulary per step: bounds the float64 CDF's memory (32 MiB)
+
+
 def completion_draw_gaps(logits: Tensor, targets: Tensor, mask: Tensor, check: DrawCheck) -> Tensor:
     """`draw_gaps` of every completion token: logits [N, T, V] at the positions that drew targets
-    [N, T] -> float64 [N, T], 0 on padding. Row by row, so memory is one [T, V] at a time."""
+    [N, T] -> float64 [N, T], 0 on padding. In chunks of positions, so a 150k-token vocabulary
+    costs a bounded float64 CDF, not one of N x T x V."""
     n, width = targets.shape
     gaps = torch.zeros((n, width), dtype=torch.float64)
+    step = max(1, GAP_CHUNK_ELEMENTS // logits.shape[-1])
     with torch.no_grad():
         for row in range(n):
             length = int(mask[row].sum())
-            if length == 0:
-                continue
-            probs = token_distribution(logits[row, :length], check.temperature, check.top_p)
-            gaps[row, :length] = draw_gaps(probs, targets[row, :length], check.uniforms[row, :length])
+            for start in range(0, length, step):
+                end = min(start + step, length)
+                probs = token_distribution(logits[row, start:end], check.temperature, check.top_p)
+                gaps[row, start:end] = draw_gaps(probs, targets[row, start:end], check.uniforms[row, start:end])
     return gaps
 
 

@@ -29,8 +29,6 @@ SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, 
 # DAPO's length shaping (overlong_buffer = max_new_tokens - 1, applied inside strategy_loss) makes
 # a group's shaped rewards differ, so advantages and gradients are non-zero for an untrained model.
 STRATEGY = dataclasses.replace(strategy_from_name("grpo"), beta=0.0, group_size=4, max_new_tokens=12, overlong_buffer=11)
-TERMS = RoundTerms(temperatures=(STRATEGY.temperature,), top_ps=(STRATEGY.top_p,), group_sizes=(STRATEGY.group_size,),
-                   max_new_tokens=(STRATEGY.max_new_tokens,))
 EOS_BOOST = 40.0  # scales the <eos> embedding so completions end at varied lengths
 
 
@@ -52,13 +50,20 @@ def model_hash(model) -> bytes:
     return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
 
 
+def terms_of(strategy) -> RoundTerms:
+    """Terms that fix exactly `strategy`'s sampling values."""
+    return RoundTerms(temperatures=(strategy.temperature,), top_ps=(strategy.top_p,), group_sizes=(strategy.group_size,),
+                      max_new_tokens=(strategy.max_new_tokens,))
+
+
 def announce(
-    coordinator: NodeIdentity, model, round_id: int, seed: bytes, prompts: int = 2, template: str = "r1-compact"
+    coordinator: NodeIdentity, model, round_id: int, seed: bytes, prompts: int = 2, template: str = "r1-compact",
+    terms: RoundTerms | None = None,
 ) -> RoundAnnouncement:
     return sign_message(RoundAnnouncement(
         chain_id=31337, run_id="verify-test", round_id=round_id, model_version=round_id, model_hash=model_hash(model),
         task=TaskSpec("arithmetic", 1), prompts_per_node=prompts, seed=seed, deadline_ms=2**41,
-        coordinator_key=coordinator.public_key, prompt_template=template, terms=TERMS,
+        coordinator_key=coordinator.public_key, prompt_template=template, terms=terms or terms_of(STRATEGY),
     ), coordinator)
 
 

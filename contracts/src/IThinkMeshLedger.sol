@@ -28,9 +28,12 @@ interface IThinkMeshLedger {
 
     /// @notice One accepted node's line in a round settlement.
     /// @param node the node's address (awards are sorted by strictly ascending address)
-    /// @param verifiedSamples samples of this node the coordinator verified and accepted
+    /// @param verifiedSamples samples of this node the coordinator verified and accepted (one accepted
+    /// reasoning trace each, under the round's traces root)
     /// @param score the coordinator's score, fixed point with 1e6 = 1.0
-    /// @param payout reward credited to the node's claimable balance
+    /// @param payout reward credited to the node's claimable balance: per verified prompt (a group of
+    /// samples), never per sample, so the group size cannot inflate it
+    /// (`rewardPerPrompt * prompts * score / 1e6`, the protocol's payout rule, protocol/payout.py)
     struct Award {
         address node;
         uint32 verifiedSamples;

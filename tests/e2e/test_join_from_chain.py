@@ -43,6 +43,8 @@ rounds = 1
 deadline_s = 60
 close_when = 1
 prompts_per_node = 2
+group_sizes = [4]
+max_new_tokens = [8]
 start_delay_s = 1.0
 min_peers = 1
 [eval]

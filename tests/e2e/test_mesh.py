@@ -72,6 +72,8 @@ rounds = {rounds}
 deadline_s = {deadline_s}
 close_when = 3
 prompts_per_node = 2
+group_sizes = [4]
+max_new_tokens = [12]
 start_delay_s = 1.0
 min_peers = 3
 [aggregation]

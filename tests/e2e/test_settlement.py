@@ -97,6 +97,8 @@ rounds = {rounds}
 deadline_s = 90
 close_when = {everyone}
 prompts_per_node = 2
+group_sizes = [4, 16]
+max_new_tokens = [8]
 start_delay_s = 1.0
 min_peers = {min_peers}
 [aggregation]
