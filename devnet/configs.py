@@ -9,13 +9,12 @@ written (`exclude_unset`), so each file reads as "the devnet's choices over the 
 
 from __future__ import annotations
 
-import json
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
+import tomli_w
 
 from thinkmesh.devnet.processes import DevnetError
 
@@ -114,34 +113,14 @@ def write_config(config: BaseModel, path: Path) -> Path:
     """Writes the keys the devnet set (validated already) as TOML, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(toml_document(config.model_dump(mode="json", exclude_unset=True, exclude_none=True)))
+    tmp.write_text(config_toml(config))
     tmp.replace(path)
     return path
 
 
-def toml_document(values: Mapping[str, object]) -> str:
-    """A TOML document of scalars, lists of scalars and one level of tables (all a role config uses)."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in values.items() if not isinstance(value, Mapping)]
-    for name, table in values.items():
-        if isinstance(table, Mapping):
-            lines += ["", f"[{name}]"]
-            for key, value in table.items():
-                if isinstance(value, Mapping):
-                    raise DevnetError(f"toml_document: nested table {name}.{key} is not supported")
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise DevnetError(f"toml_document: cannot write {type(value).__name__} {value!r}")
+def config_toml(config: BaseModel) -> str:
+    """The TOML text of the keys set on `config` (unset and `None` keys left out, as the loader's defaults)."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_unset=True, exclude_none=True))
 
 
 def _validated(config_class: type[BaseModel], values: dict, role: str):

@@ -1,38 +1,66 @@
-"""Observability for a long-running role: `/status` (JSON), `/metrics` (Prometheus text
-exposition 0.0.4) and structured (JSON lines) logs.
+"""Observability for a long-running role: `/status` (JSON), `/metrics` (Prometheus exposition,
+written by `prometheus_client`) and structured (JSON lines) logs.
 
 Shared by the node and the coordinator daemons, which may not import each other; it holds no
 role logic: each role passes two callables, one returning its status document and one its
 numeric gauges. The server runs on the caller's event loop (aiohttp) and binds where it is told
 (127.0.0.1 by default); port 0 picks a free port, reported by `start()`.
+
+Metrics: every gauge `name` of a role becomes the Prometheus gauge `<prefix>_<name>` (characters
+outside `[a-zA-Z0-9_:]` become `_`), carrying the server's constant labels (run id, peer id).
+Each `StatusServer` owns its own `CollectorRegistry`, never the library's global one, so several
+servers in one process (tests, a devnet in one interpreter) do not collide. The gauges callable
+is read at scrape time, on the event loop; label values are escaped by the library.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_:]")
 
 
+def metric_name(prefix: str, name: str) -> str:
+    """`<prefix>_<name>` with every character Prometheus' classic names forbid replaced by `_`."""
+    return _METRIC_NAME.sub("_", f"{prefix}_{name}")
+
+
+class GaugesCollector(Collector):
+    """A `prometheus_client` collector reading a role's gauges callable at each scrape."""
+
+    def __init__(self, prefix: str, gauges: Callable[[], Mapping[str, float]], labels: Mapping[str, str] | None = None):
+        self.prefix = prefix
+        self._gauges = gauges
+        self._labels = dict(sorted((labels or {}).items()))
+
+    def collect(self) -> Iterator[Metric]:
+        label_names, label_values = list(self._labels), [str(v) for v in self._labels.values()]
+        for name, value in sorted(self._gauges().items()):
+            family = GaugeMetricFamily(metric_name(self.prefix, name), f"{self.prefix} {name}", labels=label_names)
+            family.add_metric(label_values, float(value))
+            yield family
+
+
+def metrics_registry(prefix: str, gauges: Callable[[], Mapping[str, float]],
+                     labels: Mapping[str, str] | None = None) -> CollectorRegistry:
+    """A fresh registry holding one `GaugesCollector` (not the process-global default registry)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GaugesCollector(prefix, gauges, labels))
+    return registry
+
+
 def render_prometheus(prefix: str, gauges: Mapping[str, float], labels: Mapping[str, str] | None = None) -> str:
-    """Gauges as Prometheus text: `prefix_name{labels} value`, one `# TYPE` line each."""
-    label_text = ""
-    if labels:
-        escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in sorted(labels.items()))
-        label_text = "{" + ",".join(escaped) + "}"
-    lines = []
-    for name in sorted(gauges):
-        value = float(gauges[name])
-        metric = _METRIC_NAME.sub("_", f"{prefix}_{name}")
-        rendered = "NaN" if math.isnan(value) else ("+Inf" if value == math.inf else ("-Inf" if value == -math.inf else repr(value)))
-        lines.append(f"# TYPE {metric} gauge")
-        lines.append(f"{metric}{label_text} {rendered}")
-    return "\n".join(lines) + "\n"
+    """Gauges as Prometheus text exposition 0.0.4, one `# HELP`/`# TYPE` pair each."""
+    return generate_latest(metrics_registry(prefix, lambda: gauges, labels)).decode()
 
 
 class StatusServer:
@@ -42,8 +70,7 @@ class StatusServer:
                  labels: Mapping[str, str] | None = None):
         self.prefix = prefix
         self._status = status
-        self._gauges = gauges
-        self._labels = dict(labels or {})
+        self.registry = metrics_registry(prefix, gauges, labels)
         self._runner = None
         self.port: int | None = None
 
@@ -53,11 +80,11 @@ class StatusServer:
         return web.Response(text=json.dumps(self._status(), default=str), content_type="application/json")
 
     async def _handle_metrics(self, request):
+        """The format the scraper's `Accept` asks for (OpenMetrics or text), with its content type."""
         from aiohttp import web
 
-        body = render_prometheus(self.prefix, self._gauges(), self._labels)
-        return web.Response(text=body, content_type="text/plain", charset="utf-8",
-                            headers={"X-Prometheus-Format": "0.0.4"})
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         from aiohttp import web

@@ -10,10 +10,10 @@ from thinkmesh.coordinator.config import load_coordinator_config
 from thinkmesh.devnet.configs import (
     ChainEndpoint,
     RoundPlan,
+    config_toml,
     coordinator_config,
     node_config,
     require_cheat_mode,
-    toml_document,
     write_config,
 )
 from thinkmesh.devnet.processes import DevnetError
@@ -64,9 +64,26 @@ def test_cheat_modes_are_the_node_daemons_own():
             require_cheat_mode(mode)
 
 
-def test_toml_document_escapes_strings_and_writes_tables():
+def test_config_toml_escapes_strings_and_writes_only_the_keys_set():
     import tomllib
 
-    values = {"name": 'a "quoted"\\path', "n": 3, "x": 0.5, "on": True,
-              "section": {"items": ["a", "b"], "nothing": []}}
-    assert tomllib.loads(toml_document(values)) == values
+    from pydantic import BaseModel
+
+    class Section(BaseModel):
+        items: list[str] = []
+        nothing: list[int] = []
+        inner: dict[str, float] = {}
+        unset: int = 7
+
+    class Document(BaseModel):
+        name: str
+        n: int
+        x: float
+        on: bool
+        skipped: str | None = None
+        section: Section = Section()
+
+    values = {"name": 'a "quoted"\\path\nand a newline', "n": 3, "x": 0.5, "on": True, "skipped": None,
+              "section": {"items": ["a", "b"], "nothing": [], "inner": {"deep": 1.5}}}
+    loaded = tomllib.loads(config_toml(Document.model_validate(values)))
+    assert loaded == {key: value for key, value in values.items() if value is not None}

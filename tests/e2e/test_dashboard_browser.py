@@ -2,12 +2,13 @@
 
 The history is made through the chain client exactly as a coordinator makes it (register, open,
 settle with round metrics, slash); the dashboard is the `thinkmesh dashboard` command a user runs;
-Debian's headless Chromium loads the page. Saves a screenshot to tests/e2e/artifacts/.
+Debian's headless Chromium loads the page, driven by Playwright (`executable_path`: Playwright's
+own browser download is impossible offline, and never needed). Saves a screenshot to
+tests/e2e/artifacts/.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.chromium import Chromium, chromium_path
 from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
 from thinkmesh.devnet.ports import free_port, port_open
 from thinkmesh.devnet.processes import wait_for
@@ -25,6 +25,9 @@ from thinkmesh.protocol.ledger import Award, RoundStats, SlashReason, seed_commi
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 STRATEGIES = ("dapo", "grpo", "gspo")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make install-test installs it)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def _require_tools() -> None:
@@ -33,8 +36,12 @@ def _require_tools() -> None:
         find_anvil_binary()
     except AnvilError:
         missing.append("anvil (make install)")
-    if chromium_path() is None:
+    if not CHROMIUM.exists():
         missing.append("chromium (make install-test)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (make install-test)")
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"missing on CI: {', '.join(missing)}")
@@ -84,30 +91,35 @@ def test_dashboard_shows_every_node_and_a_reward_curve_without_console_errors(tm
             wait_for(lambda: port_open(port) or dashboard.poll() is not None, 60, "the dashboard to listen")
             assert dashboard.poll() is None, dashboard.stdout.read()
             ARTIFACTS.mkdir(exist_ok=True)
-            asyncio.run(_check_page(f"http://127.0.0.1:{port}/", addresses))
+            _check_page(f"http://127.0.0.1:{port}/", addresses)
         finally:
             dashboard.terminate()
             dashboard.wait(timeout=15)
 
 
-async def _check_page(url: str, addresses: list[str]) -> None:
-    async with Chromium(timeout_s=45) as page:
-        await page.goto(url)
-        await page.wait_until(
-            f"document.querySelectorAll('#leaderboard tbody tr').length === {len(addresses)}",
-            "a leaderboard row per registered node",
+def _check_page(url: str, addresses: list[str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    console_errors: list[str] = []
+    with sync_playwright() as playwright:  # leaving it stops the driver and the browser, on failure too
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(45_000)
+        page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: console_errors.append(f"uncaught: {error}"))
+        page.goto(url, wait_until="load")
+        # a leaderboard row per registered node, then the reward chart drawn
+        page.wait_for_function(f"document.querySelectorAll('#leaderboard tbody tr').length === {len(addresses)}")
+        page.wait_for_function(
+            "(() => { const c = Chart.getChart('reward-chart'); return c && c.data.datasets[0].data.length === 3; })()"
         )
-        await page.wait_until(
-            "(() => { const c = Chart.getChart('reward-chart'); return c && c.data.datasets[0].data.length === 3; })()",
-            "the reward chart to be drawn",
-        )
-        points = await page.evaluate("Chart.getChart('reward-chart').data.datasets[0].data")
+        points = page.evaluate("Chart.getChart('reward-chart').data.datasets[0].data")
         assert points == pytest.approx([0.20, 0.35, 0.45])
-        strategies = await page.evaluate("Chart.getChart('strategy-chart').data.labels")
+        strategies = page.evaluate("Chart.getChart('strategy-chart').data.labels")
         assert set(strategies) == {"dapo", "grpo"}
-        slashed = await page.evaluate("document.querySelectorAll('#slashes tbody tr').length")
+        slashed = page.evaluate("document.querySelectorAll('#slashes tbody tr').length")
         assert slashed == 3
-        text = await page.evaluate("document.querySelector('#leaderboard').innerText")
+        text = page.evaluate("document.querySelector('#leaderboard').innerText")
         assert "dapo" in text and "gspo" in text
-        await page.screenshot(ARTIFACTS / "dashboard.png")
-        assert page.console_errors == []
+        page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+    assert console_errors == []
