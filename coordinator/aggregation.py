@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from thinkmesh.protocol.adapters import trainable_named_parameters
 from thinkmesh.protocol.errors import ProtocolError
 
 RULES = ("mean", "norm_clip", "centered_clip")
@@ -86,8 +87,9 @@ def aggregate(
 
 
 def apply_update(model, optimizer: torch.optim.Optimizer, gradient: Mapping[str, Tensor], max_grad_norm: float = 0.0) -> float:
-    """Sets `gradient` as the parameters' .grad and takes one optimizer step; returns the norm."""
-    params = dict(model.named_parameters())
+    """Sets `gradient` as the trainable parameters' .grad (an adapter round: the adapter's) and
+    takes one optimizer step; returns the norm."""
+    params = dict(trainable_named_parameters(model))
     if sorted(params) != sorted(gradient):
         raise AggregationError("aggregate gradient names do not match the model's parameters")
     for name, param in params.items():

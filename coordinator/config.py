@@ -80,6 +80,17 @@ class AggregationConfig(_Section):
     max_grad_norm: float = Field(0.0, ge=0)  # clip of the aggregate before the step; 0 = off
 
 
+class AdapterConfig(_Section):
+    """Adapter rounds (protocol/adapters.py): `base_model` stays frozen, pinned by its hash, and a
+    LoRA adapter is what rounds train, verify and sync. Without this section rounds move the whole
+    model (fine for small models; a node refuses a round whose gradient would not fit the wire)."""
+
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0)
+    target_modules: list[str] = []  # empty: every linear layer of the base (attention and MLP), not the head
+    seed: int = Field(0, ge=0)  # the LoRA A initialisation of version 0 (B starts at zero)
+
+
 class EvalConfig(_Section):
     prompts: int = Field(8, ge=0)  # 0 disables the held-out evaluation
     max_new_tokens: int = Field(32, ge=1)
@@ -137,6 +148,7 @@ class CoordinatorConfig(_Section):
     observability: ObservabilityConfig = ObservabilityConfig()
     chain: ChainConfig | None = None
     verification: VerificationConfig = VerificationConfig()
+    adapter: AdapterConfig | None = None  # set: adapter rounds on the frozen base_model
 
     @property
     def verifies(self) -> bool:

@@ -32,6 +32,15 @@ from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
 from thinkmesh.coordinator.p2p_service import CoordinatorService
 from thinkmesh.coordinator.settlement import RoundSettler, SettlementJournal
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
+from thinkmesh.protocol.adapters import (
+    AdapterSpec,
+    adapter_architecture,
+    attach_adapter,
+    linear_module_names,
+    trainable_named_parameters,
+    trainable_parameters,
+    trainable_shapes,
+)
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.encoding import decode_message
 from thinkmesh.protocol.identity import NodeIdentity
@@ -90,6 +99,7 @@ class Coordinator:
         self.started = time.time()
         self.dht = self.p2p = self.service = self.status_server = None
         self.intake: ContributionIntake | None = None
+        self.adapter: AdapterSpec | None = None  # adapter rounds: set by _load_model
         self.task = TaskSpec(config.round.task_family, config.round.task_difficulty)
 
     # ---- setup -------------------------------------------------------------------------
@@ -118,20 +128,39 @@ class Coordinator:
         model = AutoModelForCausalLM.from_pretrained(str(self.config.base_model), dtype=torch.float32,
                                                      attn_implementation="sdpa").to(self.config.device)
         tokenizer = load_tokenizer(self.config.base_model)
+        if self.config.adapter is not None:
+            model = self._attach_adapter(model)
         agg = self.config.aggregation
-        optimizer = torch.optim.AdamW(model.parameters(), lr=agg.lr, betas=agg.betas, weight_decay=agg.weight_decay)
+        trainable = [p for _, p in trainable_named_parameters(model)]  # the adapter's alone in adapter rounds
+        optimizer = torch.optim.AdamW(trainable, lr=agg.lr, betas=agg.betas, weight_decay=agg.weight_decay)
         return model.eval(), tokenizer, optimizer
+
+    def _attach_adapter(self, base):
+        """Pins the frozen base (its manifest, served by hash for nodes that lack it) and wraps it
+        with the configured LoRA; `self.adapter` is the spec every announcement carries."""
+        cfg = self.config.adapter
+        base_manifest, base_chunks = build_manifest(
+            model_parameters(base), canonical_architecture(base.config.to_dict()), chain_id=self.config.chain_id,
+            run_id=self.config.run_id, version=0, round_id=0, parent_hash=ZERO_HASH)
+        self.base_manifest, self.base_chunks = sign_message(base_manifest, self.identity), base_chunks
+        targets = tuple(sorted(set(cfg.target_modules))) or linear_module_names(base)
+        self.adapter = AdapterSpec(base_hash=base_manifest.model_hash, rank=cfg.rank, alpha=float(cfg.alpha),
+                                   target_modules=targets)
+        logger.info("adapter rounds: base 0x%s (%d bytes), LoRA rank %d on %s", base_manifest.model_hash.hex()[:16],
+                    base_manifest.total_bytes, cfg.rank, ",".join(targets))
+        return attach_adapter(base, self.adapter, cfg.seed)
 
     def _restore_or_init(self) -> tuple[dict, int]:
         """Loads the checkpoint if any; returns (parameters, next round)."""
         checkpoint = load_checkpoint(self.config.data_dir, self.config.run_id)
-        self.architecture = canonical_architecture(self.model.config.to_dict())
+        self.architecture = (adapter_architecture(self.adapter) if self.adapter is not None
+                             else canonical_architecture(self.model.config.to_dict()))
         if checkpoint is None:
             manifest, chunks = self._make_manifest(version=0, round_id=0, parent=ZERO_HASH)
             self.manifest, self.chunks = manifest, chunks
             self._commit(next_round=1)
             return {}, 1
-        assign_parameters(self.model, checkpoint.parameters)
+        assign_parameters(self.model, checkpoint.parameters, trainable_only=self.adapter is not None)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         self.manifest = decode_message(checkpoint.manifest_bytes, ModelManifest)
         _, self.chunks = self._make_manifest(self.manifest.version, self.manifest.round_id, self.manifest.parent_hash)
@@ -141,14 +170,18 @@ class Coordinator:
 
     def _make_manifest(self, version: int, round_id: int, parent: bytes):
         manifest, chunks = build_manifest(
-            model_parameters(self.model), self.architecture, chain_id=self.config.chain_id,
+            self._version_tensors(), self.architecture, chain_id=self.config.chain_id,
             run_id=self.config.run_id, version=version, round_id=round_id, parent_hash=parent,
         )
         return sign_message(manifest, self.identity), chunks
 
+    def _version_tensors(self) -> dict:
+        """What a version is made of: the adapter's tensors in adapter rounds, else all weights."""
+        return trainable_parameters(self.model) if self.adapter is not None else model_parameters(self.model)
+
     def _commit(self, next_round: int) -> None:
         save_checkpoint(self.config.data_dir, Checkpoint(
-            version=self.manifest.version, next_round=next_round, parameters=model_parameters(self.model),
+            version=self.manifest.version, next_round=next_round, parameters=self._version_tensors(),
             optimizer_state=self.optimizer.state_dict(), manifest_bytes=encode_message(self.manifest),
             rounds=self.rounds, evals=self.evals,
         ))
@@ -161,6 +194,7 @@ class Coordinator:
             model_hash=self.manifest.model_hash, task=self.task, prompts_per_node=cfg.round.prompts_per_node,
             seed=round_seed(cfg.round.seed, round_id), deadline_ms=int((time.time() + cfg.round.deadline_s) * 1000),
             coordinator_key=self.identity.public_key, prompt_template=cfg.round.template, terms=cfg.round.terms(),
+            adapter=self.adapter,
         ), self.identity)
 
     async def _collect(self, announcement: RoundAnnouncement) -> str:
@@ -276,13 +310,15 @@ class Coordinator:
             self.version = self.manifest.version
             if not self.evals:
                 self.evals.append(await asyncio.to_thread(self._evaluate))
-            shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+            shapes = trainable_shapes(self.model)
             if cfg.verifies:
                 await asyncio.to_thread(self._start_verification, next_round)
             self.intake = wire_intake(cfg.intake, chain_id=cfg.chain_id, run_id=cfg.run_id, shapes=shapes,
                                       verifier=self.verifier)
             self.service = CoordinatorService(self.p2p, cfg.run_id, self.intake)
             await self.service.start()
+            if self.adapter is not None:
+                self.service.pin(self.base_manifest, self.base_chunks)
             self.service.publish(self.manifest, self.chunks)
             await self._start_status()
             maddrs = self._write_maddrs()
@@ -371,6 +407,11 @@ class Coordinator:
             "role": "coordinator", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,
             "round_id": self.round_id, "model_version": self.version,
             "model_hash": self.manifest.model_hash.hex() if self.manifest else None,
+            # Adapter rounds: a version is (base hash, adapter hash); model_hash is the adapter's.
+            "base_hash": self.adapter.base_hash.hex() if self.adapter else None,
+            "base_bytes": self.base_manifest.total_bytes if self.adapter else None,
+            "adapter": None if self.adapter is None else {"rank": self.adapter.rank, "alpha": self.adapter.alpha,
+                                                          "target_modules": list(self.adapter.target_modules)},
             "open_round": None if current is None else {
                 "round_id": current.announcement.round_id, "deadline_ms": current.announcement.deadline_ms,
                 "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals),

@@ -83,6 +83,7 @@ class CoordinatorService:
         self.intake = intake
         self.limits = limits
         self.models: dict[bytes, ServedModel] = {}
+        self.pinned: dict[bytes, ServedModel] = {}  # an adapter round's frozen base: served for good
         self.head: bytes = ZERO_HASH
         self.counters = TransferCounters()
         self.on_accept = asyncio.Event()
@@ -114,6 +115,11 @@ class CoordinatorService:
         self.head = manifest.model_hash
         while len(self.models) > KEEP_VERSIONS:
             del self.models[next(iter(self.models))]
+
+    def pin(self, manifest: ModelManifest, chunks: tuple[bytes, ...]) -> None:
+        """Serves this model by its hash for as long as the service runs (never the head, never
+        evicted): the base of adapter rounds, which a node without it fetches once."""
+        self.pinned[manifest.model_hash] = ServedModel(manifest, encode_message(manifest), chunks)
 
     # ---- shared pieces -------------------------------------------------------------------------
     def _count(self, reason: str) -> None:
@@ -152,7 +158,7 @@ class CoordinatorService:
             request = await self._first_record(reader, ModelRequest)
             stream.idle = False
             wanted = self.head if request.model_hash == ZERO_HASH else request.model_hash
-            served = self.models.get(wanted) if request.run_id == self.run_id else None
+            served = self.models.get(wanted) or self.pinned.get(wanted) if request.run_id == self.run_id else None
             if served is None:
                 await write_record(writer, ModelOffer(RefusalReason.UNKNOWN_MODEL.value, b""))
                 return

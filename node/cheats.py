@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from thinkmesh.node.contribution_step import honest_contribution, samples_and_gradients
+from thinkmesh.protocol.adapters import trainable_shapes
 from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient, rescore_logprobs
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
@@ -242,7 +243,7 @@ def apply_cheat(mode: str, inputs: CheatInputs) -> Contribution:
     if mode in ("random-gradient", "scaled-gradient", "partial-gradient"):
         if inputs.model is None:
             raise CheatError(f"{mode} needs CheatInputs.model to know the gradient's shapes")
-        shapes = {name: tuple(p.shape) for name, p in inputs.model.named_parameters()}
+        shapes = trainable_shapes(inputs.model)  # an adapter round's gradient is the adapter's
     table = {
         "fake-rewards": lambda: fake_rewards(inputs),
         "stale-model": lambda: stale_model(inputs),

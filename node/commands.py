@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     init = model_commands.add_parser("init", help="write a tiny Qwen2 model + tokenizer to DIR (no download)")
     init.add_argument("dir")
+    init.add_argument("--arch", default=None, choices=("tiny", "qwen2.5-0.5b"),
+                      help="a named architecture, exact in shape, randomly initialised (overrides the size flags); "
+                           "the tokenizer is thinkmesh's character tokenizer, not the real model's")
     init.add_argument("--hidden-size", type=int, default=192)
     init.add_argument("--layers", type=int, default=4)
     init.add_argument("--heads", type=int, default=6)
@@ -102,8 +105,11 @@ def model_init(args: argparse.Namespace) -> int:
 
     if (Path(args.dir) / "config.json").exists() and not args.force:
         raise ModelDirError(f"expected no model at {args.dir} (pass --force to overwrite), found config.json")
+    from thinkmesh.node.tiny_model import ARCHITECTURES
+
     try:
-        spec = TinyModelSpec(args.hidden_size, args.layers, args.heads, args.kv_heads, args.intermediate_size)
+        spec = (ARCHITECTURES[args.arch] if getattr(args, "arch", None) else
+                TinyModelSpec(args.hidden_size, args.layers, args.heads, args.kv_heads, args.intermediate_size))
     except ValueError as exc:
         raise ModelDirError(str(exc)) from None
     count = init_model_dir(args.dir, spec, seed=args.seed)

@@ -63,6 +63,9 @@ class RoundConfig(_Section):
     # uniform8, clipped at 3 sigma, loses 5-9% (median, measured on the tiny model's real gradients)
     compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "blockwise8"
     upload_timeout_s: float = Field(120.0, gt=0)
+    # The coordinator's intake limit (its [intake] max_contribution_bytes; 64 MiB by default): a round
+    # whose contribution would be larger is refused before any work (protocol/wire_budget.py).
+    max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
 class ChainConfig(_Section):

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from thinkmesh.node.memory_fit import MemoryFit
 from thinkmesh.node.train_step import collect_rollouts, encode_prompts, policy_gradient
+from thinkmesh.protocol.adapters import trainable_named_parameters
 from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
@@ -43,7 +44,7 @@ def samples_and_gradients(
     policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model, fit=fit)
     gradients = {
         name: (p.grad.detach().to("cpu", torch.float32).clone() if p.grad is not None else torch.zeros(p.shape))
-        for name, p in model.named_parameters()
+        for name, p in trainable_named_parameters(model)  # an adapter round: the adapter's alone
     }
     model.zero_grad(set_to_none=True)
     samples = tuple(

@@ -30,6 +30,15 @@ from pathlib import Path
 from thinkmesh.node.config import NodeConfig
 from thinkmesh.node.p2p_client import FetchedModel, fetch_model, rejoin_coordinator, upload_contribution
 from thinkmesh.protocol.account_lock import acquire_account_lock
+from thinkmesh.protocol.adapters import (
+    adapter_architecture,
+    adapter_from_architecture,
+    attach_adapter,
+    detach_adapter,
+    trainable_count,
+    trainable_parameters,
+    trainable_shapes,
+)
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.identity_guard import check_identity_owner
@@ -55,6 +64,7 @@ from thinkmesh.protocol.model_manifest import (
     parameters_hash,
 )
 from thinkmesh.protocol.observability import StatusServer
+from thinkmesh.protocol.wire_budget import WireLimitError, check_fits_wire
 
 logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
@@ -79,7 +89,8 @@ class NodeDaemon:
         self.done: dict[bytes, None] = {}  # announcements taken part in, oldest first, bounded
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)  # bounded: a long-running node keeps flat RAM
         self.memory_fit = None  # node/memory_fit.MemoryFit, made on the first round and kept
-        self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "contributions_sent": 0,
+        self.adapter = None  # protocol/adapters.AdapterSpec while taking part in adapter rounds
+        self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "base_bytes_fetched": 0, "contributions_sent": 0,
                          "contributions_accepted": 0, "upload_bytes_sent": 0,
                          "rounds_joined": 0}
         self.last_receipt: dict | None = None
@@ -120,24 +131,75 @@ class NodeDaemon:
         if self.strategy.beta > 0:  # the KL reference: the base model, frozen
             self.reference_model = copy.deepcopy(self.model).requires_grad_(False)
         self.tokenizer = load_tokenizer(self.config.base_model)
-        self.architecture = canonical_architecture(self.model.config.to_dict())
-        self.model_hash = parameters_hash(model_parameters(self.model), self.architecture)
+        self.architecture = self.base_architecture = canonical_architecture(self.model.config.to_dict())
+        self.model_hash = self.base_hash = parameters_hash(model_parameters(self.model), self.architecture)
         cache = self.config.data_dir / MODEL_CACHE
         if cache.exists():
             try:
                 saved = torch.load(cache, map_location="cpu", weights_only=True)
-                self._install(decode_message(saved["manifest"], ModelManifest), tuple(saved["chunks"]), persist=False)
+                manifest = decode_message(saved["manifest"], ModelManifest)
+                spec = adapter_from_architecture(manifest.architecture)
+                if spec is not None and spec.base_hash == self.base_hash:
+                    self._attach(spec)  # a cached adapter on the base this node holds
+                self._install(manifest, tuple(saved["chunks"]), persist=False)
             except (ProtocolError, KeyError, RuntimeError) as exc:
                 logger.warning("ignoring the cached model in %s: %s", cache, exc)
 
+    # ---- adapter rounds: a frozen base (pinned by hash, fetched at most once) + the adapter --------
+    def _attach(self, spec) -> None:
+        """Wraps the plain model (whose weights hash to `spec.base_hash`) with the spec's LoRA."""
+        self.model = attach_adapter(self.model, spec)
+        self.adapter, self.architecture = spec, adapter_architecture(spec)
+        self.model_hash, self.model_version = parameters_hash(trainable_parameters(self.model), self.architecture), -1
+
+    async def use_adapter(self, spec) -> None:
+        """Holds the round's kind of model: `spec` None, the plain model; else base `spec.base_hash`
+        (this node's own base_model when it hashes so, else fetched once over P2P by that hash)
+        with the spec's LoRA attached. The adapter's weights come with `sync_model`."""
+        if spec == self.adapter:
+            return
+        if self.adapter is not None:  # another adapter, or back to full rounds: the base as it was
+            self.model = detach_adapter(self.model)
+            self.adapter, self.architecture = None, self.base_architecture
+            self.model_hash, self.model_version = self.base_hash, -1
+        if spec is None:
+            return
+        if spec.base_hash != self.base_hash:
+            await self._fetch_base(spec.base_hash)
+        await asyncio.to_thread(self._attach, spec)
+        logger.info("adapter rounds on base 0x%s: LoRA rank %d on %s (%d trainable parameters)",
+                    spec.base_hash.hex()[:16], spec.rank, ",".join(spec.target_modules), trainable_count(self.model))
+
+    async def _fetch_base(self, base_hash: bytes) -> None:
+        previous, self.phase = self.phase, "syncing-base"
+        try:
+            result = await fetch_model(self.p2p, self.config.coordinator_peer_id, self.coordinator_key,
+                                       self.config.run_id, base_hash, have_hash=self.base_hash, timeout=3600.0)
+        finally:
+            self.phase = previous
+        if result.manifest.architecture != self.base_architecture:
+            raise ManifestError("the announced base model has another architecture than base_model")
+        tensors = await asyncio.to_thread(load_state_dict, result.manifest, result.chunks)
+        assign_parameters(self.model, tensors)
+        if self.reference_model is not None:  # the KL reference is the base
+            assign_parameters(self.reference_model, tensors)
+        self.base_hash = self.model_hash = base_hash
+        self.counters["base_bytes_fetched"] += result.wire_bytes
+        logger.info("fetched the base model 0x%s (%d bytes): adapters only from now on", base_hash.hex()[:16],
+                    result.wire_bytes)
+
     def _install(self, manifest: ModelManifest, chunks: tuple[bytes, ...], persist: bool = True) -> None:
-        """Checks every chunk and the hash (load_state_dict), then swaps the weights in."""
+        """Checks every chunk and the hash (load_state_dict), then swaps the weights in: all of
+        them in a full-model round, the adapter's in an adapter round."""
         if manifest.architecture != self.architecture:
-            raise ManifestError("the coordinator's model has another architecture than base_model")
+            raise ManifestError("the coordinator's model has another architecture than base_model"
+                                + (" and adapter" if self.adapter is not None else ""))
         tensors = load_state_dict(manifest, chunks)
         if self.config.cheat == "stale-model" and manifest.model_hash != self.model_hash:
             self.stale_model = copy.deepcopy(self.model)  # the version this one replaces
-        assign_parameters(self.model, tensors)
+        assign_parameters(self.model, tensors, trainable_only=self.adapter is not None)
+        if self.adapter is None:
+            self.base_hash = manifest.model_hash  # the plain weights are this version
         if persist:
             import torch
 
@@ -158,6 +220,7 @@ class NodeDaemon:
             result = await fetch_model(self.p2p, self.config.coordinator_peer_id, self.coordinator_key,
                                        self.config.run_id, wanted, have_hash=self.model_hash)
             if isinstance(result, FetchedModel):
+                await self.use_adapter(adapter_from_architecture(result.manifest.architecture))
                 await asyncio.to_thread(self._install, result.manifest, result.chunks)
                 self.counters["model_bytes_fetched"] += result.wire_bytes
                 self.counters["models_fetched"] += 1
@@ -246,6 +309,14 @@ class NodeDaemon:
         while len(self.done) > HISTORY_LIMIT:
             del self.done[next(iter(self.done))]
         self.counters["rounds_joined"] += 1
+        await self.use_adapter(announcement.adapter)
+        try:  # before any work: a contribution the wire cannot carry is refused here, naming the fix
+            check_fits_wire(announcement, trainable_count(self.model), len(trainable_shapes(self.model)),
+                            self.config.round.compression, self.config.round.max_upload_bytes)
+        except WireLimitError as exc:
+            logger.error("%s", exc)
+            self.last_receipt = {"round_id": announcement.round_id, "reason": "too-large", "detail": str(exc)}
+            return
         await self.sync_model(announcement.model_hash)
         self.phase = "rollout"
         started = time.time()
@@ -368,6 +439,9 @@ class NodeDaemon:
         return {"role": "node", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,
                 "strategy": self.strategy.name, "compression": self.config.round.compression,
                 "model_version": self.model_version, "model_hash": self.model_hash.hex(),
+                "base_hash": self.base_hash.hex() if hasattr(self, "base_hash") else None,
+                "adapter": None if self.adapter is None else {"rank": self.adapter.rank, "alpha": self.adapter.alpha,
+                                                              "target_modules": list(self.adapter.target_modules)},
                 "counters": self.counters, "last_receipt": self.last_receipt, "history": list(self.history),
                 "memory": None if self.memory_fit is None else self.memory_fit.status(),
                 "cheat": self.config.cheat, "chain": self.registration,

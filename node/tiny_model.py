@@ -29,6 +29,7 @@ class TinyModelSpec:
     intermediate_size: int = 512
     max_positions: int = 1024
     rope_theta: float = 10000.0
+    vocab_size: int | None = None  # None: the character tokenizer's; a real architecture's may be larger
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -38,13 +39,25 @@ class TinyModelSpec:
             )
 
 
+# Real architectures, exact in shape (randomly initialised here: no hub access). Qwen2.5-0.5B's
+# config.json: hidden 896, 24 layers, 14 query / 2 key-value heads, MLP 4864, vocabulary 151936,
+# tied embeddings, rope theta 1e6, 32768 positions (494M parameters, 1.98 GB in fp32). The
+# tokenizer written beside it is thinkmesh's character tokenizer, not Qwen's; a GPU user who wants
+# the real model points `base_model` at a downloaded checkpoint instead (README).
+ARCHITECTURES = {
+    "tiny": TinyModelSpec(),
+    "qwen2.5-0.5b": TinyModelSpec(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
+                                  max_positions=32768, rope_theta=1_000_000.0, vocab_size=151936),
+}
+
+
 def qwen2_config(spec: TinyModelSpec):
     """The transformers `Qwen2Config` for `spec`, wired to the character tokenizer's ids."""
     from transformers import Qwen2Config
 
     vocab = vocabulary()
     return Qwen2Config(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=spec.vocab_size or VOCAB_SIZE,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from thinkmesh.protocol.adapters import trainable_named_parameters
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.gradient_codec import dequantized
 from thinkmesh.protocol.grpo import strategy_loss
@@ -190,9 +191,10 @@ def probe_names(names: Sequence[str], probe_tensors: int, probe_key: bytes) -> t
 
 
 def audited_parameter_names(model, level: str, probe_tensors: int, probe_key: bytes = b"") -> tuple[str, ...]:
-    """Every parameter for `full`; for `probe`, `probe_names` of the model's parameters. A tied
-    head is registered once, under the embedding's name."""
-    names = tuple(name for name, _ in model.named_parameters())
+    """Every trainable parameter for `full`; for `probe`, `probe_names` of them. A tied head is
+    registered once, under the embedding's name. Trainable: all of a plain model's parameters, an
+    adapter's alone under peft (protocol/adapters.py)."""
+    names = tuple(name for name, _ in trainable_named_parameters(model))
     if level == GRADIENT_FULL:
         return names
     if level == GRADIENT_PROBE:

@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TypeVar
 
+from thinkmesh.protocol.adapters import AdapterSpec
 from thinkmesh.protocol.hashing import keccak256
 
 from thinkmesh.protocol.encoding import (
@@ -48,7 +49,7 @@ class RoundAnnouncement(Message):
     """The coordinator's call for work: which model, which tasks, under which terms, until when."""
 
     TYPE = "round-announcement"
-    VERSION = 2  # 2: the round's sampling terms
+    VERSION = 3  # 2: the round's sampling terms; 3: the adapter of an adapter round
     MAX_BYTES = 16 * KiB
 
     chain_id: int
@@ -63,6 +64,9 @@ class RoundAnnouncement(Message):
     coordinator_key: PublicKey32
     prompt_template: str = "r1"  # a key of protocol.tasks.TEMPLATES: prompts are rebuilt exactly
     terms: RoundTerms = RoundTerms()
+    # None: a full-model round (`model_hash` names all the weights). Set: an adapter round on the
+    # frozen base `adapter.base_hash`; `model_hash` names the adapter manifest (protocol/adapters.py).
+    adapter: AdapterSpec | None = None
     signature: Signature64 = EMPTY_SIGNATURE
 
     def __post_init__(self) -> None:
@@ -299,7 +303,7 @@ def verify_message(
 
 
 __all__ = [
-    "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "RoundTerms", "Sample",
+    "AdapterSpec", "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "RoundTerms", "Sample",
     "TensorBlob", "TensorEntry", "Verdict", "decode_message", "encode_message", "message_hash",
     "model_content_hash", "sample_hash", "samples_root", "sign_message", "unsigned_payload_hash", "verify_message",
 ]

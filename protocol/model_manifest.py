@@ -89,6 +89,27 @@ def chunk_hash(chunk: bytes) -> bytes:
     return hashlib.sha256(chunk).digest()
 
 
+def iter_chunks(tensors: Mapping[str, Tensor], chunk_size: int):
+    """The canonical stream's chunks, produced tensor by tensor: the same chunks as
+    `split_chunks(canonical_bytes(tensors), chunk_size)` without ever holding the whole stream
+    (a 0.5B-parameter base is 2 GB of fp32; hashing it must not cost twice that)."""
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ManifestError(f"chunk_size: expected 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size}")
+    pending, produced = bytearray(), False
+    for name in sorted(tensors):
+        data = memoryview(_tensor_bytes(tensors[name]))
+        while len(data):
+            take = min(chunk_size - len(pending), len(data))
+            pending += data[:take]
+            data = data[take:]
+            if len(pending) == chunk_size:
+                yield bytes(pending)
+                pending.clear()
+                produced = True
+    if pending or not produced:
+        yield bytes(pending)
+
+
 def build_manifest(
     tensors: Mapping[str, Tensor],
     architecture: str,
@@ -102,7 +123,7 @@ def build_manifest(
 ) -> tuple[ModelManifest, tuple[bytes, ...]]:
     """(unsigned manifest, chunks) of `tensors`; sign the manifest with `sign_message`."""
     layout = tensor_layout(tensors)
-    chunks = split_chunks(canonical_bytes(tensors), chunk_size)
+    chunks = tuple(iter_chunks(tensors, chunk_size))
     hashes = tuple(chunk_hash(c) for c in chunks)
     manifest = ModelManifest(
         chain_id=chain_id, run_id=run_id, version=version, round_id=round_id, parent_hash=parent_hash,
@@ -113,9 +134,10 @@ def build_manifest(
 
 
 def parameters_hash(tensors: Mapping[str, Tensor], architecture: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
-    """The model hash `build_manifest` would give these tensors (lineage fields do not enter)."""
+    """The model hash `build_manifest` would give these tensors (lineage fields do not enter);
+    one chunk in memory at a time."""
     layout = tensor_layout(tensors)
-    hashes = tuple(chunk_hash(c) for c in split_chunks(canonical_bytes(tensors), chunk_size))
+    hashes = tuple(chunk_hash(c) for c in iter_chunks(tensors, chunk_size))
     return model_content_hash(architecture, layout, chunk_size, hashes)
 
 
@@ -182,9 +204,10 @@ def load_state_dict(manifest: ModelManifest, chunks: Sequence[bytes]) -> dict[st
     return tensors
 
 
-def assign_parameters(model, tensors: Mapping[str, Tensor]) -> None:
-    """Copies `tensors` into the model's parameters in place; names and shapes must match exactly."""
-    params = dict(model.named_parameters())
+def assign_parameters(model, tensors: Mapping[str, Tensor], trainable_only: bool = False) -> None:
+    """Copies `tensors` into the model's parameters in place; names and shapes must match exactly.
+    `trainable_only`: the parameters that require grad (an adapter's, protocol/adapters.py)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
     if sorted(params) != sorted(tensors):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise ManifestError(f"parameters: missing {missing[:5]}, unexpected {extra[:5]}")

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from thinkmesh.protocol.adapters import trainable_shapes
 from thinkmesh.protocol.audit import (
     CONTRIBUTION_LEVEL,
     GRADIENT_NONE,
@@ -478,7 +479,7 @@ def _model_audit(announcement, contribution, digests, model, tokenizer, context,
     policy, samples = context.policy, contribution.samples
     strategy = validate_strategy(contribution.strategy)
     plan = audit_plan(announcement.seed, digests.contribution_hash, context.beacon, len(samples), policy)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    shapes = trainable_shapes(model)  # an adapter round's gradient is the adapter's
     names = (audited_parameter_names(model, plan.gradient, policy.probe_tensors, plan.probe_key)
              if plan.gradient != GRADIENT_NONE else ())
     try:

@@ -163,8 +163,8 @@ def _body(message) -> list:
 @pytest.mark.parametrize(
     ("mangle", "error"),
     [
-        (lambda b: b[:-1], "has 13 fields, got 12"),
-        (lambda b: b + [0], "has 13 fields, got 14"),
+        (lambda b: b[:-1], "has 14 fields, got 13"),
+        (lambda b: b + [0], "has 14 fields, got 15"),
         (lambda b: [str(b[0])] + b[1:], "chain_id: expected int, got str"),
         (lambda b: b[:4] + [b[4][:31]] + b[5:], "model_hash: expected 32 bytes, got 31"),
         (lambda b: b[:5] + [["arithmetic", 9]] + b[6:], "difficulty"),
@@ -180,8 +180,8 @@ def test_strict_decoding_names_the_problem(mangle, error):
 
 def test_unknown_version_type_and_non_canonical_bytes_are_refused():
     body = _body(_announcement())
-    with pytest.raises(EncodingError, match="version 3"):
-        decode_message(_raw_envelope(body, version=3), RoundAnnouncement)
+    with pytest.raises(EncodingError, match="version 4"):
+        decode_message(_raw_envelope(body, version=4), RoundAnnouncement)
     with pytest.raises(EncodingError, match="expected a 'round-announcement' message, got 'verdict'"):
         decode_message(_raw_envelope(body, tag="verdict"), RoundAnnouncement)
     canonical = encode_message(_announcement())
@@ -189,6 +189,20 @@ def test_unknown_version_type_and_non_canonical_bytes_are_refused():
     assert wide != canonical
     with pytest.raises(EncodingError, match="canonical"):
         decode_message(wide, RoundAnnouncement)
+
+
+def test_an_adapter_round_announcement_round_trips_and_names_its_base():
+    from thinkmesh.protocol.adapters import AdapterSpec, adapter_architecture
+
+    spec = AdapterSpec(base_hash=H, rank=4, alpha=8.0)
+    announcement = _announcement(adapter=spec)
+    assert decode_message(encode_message(announcement), RoundAnnouncement) == announcement
+    assert _announcement().adapter is None  # a full-model round
+    assert H.hex() in adapter_architecture(spec) and '"rank":4' in adapter_architecture(spec)
+    with pytest.raises(EncodingError, match="rank"):
+        AdapterSpec(base_hash=H, rank=0)
+    with pytest.raises(EncodingError, match="sorted distinct"):
+        AdapterSpec(base_hash=H, target_modules=("v_proj", "q_proj"))
 
 
 def test_oversize_payload_is_refused_before_parsing():

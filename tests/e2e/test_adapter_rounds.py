@@ -1,0 +1,109 @@
+"""Adapter rounds end to end: anvil, the ledger, real p2pd daemons, a tiny model under a LoRA.
+
+The coordinator runs with `[adapter]`: its base model stays frozen, pinned by hash; rounds train,
+verify, aggregate and sync a rank-2 LoRA on every linear layer. alice holds the same base locally
+(found by hash, never fetched); bob starts from another base directory of the same architecture
+and fetches the announced base once over P2P. After that both download only adapters: the bytes
+each node fetched are counted against the adapter's and the full model's sizes. mallory makes up
+logprobs, which the verifier re-scores under base + adapter: rejected, slashed, never paid.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.models import boost_eos
+from tests.e2e.polling import wait_for
+from tests.e2e.test_mesh import get_status
+from tests.e2e.test_settlement import PASSWORD, PaidMesh, anvil  # noqa: F401 (the fixture)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NODES = (("alice", "dapo", "uniform8", None), ("bob", "gspo", "fp16", "other-base"),
+         ("mallory", "dapo", "blockwise8", "made-up-logprobs"))
+RANK = 2
+
+
+class AdapterMesh(PaidMesh):
+    def __init__(self, root, anvil):
+        super().__init__(root, anvil, cheat={})
+        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.protocol.keystore import create_keys
+        from thinkmesh.protocol.ledger import tokens
+
+        self.other_base = root / "other-base"  # same architecture and tokenizer, other weights
+        init_model_dir(self.other_base, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                                      intermediate_size=128, max_positions=512), seed=7)
+        boost_eos(self.other_base)
+        self.keys.pop("carol")  # PaidMesh's third honest node: not in this mesh
+        for name in [n for n, *_ in NODES if n not in self.keys]:
+            self.keys[name] = create_keys(root / "keys" / name, PASSWORD, kdf="light")
+            anvil.rpc("anvil_setBalance", [self.keys[name].evm_address, hex(10**20)])
+            self.admin.mint(self.keys[name].evm_address, tokens(50))
+
+    def coordinator_config(self, rounds: int, min_peers: int | None = None):
+        path = super().coordinator_config(rounds, min_peers)
+        text = path.read_text().replace("close_when = 3\n", f"close_when = {len(NODES)}\n")
+        text = text.replace("min_peers = 3\n", f"min_peers = {len(NODES)}\n")
+        path.write_text(text + f"\n[adapter]\nrank = {RANK}\nalpha = 4.0\n")
+        return path
+
+    def start_nodes(self) -> None:
+        wait_for(lambda: (self.root / "coordinator.maddrs").exists(), 120, "the coordinator's multiaddrs")
+        for name, preset, compression, special in NODES:
+            path = self.node_config(name, preset, compression)
+            argv = ["node", "run", "--config", str(path)]
+            if special == "other-base":
+                path.write_text(path.read_text().replace(f'base_model = "{self.base}"', f'base_model = "{self.other_base}"'))
+            elif special:
+                argv += ["--cheat", special]
+            self.start(name, argv)
+
+
+@pytest.mark.timeout(300)
+def test_adapter_rounds_settle_slash_a_cheater_and_sync_only_adapters(tmp_path, anvil):  # noqa: F811
+    from thinkmesh.protocol.adapters import lora_parameter_count
+    from thinkmesh.protocol.ledger import SlashReason
+
+    mesh = AdapterMesh(tmp_path, anvil)
+    try:
+        mesh.start_coordinator(rounds=2, min_peers=len(NODES))
+        mesh.start_nodes()
+        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done"
+                 and len(mesh.journal()) == 2 and mesh.journal()[-1].done, 240, "rounds 1 and 2 to settle")
+        status = get_status(tmp_path / "coordinator.port")
+        rounds = status["rounds"]
+        assert status["adapter"]["rank"] == RANK and status["base_hash"]
+        assert [r["model_version_after"] for r in rounds] == [1, 2]  # each round stepped the adapter
+        peer_of = {name: mesh.keys[name].identity.peer_id for name in mesh.keys}
+        for record, intent in zip(rounds, mesh.journal(), strict=True):
+            assert {c["peer_id"] for c in record["contributors"]} == {peer_of["alice"], peer_of["bob"]}, record
+            assert {r["peer_id"]: r["reason"] for r in record["rejected"]} == {peer_of["mallory"]: "logprob-mismatch"}
+            assert {s.node: SlashReason(s.reason).verdict_reason for s in intent.slashes} == {
+                mesh.address("mallory"): "logprob-mismatch"}
+            assert mesh.reader.round(intent.round_id).status.name == "SETTLED"
+        assert not mesh.reader.events.compensations(node=mesh.address("mallory"))
+        assert {c.round_id for c in mesh.reader.events.compensations(node=mesh.address("alice"))} == {1, 2}
+
+        # Bytes: the base at most once (bob, whose own base differs), then adapters only.
+        config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "num_hidden_layers": 2}
+        adapter_bytes = 4 * lora_parameter_count(config, RANK)
+        full_bytes = status["base_bytes"]  # fp32
+        for name in ("alice", "bob"):
+            node = get_status(tmp_path / f"node-{name}.port")
+            counters = node["counters"]
+            assert node["base_hash"] == status["base_hash"], name
+            # version 0's adapter is the seeded init (B = 0) a node builds itself: fetched are the later ones
+            assert 1 <= counters["models_fetched"] <= 2, counters
+            assert counters["model_bytes_fetched"] <= counters["models_fetched"] * (adapter_bytes + 4096), counters
+            expected_base = (0, 0) if name == "alice" else (full_bytes // 2, full_bytes + 64 * 1024)  # zlib on the wire
+            assert expected_base[0] <= counters["base_bytes_fetched"] <= expected_base[1], (name, counters)
+            assert adapter_bytes < 0.05 * full_bytes
+            for entry in node["history"]:  # uploads are adapter gradients (tiny LoRA tensors stay fp32/16-bit)
+                assert entry["gradient_bytes"] <= adapter_bytes + 16384, entry
+    except BaseException:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop_all()
