@@ -190,11 +190,20 @@ console = false
     full = status["base_bytes"]
     round_two = [h for n in nodes.values() for h in n["history"] if h["round_id"] == 2]
     upload = max(h["upload_bytes"] for h in round_two)
-    download = max(n["counters"]["model_bytes_fetched"] / max(1, n["counters"]["models_fetched"]) for n in nodes.values())
+    fetched = [n["counters"]["model_bytes_fetched"] / n["counters"]["models_fetched"]
+               for n in nodes.values() if n["counters"]["models_fetched"]]
+    # A version whose update was zero (all-equal rewards in every group) keeps its hash and moves no
+    # bytes; the figure is what a changed adapter version moves: its manifest's fp32 bytes, or the
+    # measured wire bytes of a fetch where one happened (zlib-compressed), whichever is larger.
+    from thinkmesh.protocol.adapters import lora_parameter_count
+
+    config = json.loads((base / "config.json").read_text())
+    adapter_bytes = 4 * lora_parameter_count(config, rank, tuple(status["adapter"]["target_modules"]))
+    download = max([adapter_bytes, *fetched])
     record2 = status["rounds"][1]
     return {
         "shape": shape, "full_model_fp32_bytes": full, "adapter": status["adapter"],
-        "adapter_params": None if not nodes["n1"]["adapter"] else sum(1 for _ in ()),  # filled below
+        "adapter_params": adapter_bytes // 4, "adapter_fetches_measured_bytes": [int(f) for f in fetched],
         "upload_bytes_per_node_round": upload, "upload_ratio": round(upload / full, 6),
         "download_bytes_per_node_round": int(download), "download_ratio": round(download / full, 6),
         "base_bytes_fetched": {n: s["counters"]["base_bytes_fetched"] for n, s in nodes.items()},
@@ -219,7 +228,6 @@ def main() -> None:
         for shape in args.shapes.split(","):
             base = model_dir(shape, args.cache)
             result = run_shape(shape, base, Path(tmp) / shape, args.rank, args.max_new_tokens)
-            result.pop("adapter_params")
             result["bars"] = {"upload_le_1pct": result["upload_ratio"] <= 0.01,
                               "download_le_1pct": result["download_ratio"] <= 0.01,
                               "round_settled": result["settled_on_chain"] == ["SETTLED", "SETTLED"]}
