@@ -3,6 +3,7 @@
     thinkmesh model init DIR          a tiny Qwen2 + character tokenizer, built locally
     thinkmesh model coldstart DIR     SFT on generated R1-format chains of thought (cached)
     thinkmesh train local ...         single-process GRPO: rollouts, rewards, steps, evals
+    thinkmesh node init ...           a commented node.toml for this machine (`thinkmesh.node.init_commands`)
     thinkmesh node run --config F     the mesh daemon (`thinkmesh.node.daemon_commands`)
     thinkmesh node doctor --config F  pre-flight checks, each with its fix (`thinkmesh.node.doctor_commands`)
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from thinkmesh.node import daemon_commands, doctor_commands, operator_commands
+from thinkmesh.node import daemon_commands, doctor_commands, init_commands, operator_commands
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     node = subparsers.add_parser("node", help="run a training node")
     node_commands = node.add_subparsers(dest="node_command", metavar="COMMAND")
+    init_commands.register(node_commands)
     daemon_commands.register(node_commands)
     doctor_commands.register(node_commands)
     operator_commands.register(node_commands)

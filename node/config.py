@@ -105,6 +105,9 @@ class NodeConfig(_Section):
     base_model: Path  # tokenizer and starting weights (a causal-LM directory)
     data_dir: Path
     device: str = "cpu"
+    # The weights' dtype on `device`. Rounds verify in float32 today (docs/verification.md): a bfloat16
+    # node's logprobs miss the float32 tolerances unless the coordinator's audit policy uses bf16 ones.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     torch_threads: int = Field(1, ge=0)
     identity: IdentityConfig
     network: NetworkConfig = NetworkConfig()

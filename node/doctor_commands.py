@@ -13,7 +13,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Adds `doctor` to the `node` command's subparsers."""
     doctor = commands.add_parser(
         "doctor", help="check this machine, the chain and the bootstrap peers before `node run`",
-        description="Python, torch, CUDA, p2pd, ports, RPC, ledger, bootstrap peers, keystore, registration, disk.",
+        description="Python, torch, CUDA, the base model and whether a round fits the device, p2pd, ports, RPC, "
+                    "ledger, bootstrap peers, keystore, registration, disk.",
     )
     doctor.add_argument("--config", required=True, help="node TOML file")
     doctor.add_argument("--rpc", help="EVM JSON-RPC URL; fills [chain] rpc_url")
@@ -25,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_doctor(config, p2pd_path: Path | None = None, report: Callable[[object], None] = lambda check: None) -> list:
     """Every check in order; `report` sees each `Check` as soon as it is known (slow ones take seconds)."""
-    from thinkmesh.node import doctor, doctor_chain
+    from thinkmesh.node import doctor, doctor_chain, doctor_model
 
     checks: list = []
 
@@ -37,6 +38,12 @@ def run_doctor(config, p2pd_path: Path | None = None, report: Callable[[object],
     add(doctor.check_python(), doctor.check_torch())
     model_bytes = doctor.directory_bytes(config.base_model)
     add(doctor.check_device(config.device, model_bytes))
+    base, model_config = doctor_model.check_base_model(config.base_model)
+    add(base)
+    strategy = config.strategy.spec()
+    free = doctor_model.device_free_bytes(config.device, config.memory.cpu_cap_mb * 1024 * 1024)
+    add(doctor_model.check_fit(model_config, config.dtype, config.device, strategy.group_size,
+                               strategy.max_new_tokens, strategy.beta > 0, free, config.memory.free_fraction))
     p2pd = doctor.check_p2pd(p2pd_path)
     add(p2pd)
     endpoints = [(host, port, "[network] host_maddrs") for host, port in doctor.tcp_ports(config.network.host_maddrs)]

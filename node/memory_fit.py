@@ -105,11 +105,64 @@ def plan_batch_sizes(
     dtype_bytes = parameters[0].element_size() if parameters else 4
     gradient_bytes = sum(p.numel() for p in parameters if p.requires_grad) * 4
     cost = sequence_cost(model.config, prompt_tokens, new_tokens, dtype_bytes)
+    return plan_from_cost(cost, gradient_bytes, free_bytes, fraction, extra_models)
+
+
+def plan_from_cost(cost: SequenceCost, gradient_bytes: int, free_bytes: int, fraction: float = 0.8,
+                   extra_models: int = 0) -> BatchPlan:
+    """The sizes `plan_batch_sizes` picks, from a sequence's cost and the gradient buffers alone."""
     budget = max(int(free_bytes * fraction) - gradient_bytes, 0)
     per_training = cost.training + extra_models * cost.generation
     rollout = max(1, min(MAX_PLANNED_BATCH, budget // max(cost.generation, 1)))
     micro = max(1, min(MAX_PLANNED_BATCH, budget // max(per_training, 1)))
     return BatchPlan(int(rollout), int(micro), int(free_bytes), int(budget))
+
+
+def parameter_count(config) -> int:
+    """The parameters of `config`'s causal LM, counted on the meta device (no weights, no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class FitEstimate:
+    """Whether a round's work fits a device before any weight is loaded (`thinkmesh node doctor`).
+
+    `need_bytes` is the least a node can run with: the weights in their dtype, float32 gradient
+    buffers for the trainable parameters, a frozen reference copy when the strategy has a KL term,
+    and one sequence's generation or training cost (micro-batch 1: the OOM guard goes that low).
+    `plan` is the batch the node would start from with the memory left over."""
+
+    parameters: int
+    trainable: int
+    weight_bytes: int
+    gradient_bytes: int
+    sequence: SequenceCost
+    need_bytes: int
+    free_bytes: int
+    plan: BatchPlan
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.free_bytes
+
+
+def estimate_fit(config, parameters: int, dtype_bytes: int, trainable: int, prompt_tokens: int, new_tokens: int,
+                 free_bytes: int, fraction: float = 0.8, extra_models: int = 0) -> FitEstimate:
+    """A pure estimate over a transformers config (see `FitEstimate`); `trainable` is every
+    parameter in a full-model round, the LoRA's in an adapter round (`adapters.lora_parameter_count`)."""
+    weight_bytes = parameters * dtype_bytes * (1 + extra_models)
+    gradient_bytes = trainable * 4
+    cost = sequence_cost(config, prompt_tokens, new_tokens, dtype_bytes)
+    one_sequence = max(cost.generation, cost.training + extra_models * cost.generation)
+    plan = plan_from_cost(cost, gradient_bytes, max(free_bytes - weight_bytes, 0), fraction, extra_models)
+    return FitEstimate(parameters=parameters, trainable=trainable, weight_bytes=weight_bytes,
+                       gradient_bytes=gradient_bytes, sequence=cost,
+                       need_bytes=weight_bytes + gradient_bytes + one_sequence, free_bytes=int(free_bytes), plan=plan)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
