@@ -27,6 +27,7 @@ from collections import deque
 from functools import partial
 from pathlib import Path
 
+from thinkmesh.node.base_cache import base_path, load_base, save_base
 from thinkmesh.node.config import NodeConfig
 from thinkmesh.node.p2p_client import FetchedModel, fetch_model, rejoin_coordinator, upload_contribution
 from thinkmesh.protocol.account_lock import acquire_account_lock
@@ -90,7 +91,8 @@ class NodeDaemon:
         self.history: deque[dict] = deque(maxlen=HISTORY_LIMIT)  # bounded: a long-running node keeps flat RAM
         self.memory_fit = None  # node/memory_fit.MemoryFit, made on the first round and kept
         self.adapter = None  # protocol/adapters.AdapterSpec while taking part in adapter rounds
-        self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "base_bytes_fetched": 0, "contributions_sent": 0,
+        self.counters = {"model_bytes_fetched": 0, "models_fetched": 0, "base_bytes_fetched": 0,
+                         "base_cache_hits": 0, "contributions_sent": 0,
                          "contributions_accepted": 0, "upload_bytes_sent": 0,
                          "rounds_joined": 0}
         self.last_receipt: dict | None = None
@@ -126,7 +128,8 @@ class NodeDaemon:
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
         base = str(self.config.base_model)
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, self.config.dtype),
+                                                          attn_implementation="sdpa")
         self.model = self.model.to(self.config.device).eval()
         if self.strategy.beta > 0:  # the KL reference: the base model, frozen
             self.reference_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -139,6 +142,10 @@ class NodeDaemon:
                 saved = torch.load(cache, map_location="cpu", weights_only=True)
                 manifest = decode_message(saved["manifest"], ModelManifest)
                 spec = adapter_from_architecture(manifest.architecture)
+                if spec is not None and spec.base_hash != self.base_hash:  # a base an earlier run fetched
+                    tensors = load_base(self.config.data_dir, spec.base_hash, self.base_architecture)
+                    if tensors is not None:
+                        self._assign_base(spec.base_hash, tensors)
                 if spec is not None and spec.base_hash == self.base_hash:
                     self._attach(spec)  # a cached adapter on the base this node holds
                 self._install(manifest, tuple(saved["chunks"]), persist=False)
@@ -171,6 +178,14 @@ class NodeDaemon:
                     spec.base_hash.hex()[:16], spec.rank, ",".join(spec.target_modules), trainable_count(self.model))
 
     async def _fetch_base(self, base_hash: bytes) -> None:
+        """The base from data_dir/bases/ (node/base_cache.py) when an earlier run kept it, else over
+        P2P once, saved there before use so a restarted node does not fetch it again."""
+        cached = await asyncio.to_thread(load_base, self.config.data_dir, base_hash, self.base_architecture)
+        if cached is not None:
+            self._assign_base(base_hash, cached)
+            self.counters["base_cache_hits"] += 1
+            logger.info("the base model 0x%s from %s", base_hash.hex()[:16], base_path(self.config.data_dir, base_hash))
+            return
         previous, self.phase = self.phase, "syncing-base"
         try:
             result = await fetch_model(self.p2p, self.config.coordinator_peer_id, self.coordinator_key,
@@ -180,13 +195,17 @@ class NodeDaemon:
         if result.manifest.architecture != self.base_architecture:
             raise ManifestError("the announced base model has another architecture than base_model")
         tensors = await asyncio.to_thread(load_state_dict, result.manifest, result.chunks)
+        await asyncio.to_thread(save_base, self.config.data_dir, base_hash, tensors)
+        self._assign_base(base_hash, tensors)
+        self.counters["base_bytes_fetched"] += result.wire_bytes
+        logger.info("fetched the base model 0x%s (%d bytes): adapters only from now on", base_hash.hex()[:16],
+                    result.wire_bytes)
+
+    def _assign_base(self, base_hash: bytes, tensors: dict) -> None:
         assign_parameters(self.model, tensors)
         if self.reference_model is not None:  # the KL reference is the base
             assign_parameters(self.reference_model, tensors)
         self.base_hash = self.model_hash = base_hash
-        self.counters["base_bytes_fetched"] += result.wire_bytes
-        logger.info("fetched the base model 0x%s (%d bytes): adapters only from now on", base_hash.hex()[:16],
-                    result.wire_bytes)
 
     def _install(self, manifest: ModelManifest, chunks: tuple[bytes, ...], persist: bool = True) -> None:
         """Checks every chunk and the hash (load_state_dict), then swaps the weights in: all of
