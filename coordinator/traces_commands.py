@@ -97,6 +97,9 @@ def trace_lines(data_dir: Path, evidence_dir: Path, rounds: range, tokenizer) ->
                 "rewards": [sample.rewards.accuracy, sample.rewards.format, sample.rewards.language, sample.rewards.length],
                 "sample_hash": leaf.sample_hash.hex(), "trace_hash": tree.hashes[position].hex(),
                 "traces_root": tree.root.hex(), "proof": [p.hex() for p in tree.proof(position)],
+                # the version sampled: the whole model's hash, or in an adapter round the adapter's and its base's
+                "model_hash": announcement.model_hash.hex(),
+                "base_hash": announcement.adapter.base_hash.hex() if announcement.adapter is not None else None,
             })
     return lines
 

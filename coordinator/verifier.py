@@ -22,7 +22,9 @@ model with everything the pure pipeline leaves to its caller:
 - the evidence file, `<evidence_dir>/round-NNNNNN/<contribution hash hex>.evidence` (canonical
   bytes, so its keccak256 is the hash put on chain): named by what it judges, so two verdicts
   never share a file. When intake records the verdict, `<node key hex>.evidence` is made a hard
-  link to it (one verdict per node and round: what traces export and operators look up). A
+  link to it (one verdict per node and round: what traces export and operators look up). In an
+  adapter round the round's adapter is written once beside them, `<model hash hex>.adapter.safetensors`
+  (kilobytes to megabytes): with the public base it is the round's model a re-run needs. A
   failing verdict that cannot be slashed (`UNSLASHABLE_REASONS`, or a key with no registered
   address) gets a short JSON record, `<contribution hash hex>.verdict.json`, instead: nobody
   will ever need its megabytes to back a slash. The accepted contribution itself lies under
@@ -57,6 +59,7 @@ from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.encoding import decode_message, encode_message
 from thinkmesh.protocol.errors import EncodingError
 from thinkmesh.protocol.evidence import Evidence, build_evidence, evidence_bytes, write_evidence
+from thinkmesh.protocol.adapters import adapter_file_name, write_adapter_file
 from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.verification import (
@@ -397,6 +400,10 @@ class ContributionVerifier:
                 evidence = build_evidence(announcement, contribution, report, context, self.tokenizer, prior, encoded)
                 path = unused_path(directory, stem, ".evidence")
                 digest, short = store_evidence(path, evidence, hashed=not report.accepted), False
+                if announcement.adapter is not None:  # the adapter a re-run attaches to the public base
+                    adapter_path = directory / adapter_file_name(announcement.model_hash)
+                    if not adapter_path.exists():
+                        write_adapter_file(adapter_path, self.model)
             outcome = VerifiedContribution(contribution, report, path, digest, address,
                                            time.perf_counter() - started, short)
             if report.accepted:

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--base-port", type=int, default=8545, help="anvil P, dashboard P+1, coordinator P+2 (p2p), P+3 (status)")
     up.add_argument("--model", default="tiny", help="tiny (default) or micro (fast, for tests)")
     up.add_argument("--coldstart-examples", type=int, default=None, help="override the cold start's example count")
+    up.add_argument("--adapter", type=int, nargs="?", const=8, default=None, metavar="RANK",
+                    help="adapter rounds: a frozen base and a LoRA of RANK (default 8) on every linear layer; "
+                         "switching an existing devnet between full and adapter rounds needs --fresh")
     up.add_argument("--cache-dir", type=Path, default=None, help="where cold-started models are kept (default: beside the state dir)")
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     up.set_defaults(handler=up_command)
@@ -80,7 +83,8 @@ def up_command(args: argparse.Namespace) -> int:
         print("thinkmesh: note: --json only changes the output of --rounds R runs", file=sys.stderr)
     options = UpOptions(
         state_dir=layout.root, cache_dir=args.cache_dir or (args.state_dir.parent / "cache" if args.state_dir else default_cache_dir()),
-        profile=profile_named(args.model).with_coldstart_examples(args.coldstart_examples), nodes=args.nodes,
+        profile=profile_named(args.model).with_coldstart_examples(args.coldstart_examples).with_adapter(args.adapter),
+        nodes=args.nodes,
         cheater=args.cheater, rounds=args.rounds, fresh=args.fresh, base_port=args.base_port,
         dashboard=not args.no_dashboard,
     )  # fmt: skip

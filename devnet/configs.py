@@ -50,6 +50,7 @@ class RoundPlan:
     task_family: str = "arithmetic"
     template: str = "r1"  # the base model's cold-start template
     lr: float = 1e-3
+    adapter_rank: int = 0  # > 0: adapter rounds (the coordinator's [adapter] section)
 
 
 def coordinator_config(
@@ -72,6 +73,8 @@ def coordinator_config(
     }  # fmt: skip
     if chain is not None:
         values["chain"] = chain.section()
+    if plan.adapter_rank:
+        values["adapter"] = {"rank": plan.adapter_rank, "alpha": 2.0 * plan.adapter_rank}
     return _validated(CoordinatorConfig, values, "coordinator")
 
 

@@ -34,6 +34,17 @@ class DevnetProfile:
     eval_max_new_tokens: int
     task_family: str = "arithmetic"
     lr: float = 1e-3  # the coordinator's AdamW step on the aggregated gradient
+    adapter_rank: int = 0  # > 0: adapter rounds, a LoRA of this rank on every linear layer (protocol/adapters.py)
+
+    def with_adapter(self, rank: int | None) -> DevnetProfile:
+        """Adapter rounds at LoRA rank `rank` (None: unchanged). The step size is 10x the full
+        model's: LoRA's best learning rate sits about an order of magnitude above full fine-tuning's
+        (Schulman et al. 2025, "LoRA Without Regret"); not tuned on the devnet's models."""
+        if rank is None:
+            return self
+        if not 1 <= rank <= 1024:
+            raise DevnetError(f"--adapter: expected a LoRA rank in 1..1024, got {rank}")
+        return dataclasses.replace(self, adapter_rank=rank, lr=self.lr * 10)
 
     def with_coldstart_examples(self, examples: int | None) -> DevnetProfile:
         if examples is None:

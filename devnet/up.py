@@ -213,7 +213,7 @@ def round_plan(options: UpOptions, node_count: int, first_round: int) -> configs
         deadline_s=profile.deadline_s, close_when=node_count, prompts_per_node=profile.prompts_per_node,
         min_peers=node_count, eval_prompts=profile.eval_prompts, eval_max_new_tokens=profile.eval_max_new_tokens,
         group_size=profile.group_size, max_new_tokens=profile.max_new_tokens, task_family=profile.task_family,
-        template=profile.recipe.coldstart.template, lr=profile.lr,
+        template=profile.recipe.coldstart.template, lr=profile.lr, adapter_rank=profile.adapter_rank,
     )  # fmt: skip
 
 

@@ -148,3 +148,46 @@ def lora_parameter_count(config: dict, spec_rank: int, targets: tuple[str, ...] 
               "down_proj": (inter, hidden)}
     per_layer = sum(spec_rank * sum(shapes[t]) for t in targets if t in shapes)
     return per_layer * config["num_hidden_layers"]
+
+
+# --- an adapter version on disk: what a verdict's re-run needs beside the public base ----------
+ADAPTER_FILE_SUFFIX = ".adapter.safetensors"
+
+
+def adapter_file_name(model_hash: bytes) -> str:
+    """`<adapter version hash hex>.adapter.safetensors`: the coordinator writes one beside each
+    adapter round's evidence, and `verify-evidence` finds it there by the announcement's model_hash."""
+    return f"{model_hash.hex()}{ADAPTER_FILE_SUFFIX}"
+
+
+def write_adapter_file(path, model) -> None:
+    """The model's trainable (adapter) tensors as safetensors, atomically (temp file, rename)."""
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({n: t.contiguous() for n, t in trainable_parameters(model).items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_adapter_file(model, path) -> None:
+    """Copies the adapter tensors in `path` into `model`'s trainable parameters (names and shapes
+    must match: AdapterError otherwise). The caller checks the resulting version's hash."""
+    from safetensors.torch import load_file
+
+    from thinkmesh.protocol.model_manifest import ManifestError, assign_parameters
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise AdapterError(f"adapter file {path}: expected safetensors, got {type(exc).__name__}: {exc}") from exc
+    try:
+        assign_parameters(model, tensors, trainable_only=True)
+    except ManifestError as exc:
+        raise AdapterError(f"adapter file {path} does not fit the announced adapter: {exc}") from exc

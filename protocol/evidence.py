@@ -21,7 +21,10 @@ What it holds and why:
 `rerun_evidence` re-runs the verification under the recorded parameters and compares. The checks
 up to reward-mismatch need nothing but `protocol/` (the reward re-run trusts the cited decoded
 text unless a tokenizer is given, since the model hash does not commit to the tokenizer);
-logprob, gradient and accepted verdicts need the round's model, whose hash is checked first.
+logprob, gradient and accepted verdicts need the round's model, whose hash is checked first. In an
+adapter round the announcement names the version twice over: `adapter.base_hash` (the frozen
+base) and `model_hash` (the adapter's tensors under an architecture that commits to that base), so
+the round's model is the base with that adapter attached (`verify-evidence --model BASE --adapter`).
 """
 
 from __future__ import annotations
@@ -235,9 +238,15 @@ def _context(evidence: Evidence, registered_nodes) -> tuple[VerificationContext,
     return context, notes
 
 
-def _model_hash(model) -> bytes:
+def _model_hash(model, announcement: RoundAnnouncement) -> bytes:
+    """The version hash the announcement's `model_hash` names: all weights under the config in a
+    full-model round; the adapter's tensors under `adapter_architecture` (which commits to the
+    base hash and LoRA shape) in an adapter round."""
+    from thinkmesh.protocol.adapters import adapter_architecture, trainable_parameters
     from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
 
+    if announcement.adapter is not None:
+        return parameters_hash(trainable_parameters(model), adapter_architecture(announcement.adapter))
     return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
 
 
@@ -263,7 +272,7 @@ def rerun_evidence(
     if model is not None:
         if tokenizer is None:
             raise EvidenceError("rerun_evidence: a model needs its tokenizer")
-        actual = _model_hash(model)
+        actual = _model_hash(model, a)
         if actual != a.model_hash:
             return outcome(False, None, [f"the model hashes to 0x{actual.hex()}, the round's is 0x{a.model_hash.hex()}"])
     notes = _check_citations(evidence, tokenizer)

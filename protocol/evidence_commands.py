@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verify-evidence", help="re-run a verification verdict from its evidence file and print agree/disagree"
     )
     parser.add_argument("file", type=Path, help="the evidence file (canonical msgpack, as the coordinator wrote it)")
-    parser.add_argument("--model", type=Path, help="the round's model directory (needed for logprob/gradient verdicts)")
+    parser.add_argument("--model", type=Path, help="the round's model directory (needed for logprob/gradient verdicts); "
+                        "in an adapter round, the base model's")
+    parser.add_argument("--adapter", type=Path, help="an adapter round's adapter (<model hash>.adapter.safetensors); "
+                        "default: that file beside the evidence file, where the coordinator writes it")
     parser.add_argument("--hash", dest="expected_hash", help="0x-hex keccak256 expected for the file (e.g. from chain)")
     parser.add_argument("--coordinator", help="0x-hex Ed25519 key the announcement must be signed by")
     parser.add_argument("--registry", type=Path, help="file of registered node keys (0x-hex, one a line)")
@@ -52,6 +55,26 @@ def _load_model(directory: Path):
     return model, load_tokenizer(directory)
 
 
+def _attach_round_adapter(base, announcement, adapter_file: Path | None, evidence_file: Path):
+    """The adapter round's model: `base` (which must hash to the announced base) with the
+    announced LoRA attached and the adapter file's tensors in it. The version hash is checked
+    by `rerun_evidence` against the announcement's `model_hash`."""
+    from thinkmesh.protocol.adapters import adapter_file_name, attach_adapter, load_adapter_file
+    from thinkmesh.protocol.evidence import EvidenceError
+    from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+
+    spec = announcement.adapter
+    base_hash = parameters_hash(model_parameters(base), canonical_architecture(base.config.to_dict()))
+    if base_hash != spec.base_hash:
+        raise EvidenceError(f"--model: the base hashes to 0x{base_hash.hex()}, the round's base is 0x{spec.base_hash.hex()}")
+    path = adapter_file or evidence_file.parent / adapter_file_name(announcement.model_hash)
+    if not path.is_file():
+        raise EvidenceError(f"an adapter round's verdict needs its adapter: no file at {path} (pass --adapter FILE)")
+    model = attach_adapter(base, spec)
+    load_adapter_file(model, path)
+    return model
+
+
 def _verify_evidence(args: argparse.Namespace) -> int:
     from thinkmesh.protocol.evidence import EvidenceError, evidence_hash, read_evidence, rerun_evidence
 
@@ -65,6 +88,8 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     model = tokenizer = None
     if args.model:
         model, tokenizer = _load_model(args.model)
+        if evidence.announcement.adapter is not None:
+            model = _attach_round_adapter(model, evidence.announcement, args.adapter, args.file)
     registry = None
     if args.registry:
         try:

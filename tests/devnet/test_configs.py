@@ -87,3 +87,27 @@ def test_config_toml_escapes_strings_and_writes_only_the_keys_set():
               "section": {"items": ["a", "b"], "nothing": [], "inner": {"deep": 1.5}}}
     loaded = tomllib.loads(config_toml(Document.model_validate(values)))
     assert loaded == {key: value for key, value in values.items() if value is not None}
+
+
+def test_an_adapter_devnet_writes_the_coordinator_s_adapter_section(tmp_path):
+    import dataclasses
+
+    from thinkmesh.devnet.profiles import profile_named
+
+    profile = profile_named("micro").with_adapter(4)
+    assert profile.adapter_rank == 4 and profile.lr == pytest.approx(profile_named("micro").lr * 10)
+    with pytest.raises(DevnetError):
+        profile_named("micro").with_adapter(0)
+    built = coordinator_config(
+        base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
+        password_file=tmp_path / "password", p2p_port=9002, http_port=9003, port_file=tmp_path / "port",
+        maddrs_file=tmp_path / "maddrs", plan=dataclasses.replace(PLAN, adapter_rank=4), chain=CHAIN,
+    )  # fmt: skip
+    loaded = load_coordinator_config(write_config(built, tmp_path / "coordinator.toml"), environ={})
+    assert loaded.adapter is not None and (loaded.adapter.rank, loaded.adapter.alpha) == (4, 8.0)
+    plain = coordinator_config(
+        base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
+        password_file=tmp_path / "password", p2p_port=9002, http_port=9003, port_file=tmp_path / "port",
+        maddrs_file=tmp_path / "maddrs", plan=PLAN, chain=CHAIN,
+    )  # fmt: skip
+    assert plain.adapter is None

@@ -5,10 +5,14 @@ verify, aggregate and sync a rank-2 LoRA on every linear layer. alice holds the 
 (found by hash, never fetched); bob starts from another base directory of the same architecture
 and fetches the announced base once over P2P. After that both download only adapters: the bytes
 each node fetched are counted against the adapter's and the full model's sizes. mallory makes up
-logprobs, which the verifier re-scores under base + adapter: rejected, slashed, never paid.
+logprobs, which the verifier re-scores under base + adapter: rejected, slashed, never paid; a third
+party re-runs that verdict (`verify-evidence --model BASE`, the adapter found beside the evidence);
+bob keeps the fetched base on disk by hash; `traces export` names each trace's version.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -16,6 +20,7 @@ from tests.e2e.models import boost_eos
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.test_settlement import PASSWORD, PaidMesh, anvil  # noqa: F401 (the fixture)
+from thinkmesh.devnet.cli import main as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -102,6 +107,23 @@ def test_adapter_rounds_settle_slash_a_cheater_and_sync_only_adapters(tmp_path, 
             assert adapter_bytes < 0.05 * full_bytes
             for entry in node["history"]:  # uploads are adapter gradients (tiny LoRA tensors stay fp32/16-bit)
                 assert entry["gradient_bytes"] <= adapter_bytes + 16384, entry
+        # bob keeps the base it fetched, by hash, so a restart does not fetch it again; alice fetched none
+        assert (tmp_path / "node-bob" / "bases" / f"{status['base_hash']}.safetensors").is_file()
+        assert not (tmp_path / "node-alice" / "bases").exists()
+
+        # A third party re-runs mallory's verdict on base + adapter: the adapter lies beside the evidence
+        evidence = (tmp_path / "coordinator" / "evidence" / "round-000001"
+                    / f"{mesh.keys['mallory'].identity.public_key.hex()}.evidence")
+        assert cli(["verify-evidence", str(evidence), "--model", str(mesh.base)]) == 0
+        assert cli(["verify-evidence", str(evidence), "--model", str(mesh.other_base)]) == 1  # not the round's base
+
+        # The traces of adapter rounds export with the version they were sampled under
+        out = tmp_path / "traces.jsonl"
+        assert cli(["traces", "export", "--config", str(tmp_path / "coordinator.toml"), "--rounds", "1..2", str(out)]) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {line["round_id"] for line in lines} == {1, 2}
+        assert {line["base_hash"] for line in lines} == {status["base_hash"]}
+        assert len({line["model_hash"] for line in lines}) == 2  # each round's adapter version
     except BaseException:
         mesh.dump_logs()
         raise
