@@ -1,7 +1,8 @@
 """The ledger's records and rules, as the contract `ThinkMeshLedger` defines them.
 
-Pure values and functions, no I/O: what a settlement pays, how it is ordered and hashed, how a
-seed is committed, what each slash reason means. The coordinator builds these records, the chain
+Values and functions, pure but for `Deployment.save`/`load` (the deployment record's JSON file):
+what a settlement records, how it is ordered and hashed, how a seed is committed, what each slash
+reason means. The coordinator builds these records, the chain
 client (`protocol/chain.py`) sends them, and any third party can recompute a round's settlement
 hash from its published awards and compare it with the chain's.
 

@@ -162,27 +162,6 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Verdict(Message):
-    """The coordinator's decision on one contribution, with the evidence that backs it."""
-
-    TYPE = "verdict"
-    VERSION = 1
-    MAX_BYTES = 256 * KiB
-
-    chain_id: int
-    run_id: str
-    round_id: int
-    node_key: PublicKey32
-    contribution_hash: Hash32
-    accepted: bool
-    reason: str  # "ok" or the first failed check, e.g. "reward-mismatch"
-    checked_samples: tuple[int, ...]
-    findings: tuple[Finding, ...]
-    evidence_hash: Hash32
-    signature: Signature64 = EMPTY_SIGNATURE
-
-
-@dataclass(frozen=True)
 class TensorEntry:
     """Where one parameter tensor lies in the model's canonical byte stream."""
 
@@ -304,6 +283,6 @@ def verify_message(
 
 __all__ = [
     "AdapterSpec", "Contribution", "Finding", "GradientPayload", "ModelManifest", "RoundAnnouncement", "RoundTerms", "Sample",
-    "TensorBlob", "TensorEntry", "Verdict", "decode_message", "encode_message", "message_hash",
+    "TensorBlob", "TensorEntry", "decode_message", "encode_message", "message_hash",
     "model_content_hash", "sample_hash", "samples_root", "sign_message", "unsigned_payload_hash", "verify_message",
 ]

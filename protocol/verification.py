@@ -63,7 +63,6 @@ from thinkmesh.protocol.messages import (
     Finding,
     GradientPayload,
     RoundAnnouncement,
-    Verdict,
     sample_hash,
     samples_root,
     unsigned_payload_hash,
@@ -101,15 +100,11 @@ MODEL_FREE_REASONS = (
     REASON_BAD_SIGNATURE, REASON_WRONG_ROUND, REASON_OFF_TERMS, REASON_UNKNOWN_NODE, REASON_SAMPLES_ROOT,
     REASON_PROMPT_SET, REASON_SAMPLE_SHAPE, REASON_REPLAY, REASON_REWARD_MISMATCH,
 )
-MAX_FINDINGS = 64  # per report: bounds a Verdict's size whatever a node sends
+MAX_FINDINGS = 64  # per report: bounds a verdict's evidence whatever a node sends
 REWARD_TOLERANCE = 1e-9  # rewards are rule outputs: equal up to float printing, nothing more
 # Claimed rewards carry no length shaping: DAPO's overlong penalty is applied once, inside
 # `strategy_loss`, from the completion lengths (as node/train_step.py scores them).
 CLAIMED_REWARD_OVERLONG_BUFFER = 0
-
-
-class VerificationError(ProtocolError):
-    """A verification that cannot run as asked (e.g. no tokenizer where text must be decoded)."""
 
 
 @dataclass(frozen=True)
@@ -517,16 +512,6 @@ def draw_check(announcement: RoundAnnouncement, contribution: Contribution, indi
             for i in indices]
     steps = max(len(samples[i].completion_ids) for i in indices)
     return DrawCheck(strategy.temperature, strategy.top_p, uniforms_tensor(keys, steps))
-
-
-def verdict_for(report: VerificationReport, contribution: Contribution, evidence_hash: bytes) -> Verdict:
-    """The unsigned `Verdict` of a report; the coordinator signs it with `sign_message`."""
-    return Verdict(
-        chain_id=contribution.chain_id, run_id=contribution.run_id, round_id=contribution.round_id,
-        node_key=contribution.node_key, contribution_hash=report.contribution_hash, accepted=report.accepted,
-        reason=report.reason, checked_samples=report.checked_samples, findings=report.findings,
-        evidence_hash=evidence_hash,
-    )
 
 
 def with_seen(context: VerificationContext, report: VerificationReport) -> VerificationContext:

@@ -12,14 +12,12 @@ from thinkmesh.protocol.errors import EncodingError, ProtocolError, SignatureErr
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import (
     Contribution,
-    Finding,
     GradientPayload,
     ModelManifest,
     RoundAnnouncement,
     Sample,
     TensorBlob,
     TensorEntry,
-    Verdict,
     decode_message,
     message_hash,
     sign_message,
@@ -77,14 +75,6 @@ announcements = st.builds(
     coordinator_key=hash32, prompt_template=st.sampled_from(["r1", "r1-compact"]),
     signature=st.binary(min_size=64, max_size=64),
 )
-verdicts = st.builds(
-    Verdict, chain_id=small_int, run_id=st.text(max_size=16), round_id=small_int, node_key=hash32,
-    contribution_hash=hash32, accepted=st.booleans(), reason=st.text(max_size=24),
-    checked_samples=st.lists(st.integers(0, 10_000), max_size=8).map(tuple),
-    findings=st.lists(st.builds(Finding, sample_index=st.integers(0, 99), check=st.text(max_size=12),
-                                expected=finite, claimed=finite), max_size=3).map(tuple),
-    evidence_hash=hash32, signature=st.binary(min_size=64, max_size=64),
-)
 manifests = st.builds(
     ModelManifest, chain_id=small_int, run_id=st.text(max_size=16), version=small_int,
     round_id=small_int, parent_hash=hash32, model_hash=hash32, architecture=st.text(max_size=40),
@@ -94,8 +84,8 @@ manifests = st.builds(
     chunk_size=st.integers(1, 2**24), chunk_hashes=st.lists(hash32, max_size=4).map(tuple),
     signature=st.binary(min_size=64, max_size=64),
 )
-ANY_MESSAGE = st.one_of(announcements, contributions(), verdicts, manifests)
-TYPES = (RoundAnnouncement, Contribution, Verdict, ModelManifest)
+ANY_MESSAGE = st.one_of(announcements, contributions(), manifests)
+TYPES = (RoundAnnouncement, Contribution, ModelManifest)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -182,8 +172,8 @@ def test_unknown_version_type_and_non_canonical_bytes_are_refused():
     body = _body(_announcement())
     with pytest.raises(EncodingError, match="version 4"):
         decode_message(_raw_envelope(body, version=4), RoundAnnouncement)
-    with pytest.raises(EncodingError, match="expected a 'round-announcement' message, got 'verdict'"):
-        decode_message(_raw_envelope(body, tag="verdict"), RoundAnnouncement)
+    with pytest.raises(EncodingError, match="expected a 'round-announcement' message, got 'model-manifest'"):
+        decode_message(_raw_envelope(body, tag="model-manifest"), RoundAnnouncement)
     canonical = encode_message(_announcement())
     wide = canonical.replace(b"\xcd\x7a\x69", b"\xce\x00\x00\x7a\x69", 1)  # chain id 31337 as uint32
     assert wide != canonical
@@ -266,7 +256,7 @@ def test_encoding_is_identical_in_a_fresh_process():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(announcements, contributions(), verdicts, manifests))
+@given(st.one_of(announcements, contributions(), manifests))
 def test_verifying_from_the_encoded_bytes_checks_exactly_what_re_encoding_checks(message):
     signer = NODE if isinstance(message, Contribution) else COORDINATOR
     signed = sign_message(message, signer)
