@@ -366,6 +366,7 @@ class Coordinator:
                                     slash_amount=chain.slash_amount if chain else 0)
         for intent in self.settler.recover(next_round):
             self.verifier.committed.add_intent(intent)
+        self.settler.start()  # settlements go to the chain behind the round loop, retried while it is away
 
     def _write_maddrs(self) -> list[str]:
         maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
@@ -416,6 +417,7 @@ class Coordinator:
                 "round_id": current.announcement.round_id, "deadline_ms": current.announcement.deadline_ms,
                 "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals),
                 "refusals_by_reason": dict(current.refusals.counts)},
+            "settlement": self.settler.backlog() if self.settler else None,
             "rounds": self.rounds, "evals": self.evals, "uptime_s": round(time.time() - self.started, 1),
         }
 
@@ -447,6 +449,8 @@ class Coordinator:
         print(line, file=sys.stderr, flush=True)
 
     async def shutdown(self) -> None:
+        if self.settler is not None:
+            await asyncio.to_thread(self.settler.shutdown)  # what is still queued stays in the journal
         if self.status_server is not None:
             await self.status_server.stop()
         if self.service is not None:

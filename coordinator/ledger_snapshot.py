@@ -39,4 +39,5 @@ def read_snapshot(client) -> LedgerSnapshot:
         settlements=settlements,
         settle_gas=settle_gas,
         metrics=tuple(events.round_metrics()),
+        registrations=tuple(registrations),
     )

@@ -4,6 +4,11 @@
 leaderboard, rounds, slashing and strategy tables (pure, unit-tested). Nothing here trusts the
 coordinator: every figure is recomputable by anyone with an RPC endpoint and the ledger address.
 
+Identity: a node's Ed25519 key (hence its peer id) is what it *claimed* at registration; the chain
+does not check the binding signatures. A row is `verified` when its registration's binding holds
+and is the earliest one that does for that key (`ledger.bound_nodes`, the rule the coordinator pays
+by); any other is shown `unverified`, with the reason, so a copied key never passes for its owner.
+
 Strategy comparison: a round's held-out gain (its accuracy minus the previous round's) is shared
 among the strategies in proportion to the verified samples each contributed to that round; a
 strategy's figure is its summed share over its total verified samples. It is an attribution, not
@@ -22,11 +27,13 @@ from thinkmesh.protocol.ledger import (
     ClaimRecord,
     Compensation,
     NodeRecord,
+    NodeRegistration,
     RoundMetricsRecord,
     RoundRecord,
     RoundSettlementRecord,
     SlashReason,
     SlashRecord,
+    bound_nodes,
 )
 
 
@@ -44,6 +51,7 @@ class LedgerSnapshot:
     settlements: tuple[RoundSettlementRecord, ...]
     settle_gas: dict[int, int]  # round id -> gas used by its settlement transaction
     metrics: tuple[RoundMetricsRecord, ...] = ()
+    registrations: tuple[NodeRegistration, ...] = ()  # NodeRegistered events: what the identity check reads
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class NodeRow:
     claimed: float
     claimable: float
     slashed: float
+    identity: str = "unknown"  # "verified", "unverified", or "unknown" (no registration event read)
+    identity_note: str = ""  # why a row is not verified
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,20 @@ def _reason_name(code: int) -> str:
         return f"code-{code}"
 
 
+def identity_checks(registrations: Sequence[NodeRegistration]) -> dict[str, tuple[str, str]]:
+    """Node address -> (identity, note) from its registration events; see the module docstring."""
+    bound = bound_nodes(registrations)
+    checks: dict[str, tuple[str, str]] = {}
+    for reg in sorted(registrations, key=lambda r: r.block_number):  # a later registration of an address wins
+        if not reg.binding_holds:
+            checks[reg.node] = ("unverified", "the identity binding's signatures do not verify: the key is only claimed")
+        elif bound[reg.ed25519_key].node != reg.node:
+            checks[reg.node] = ("unverified", f"this key was bound earlier by {bound[reg.ed25519_key].node}")
+        else:
+            checks[reg.node] = ("verified", "")
+    return checks
+
+
 def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
     samples: dict[str, int] = defaultdict(int)
     earned: dict[str, int] = defaultdict(int)
@@ -153,11 +177,13 @@ def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
     for c in snap.claims:
         claimed[c.node] += c.amount
 
+    identity = identity_checks(snap.registrations)
     nodes = tuple(sorted(
         (NodeRow(
             address=n.address, peer_id=_peer_id(n), strategy=n.strategy, status=n.status.name.lower(),
             stake=_units(n.stake), verified_samples=samples[n.address], earned=_units(earned[n.address]),
             claimed=_units(claimed[n.address]), claimable=_units(n.claimable), slashed=_units(slashed[n.address]),
+            identity=identity.get(n.address, ("unknown", ""))[0], identity_note=identity.get(n.address, ("", ""))[1],
         ) for n in snap.nodes),
         key=lambda row: (-row.earned, row.address),
     ))

@@ -7,13 +7,17 @@ costs its node `slash_amount`, capped at its stake, with the verdict's reason co
 **Crash safety** (the chain is the source of truth). Per round, in this order:
 
 1. the `SettlementIntent` (awards, stats, traces root, slashes, the accepted hashes for the
-   replay sets) is written atomically to `<data_dir>/settlement/round-NNNNNN.json`;
+   replay sets, the round's model hash) is written atomically to `<data_dir>/settlement/round-NNNNNN.json`
+   (temporary file fsynced, renamed, then the directory fsynced so the rename itself survives a crash);
 2. the checkpoint commits the round (next round = r + 1);
-3. `settle_round` is sent (idempotent: a retry with the same payload is a no-op, a different
-   payload is refused by the contract), then each slash unless `isSlashed` already says so;
+3. the settlement queue (`settlement_queue.py`) sends it behind the round loop, in round order:
+   `settle_round` (idempotent: a retry with the same payload is a no-op, a different payload is
+   refused by the contract; in parts when the awards do not fit a block), then each slash unless
+   `isSlashed` already says so; any chain error is retried with backoff while rounds go on;
 4. the intent is marked done.
 On restart, intents of rounds the checkpoint has not committed were never sent and are dropped
-(the round re-runs); every committed intent not marked done is re-sent through step 3. So a
+(the round re-runs); every committed intent not marked done goes back in the queue (`recover`
+never talks to the chain, so a chain that is down or refusing cannot stop a restart). So a
 payout is never lost (the intent is durable before the round counts as done) and never doubled
 (the contract settles a round once and slashes a node once per round).
 """
@@ -25,18 +29,22 @@ import logging
 import os
 import signal
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from thinkmesh.coordinator.chain_connection import (  # noqa: F401 (connect_chain, read_registry: re-exported)
+    ChainConnection,
+    connect_chain,
+    read_registry,
+)
+from thinkmesh.coordinator.settlement_queue import SettlementQueue
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.ledger import (
     SCORE_SCALE,
     Award,
-    NodeStatus,
     RoundStats,
     RoundStatus,
     SlashReason,
-    bound_nodes,
     seed_commitment,
 )
 from thinkmesh.protocol.messages import Contribution
@@ -88,6 +96,7 @@ class SettlementIntent:
     slashes: tuple[SlashIntent, ...]
     accepted: tuple[AcceptedEntry, ...]
     done: bool = False
+    model_hash: bytes | None = None  # the model the round trained from: lets a settle open its round on chain
 
     def to_json(self) -> str:
         return json.dumps({
@@ -97,7 +106,7 @@ class SettlementIntent:
             "slashes": [[s.node_key.hex(), s.node, str(s.amount), s.reason, s.evidence_hash.hex()] for s in self.slashes],
             "accepted": [[e.node_key.hex(), e.address, e.samples, [h.hex() for h in e.sample_hashes], e.gradient_digest.hex()]
                          for e in self.accepted],
-            "done": self.done,
+            "done": self.done, "model_hash": None if self.model_hash is None else self.model_hash.hex(),
         }, indent=1) + "\n"
 
     @classmethod
@@ -112,6 +121,7 @@ class SettlementIntent:
                 accepted=tuple(AcceptedEntry(bytes.fromhex(k), a, n, tuple(bytes.fromhex(h) for h in hs), bytes.fromhex(g))
                                for k, a, n, hs, g in raw["accepted"]),
                 done=bool(raw["done"]),
+                model_hash=bytes.fromhex(raw["model_hash"]) if raw.get("model_hash") else None,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SettlementError(f"expected a settlement intent JSON, got an unreadable one: {exc}") from exc
@@ -119,7 +129,7 @@ class SettlementIntent:
 
 def build_intent(
     round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence, held_out_accuracy: float, *,
-    reward_per_prompt: int, slash_amount: int,
+    reward_per_prompt: int, slash_amount: int, model_hash: bytes | None = None,
 ) -> SettlementIntent:
     """The intent of a closed round. `accepted` / `rejected` are `VerifiedContribution`s."""
     contributions = [item.contribution for item in accepted]
@@ -143,14 +153,14 @@ def build_intent(
                       item.report.sample_hashes, item.report.gradient_digest)
         for item in accepted
     )
-    return SettlementIntent(round_id, seed, tree.root, stats, tuple(awards), slashes, entries)
+    return SettlementIntent(round_id, seed, tree.root, stats, tuple(awards), slashes, entries, model_hash=model_hash)
 
 
 # ---- the journal ----------------------------------------------------------------------------
 
 
 class SettlementJournal:
-    """The intents on disk, one JSON file per round, each replaced atomically."""
+    """The intents on disk, one JSON file per round, each replaced atomically and durably."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -159,7 +169,9 @@ class SettlementJournal:
         return self.directory / f"round-{round_id:06d}.json"
 
     def write(self, intent: SettlementIntent) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fsync_directory(self.directory.parent)
         path = self.path(intent.round_id)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w") as handle:
@@ -167,6 +179,12 @@ class SettlementJournal:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(self.directory)  # the rename is durable only once the directory is
+
+    def mark_done(self, intent: SettlementIntent) -> SettlementIntent:
+        done = replace(intent, done=True)
+        self.write(done)
+        return done
 
     def load(self) -> list[SettlementIntent]:
         if not self.directory.is_dir():
@@ -179,55 +197,21 @@ class SettlementJournal:
         dropped = [i.round_id for i in self.load() if i.round_id >= next_round]
         for round_id in dropped:
             self.path(round_id).unlink()
+        if dropped:
+            fsync_directory(self.directory)
         return dropped
 
 
+def fsync_directory(directory: Path) -> None:
+    """Makes the directory's entries (a rename, a creation, an unlink) durable (POSIX)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ---- talking to the chain -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChainConnection:
-    """The coordinator's two clients: `signer` sends (event loop's worker threads, one at a time),
-    `reader` serves the verifier's registry reads; amounts in token units."""
-
-    signer: object
-    reader: object
-    reward_per_prompt: int
-    slash_amount: int
-
-    def registry(self) -> dict[bytes, str]:
-        return read_registry(self.reader)
-
-
-def connect_chain(config, evm_private_key: bytes | None) -> ChainConnection:
-    """Connects the `[chain]` section of a `CoordinatorConfig`; checks the account may settle."""
-    from thinkmesh.protocol.account_lock import acquire_account_lock
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.ledger import Deployment, checksum_address, tokens
-
-    chain = config.chain
-    if chain.deployment_file is not None:
-        deployment = Deployment.load(chain.deployment_file)
-        if chain.ledger and checksum_address(chain.ledger, "[chain] ledger") != deployment.ledger:
-            raise SettlementError(f"[chain] ledger {chain.ledger} differs from {chain.deployment_file}'s {deployment.ledger}")
-    elif chain.ledger:
-        deployment = discover_deployment(chain.rpc_url, chain.ledger, from_block=chain.from_block)
-    else:
-        raise SettlementError("[chain]: expected deployment_file or ledger, got neither")
-    if chain.private_key_env:
-        key = os.environ.get(chain.private_key_env)
-        if not key:
-            raise SettlementError(f"[chain] private_key_env: expected ${chain.private_key_env} to hold a 0x-hex key, it is unset")
-    elif evm_private_key:
-        key = "0x" + evm_private_key.hex()
-    else:
-        raise SettlementError("[chain]: expected the coordinator's EVM key (its keystore or private_key_env), got none")
-    signer = LedgerClient.connect(chain.rpc_url, deployment, private_key=key)
-    acquire_account_lock(deployment.chain_id, signer.address, role="coordinator")
-    if not signer.is_coordinator(signer.address):
-        raise SettlementError(f"the coordinator account {signer.address} lacks COORDINATOR_ROLE on ledger {deployment.ledger}")
-    return ChainConnection(signer, LedgerClient.connect(chain.rpc_url, deployment),
-                           tokens(chain.reward_per_prompt), tokens(chain.slash_amount))
 
 
 def crash_point(point: str, round_id: int) -> None:
@@ -240,12 +224,6 @@ def crash_point(point: str, round_id: int) -> None:
         if os.getpgid(0) == os.getpid():  # a session leader (as tests start it): SIGKILL the DHT and p2pd too
             os.killpg(os.getpid(), signal.SIGKILL)
         os._exit(CRASH_EXIT_CODE)
-
-
-def read_registry(client) -> dict[bytes, str]:
-    """Ed25519 key -> address of every validly bound node whose account is Active."""
-    bound = bound_nodes(client.events.registrations())
-    return {key: reg.node for key, reg in bound.items() if client.node(reg.node).status == NodeStatus.ACTIVE}
 
 
 def ensure_round_open(client, round_id: int, model_hash: bytes, seed: bytes) -> bool:
@@ -262,6 +240,12 @@ def ensure_round_open(client, round_id: int, model_hash: bytes, seed: bytes) -> 
     if record.status == RoundStatus.SETTLED:
         raise SettlementError(f"round {round_id} is already settled on chain, but the checkpoint has not committed it")
     return False
+
+
+def open_for_settlement(client, intent: SettlementIntent) -> None:
+    """Opens the intent's round if the chain has never seen it (its opening never got through)."""
+    if intent.model_hash is not None and client.round(intent.round_id).status == RoundStatus.NONE:
+        client.open_round(intent.round_id, intent.model_hash, seed_commitment(intent.seed))
 
 
 @dataclass
@@ -291,13 +275,13 @@ def send_settlement(client, intent: SettlementIntent) -> SettlementOutcome:
 
 
 def settle_pending(client, journal: SettlementJournal, intents: Iterable[SettlementIntent]) -> list[SettlementOutcome]:
-    """Sends every intent not marked done and marks it done (restart recovery and the normal path)."""
+    """Sends every intent not marked done and marks it done (what the settlement queue runs per round)."""
     outcomes = []
     for intent in intents:
         if intent.done:
             continue
         outcome = send_settlement(client, intent)
-        journal.write(SettlementIntent(**{**intent.__dict__, "done": True}))
+        journal.mark_done(intent)
         logger.info("round %d settled on chain (%s), %d slashed", intent.round_id,
                     "retry, already settled" if outcome.settle_tx is None else "0x" + outcome.settle_tx.hex()[:16],
                     len(outcome.slashed), extra={"event": "settlement", "round": intent.round_id})
@@ -306,44 +290,70 @@ def settle_pending(client, journal: SettlementJournal, intents: Iterable[Settlem
 
 
 class RoundSettler:
-    """The coordinator's settlement side: the journal, and (with a chain) the signing client.
+    """The coordinator's settlement side: the journal, and (with a chain) the settlement queue.
 
-    Without a chain client it still journals every round (the replay sets survive restarts)
-    and pays nothing. Methods that talk to the chain block: call them from a worker thread.
+    Without a chain client it still journals every round (the replay sets survive restarts) and pays
+    nothing. With one, nothing here blocks on the chain: openings and settlements go to a
+    `SettlementQueue` whose worker `start()` starts and `shutdown()` stops.
     """
 
-    def __init__(self, journal: SettlementJournal, client=None, *, reward_per_prompt: int = 0, slash_amount: int = 0):
+    def __init__(self, journal: SettlementJournal, client=None, *, reward_per_prompt: int = 0, slash_amount: int = 0,
+                 queue: SettlementQueue | None = None):
         self.journal = journal
         self.client = client
         self.reward_per_prompt = reward_per_prompt
         self.slash_amount = slash_amount
+        own = client.copy() if client is not None and hasattr(client, "copy") else client
+        self.queue = queue or (SettlementQueue(own, journal) if client is not None else None)
+        self._model_hashes: dict[int, bytes] = {}
 
     def recover(self, next_round: int) -> list[SettlementIntent]:
-        """Drops uncommitted intents, re-sends committed ones not done; returns the committed intents."""
+        """Drops uncommitted intents and queues the committed ones not done (no chain call, so nothing
+        the chain does can stop a restart); returns the committed intents."""
         dropped = self.journal.discard_uncommitted(next_round)
         if dropped:
             logger.info("dropped the uncommitted settlement intents of rounds %s (they re-run)", dropped)
         intents = self.journal.load()
-        if self.client is not None:
-            settle_pending(self.client, self.journal, intents)
-        return self.journal.load()
+        pending = [i for i in intents if not i.done]
+        if self.queue is not None:
+            for intent in pending:
+                self.queue.settle(intent)
+            if pending:
+                logger.info("queued the settlements of rounds %s, committed before the restart",
+                            [i.round_id for i in pending])
+        return intents
+
+    def start(self) -> None:
+        if self.queue is not None:
+            self.queue.start()
+
+    def shutdown(self) -> None:
+        if self.queue is not None:
+            self.queue.shutdown()
+
+    def backlog(self) -> dict | None:
+        return self.queue.backlog() if self.queue is not None else None
 
     def open_round(self, round_id: int, model_hash: bytes, seed: bytes) -> None:
-        if self.client is not None:
-            ensure_round_open(self.client, round_id, model_hash, seed)
+        """Queues the round's opening on chain; returns at once."""
+        self._model_hashes[round_id] = model_hash
+        if self.queue is not None:
+            self.queue.open_round(round_id, model_hash, seed)
 
     def record(self, round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence,
                held_out_accuracy: float) -> SettlementIntent:
         """Steps 1 of the module docstring: the intent, durable before the checkpoint commits."""
         intent = build_intent(round_id, seed, accepted, rejected, held_out_accuracy,
-                              reward_per_prompt=self.reward_per_prompt, slash_amount=self.slash_amount)
+                              reward_per_prompt=self.reward_per_prompt, slash_amount=self.slash_amount,
+                              model_hash=self._model_hashes.pop(round_id, None))
         self.journal.write(intent)
         crash_point("after-intent", round_id)
         return intent
 
     def send(self, intent: SettlementIntent) -> None:
+        """Step 3: queues the settlement of a committed round; returns at once."""
         crash_point("before-settle", intent.round_id)
-        if self.client is not None:
-            settle_pending(self.client, self.journal, [intent])
+        if self.queue is not None:
+            self.queue.settle(intent)
         else:
-            self.journal.write(SettlementIntent(**{**intent.__dict__, "done": True}))
+            self.journal.mark_done(intent)

@@ -63,10 +63,13 @@ class RoundWatcher:
         return bool(self.last_status and self.last_status.get("phase") == "done")
 
     def _moved_past(self, round_id: int) -> bool:
-        """True once the coordinator finished sending `round_id`'s settlement (it announces the next round,
-        or stops, only after `settle_round` and every slash of the round returned)."""
+        """True once the coordinator finished sending `round_id`'s settlement, every slash included: its
+        settlement queue, which settles rounds in order behind the round loop, has settled through it."""
         status = self.last_status or {}
-        return status.get("phase") == "done" or status.get("round_id", 0) > round_id
+        settlement = status.get("settlement")
+        if settlement is not None:
+            return (settlement.get("settled_through") or 0) >= round_id
+        return status.get("phase") == "done" or status.get("round_id", 0) > round_id  # a coordinator of before
 
     def _round_lines(self, status: dict) -> list[str]:
         lines = []

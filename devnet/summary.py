@@ -88,16 +88,7 @@ def read_summary(client, nodes: Sequence[NodeEntry], rounds: int) -> DevnetSumma
 
 def reward_claims(client) -> dict[str, int]:
     """Total `RewardClaimed` amount per node address (the claimer, not the recipient)."""
-    from eth_utils import to_checksum_address
-
-    from thinkmesh.protocol.chain_tx import rpc_errors
-
-    with rpc_errors(client.rpc_url):
-        logs = client.ledger.events.RewardClaimed().get_logs(
-            from_block=client.deployment.block_number, to_block="latest"
-        )
     totals: dict[str, int] = {}
-    for log in logs:
-        node = to_checksum_address(log["args"]["node"])
-        totals[node] = totals.get(node, 0) + int(log["args"]["amount"])
+    for claim in client.events.claims():  # a paged scan: public endpoints cap eth_getLogs ranges
+        totals[claim.node] = totals.get(claim.node, 0) + claim.amount
     return totals

@@ -21,13 +21,13 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 from web3.logs import DISCARD
 
+from thinkmesh.protocol import chain_settlement
 from thinkmesh.protocol.chain_abi import LEDGER_CONTRACT, TOKEN_CONTRACT, RevertDecoder, load_artifact
 from thinkmesh.protocol.chain_errors import (
     ChainError,
     ChainIdMismatchError,
     ContractMissingError,
     ContractRevertError,
-    SettlementConflictError,
 )
 from thinkmesh.protocol.chain_events import LedgerEvents
 from thinkmesh.protocol.chain_tx import TransactionSender, call_contract, rpc_errors
@@ -46,10 +46,8 @@ from thinkmesh.protocol.ledger import (
     TxResult,
     binding_bytes,
     bound_nodes,
-    canonical_awards,
     checksum_address,
     hash32,
-    settlement_hash,
 )
 
 RPC_TIMEOUT_S = 10.0
@@ -157,6 +155,21 @@ class LedgerClient:
         account = Account.from_key(private_key) if private_key else None
         return cls(web3, rpc_url, deployment, account)
 
+    @classmethod
+    def offline(
+        cls, rpc_url: str, deployment: Deployment, *, private_key: str | None = None, account: LocalAccount | None = None,
+        timeout_s: float = RPC_TIMEOUT_S,
+    ) -> LedgerClient:
+        """A client built without asking the RPC anything (for a process that must start while its chain
+        is away): nothing is checked, and the first call that reaches a wrong or absent chain raises."""
+        web3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        return cls(web3, rpc_url, deployment, account or (Account.from_key(private_key) if private_key else None))
+
+    def copy(self) -> LedgerClient:
+        """The same deployment and account over a connection of its own, for another thread (no RPC call)."""
+        timeout = getattr(self.web3.provider, "_request_kwargs", {}).get("timeout", RPC_TIMEOUT_S)
+        return type(self).offline(self.rpc_url, self.deployment, account=self._account, timeout_s=timeout)
+
     @property
     def address(self) -> str:
         """The signing account's address."""
@@ -262,26 +275,23 @@ class LedgerClient:
         """Settles `round_id` once; retrying the same settlement (after a crash, a timeout) is a no-op.
 
         Awards are put in canonical order; `stats` go out in the same transaction's `RoundMetrics`
-        event (and into the settlement hash). If the round is already settled with this exact payload
-        (same settlement hash), returns `Settlement(tx=None)`; with a different payload, raises
-        `SettlementConflictError`. The contract itself refuses any second settlement, so a retry
-        can never pay twice, even when two retries race.
+        event (and into the settlement hash). Awards that do not fit one block go in parts
+        (protocol/chain_settlement.py), resumed where they stopped. If the round is already settled
+        with this exact payload (same settlement hash), returns `Settlement(tx=None)`; with a different
+        payload, raises `SettlementConflictError`. The contract itself refuses any second settlement
+        and any part out of sequence, so a retry can never pay twice, even when two retries race.
         """
-        ordered = canonical_awards(awards)
-        expected = settlement_hash(round_id, seed, traces_root, ordered, stats)
-        existing = self.round(round_id)
-        if existing.status == RoundStatus.SETTLED:
-            return self._already_settled(round_id, existing.settlement_hash, expected)
-        function = self.ledger.functions.settleRound(
-            round_id, seed, traces_root, [award.as_abi() for award in ordered], stats.as_abi()
-        )
-        try:
-            result = self._transact("settleRound", function)
-        except ContractRevertError as exc:
-            if exc.error_name != "RoundAlreadySettled":
-                raise
-            return self._already_settled(round_id, bytes(exc.error_args["settlementHash"]), expected)
-        return Settlement(round_id=round_id, settlement_hash=expected, tx=result)
+        return chain_settlement.settle_round(self, round_id, seed, traces_root, awards, stats)
+
+    def settle_round_part(self, round_id: int, first_index: int, awards: Sequence[Award]) -> TxResult:
+        """Credits `awards` (canonical order, continuing the credited ones) ahead of `settle_round`."""
+        function = self.ledger.functions.settleRoundPart(round_id, first_index, [a.as_abi() for a in awards])
+        return self._transact("settleRoundPart", function)
+
+    def round_parts(self, round_id: int) -> tuple[int, bytes]:
+        """(awards credited in parts, their digest) of a round settled in parts; (0, zero) otherwise."""
+        credited, digest = self._call("roundParts", self.ledger.functions.roundParts(round_id))
+        return credited, bytes(digest)
 
     def slash(
         self, round_id: int, node: str, amount: int, reason: SlashReason | int, evidence_hash: bytes
@@ -377,9 +387,3 @@ class LedgerClient:
         allowance = self._call("allowance", self.token.functions.allowance(owner, self.deployment.ledger))
         if allowance < amount:
             self._transact("ThinkMeshToken.approve", self.token.functions.approve(self.deployment.ledger, amount))
-
-    @staticmethod
-    def _already_settled(round_id: int, stored: bytes, expected: bytes) -> Settlement:
-        if stored != expected:
-            raise SettlementConflictError(round_id, stored, expected)
-        return Settlement(round_id=round_id, settlement_hash=expected, tx=None)

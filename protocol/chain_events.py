@@ -3,14 +3,22 @@
 Per-node, per-round facts (what each node earned, who was slashed and why) live only in events,
 by design of the contract (it keeps settlement gas per node low), so these readers are the way
 to see them. Each returns records in chain order.
+
+Scans are paged: public RPC endpoints refuse an `eth_getLogs` over too many blocks (commonly 10,000,
+some 2,000 or fewer) or with too many results, so a scan asks for at most `max_block_range` blocks
+at a time, from the deployment block to the head read when the scan began, and halves the page
+whenever the endpoint refuses one as too large (down to a single block, then the refusal is raised).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from eth_utils import to_checksum_address
+from web3.exceptions import Web3RPCError
 
+from thinkmesh.protocol.chain_errors import ChainError
 from thinkmesh.protocol.chain_tx import rpc_errors
 from thinkmesh.protocol.ledger import (
     SCORE_SCALE,
@@ -24,14 +32,26 @@ from thinkmesh.protocol.ledger import (
     checksum_address,
 )
 
+logger = logging.getLogger(__name__)
+
+MAX_BLOCK_RANGE = 10_000  # blocks per eth_getLogs: the common public-RPC cap
+# How endpoints word "this eth_getLogs asks for too much" (geth, erigon, Alchemy, Infura, QuickNode,
+# Ankr, public nodes): a page that gets one of these is split, not raised.
+_RANGE_REFUSALS = ("block range", "range is too", "range too", "too wide", "exceed maximum", "exceeds limit",
+                   "exceeds the range", "query returned more than", "limited to", "response size", "range limit",
+                   "max range", "maximum range")  # not "rate limit": a busy endpoint is not a range refusal
+
 
 class LedgerEvents:
     """Event queries on one ledger contract, from its deployment block unless told otherwise."""
 
-    def __init__(self, ledger: Any, rpc_url: str, *, from_block: int = 0) -> None:
+    def __init__(self, ledger: Any, rpc_url: str, *, from_block: int = 0, max_block_range: int = MAX_BLOCK_RANGE) -> None:
+        if max_block_range < 1:
+            raise ValueError(f"expected max_block_range >= 1, got {max_block_range}")
         self._ledger = ledger
         self._rpc_url = rpc_url
         self._from_block = from_block
+        self.max_block_range = max_block_range
 
     def compensations(
         self, *, round_id: int | None = None, node: str | None = None, from_block: int | None = None
@@ -160,8 +180,27 @@ class LedgerEvents:
     def _logs(self, event: str, filters: dict[str, Any], from_block: int | None) -> list[tuple[Any, int, bytes]]:
         start = self._from_block if from_block is None else from_block
         with rpc_errors(self._rpc_url):
-            logs = self._ledger.events[event]().get_logs(
-                argument_filters=filters or None, from_block=start, to_block="latest"
-            )
+            head = self._ledger.w3.eth.block_number
+        logs: list[Any] = []
+        page = self.max_block_range
+        while start <= head:
+            end = min(start + page - 1, head)
+            try:
+                with rpc_errors(self._rpc_url):
+                    logs += self._ledger.events[event]().get_logs(
+                        argument_filters=filters or None, from_block=start, to_block=end
+                    )
+            except Web3RPCError as exc:
+                message = str(exc)
+                if end == start or not any(marker in message.lower() for marker in _RANGE_REFUSALS):
+                    raise ChainError(
+                        f"expected the {event} logs of blocks {start}..{end} from {self._rpc_url}, "
+                        f"the endpoint refused: {message[:300]}"
+                    ) from exc
+                page = max(1, (end - start + 1) // 2)
+                logger.debug("%s refused %d blocks of %s logs; asking for %d at a time", self._rpc_url,
+                             end - start + 1, event, page)
+                continue
+            start = end + 1
         ordered = sorted(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
         return [(log["args"], log["blockNumber"], bytes(log["transactionHash"])) for log in ordered]

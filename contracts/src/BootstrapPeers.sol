@@ -7,13 +7,14 @@ import {LedgerStorage} from "./LedgerStorage.sol";
 /// @title BootstrapPeers
 /// @notice The multiaddrs a new peer dials to join the run's p2p network, curated by the
 /// coordinator role, so a node needs only the chain (RPC + ledger address) to find the swarm.
+/// Like every state change but the admin's, curating it stops while the ledger is paused.
 /// @dev An unordered set: removal swaps the last entry into the hole.
 abstract contract BootstrapPeers is LedgerStorage {
     string[] private _bootstrapPeers;
     mapping(bytes32 multiaddrHash => uint256 indexPlusOne) private _bootstrapIndex;
 
     /// @inheritdoc IThinkMeshLedger
-    function addBootstrapPeer(string calldata multiaddr) external onlyRole(COORDINATOR_ROLE) {
+    function addBootstrapPeer(string calldata multiaddr) external onlyRole(COORDINATOR_ROLE) whenNotPaused {
         uint256 length = bytes(multiaddr).length;
         if (length == 0 || length > MAX_MULTIADDR_BYTES) {
             revert FieldTooLong("multiaddr", length, MAX_MULTIADDR_BYTES);
@@ -26,7 +27,7 @@ abstract contract BootstrapPeers is LedgerStorage {
     }
 
     /// @inheritdoc IThinkMeshLedger
-    function removeBootstrapPeer(string calldata multiaddr) external onlyRole(COORDINATOR_ROLE) {
+    function removeBootstrapPeer(string calldata multiaddr) external onlyRole(COORDINATOR_ROLE) whenNotPaused {
         bytes32 key = keccak256(bytes(multiaddr));
         uint256 indexPlusOne = _bootstrapIndex[key];
         if (indexPlusOne == 0) revert UnknownBootstrapPeer(multiaddr);

@@ -122,6 +122,8 @@ interface IThinkMeshLedger {
     error SlashExceedsStake(address node, uint256 amount, uint256 stake);
     error AlreadySlashed(uint64 roundId, address node);
     error NothingToClaim(address node);
+    error RoundPartOutOfSequence(uint64 roundId, uint32 expectedFirstIndex, uint32 firstIndex);
+    error EmptyRoundPart(uint64 roundId);
     error BootstrapPeerExists(string multiaddr);
     error UnknownBootstrapPeer(string multiaddr);
 
@@ -153,6 +155,9 @@ interface IThinkMeshLedger {
         uint32 nodeCount,
         uint64 totalSamples,
         uint128 totalPayout
+    );
+    event RoundPartSettled(
+        uint64 indexed roundId, uint32 firstIndex, uint32 count, uint256 payout, bytes32 awardsDigest
     );
     event RoundMetrics(
         uint64 indexed roundId, uint32 accepted, uint32 rejected, int64 meanReward, uint32 heldOutAccuracy
@@ -238,18 +243,19 @@ interface IThinkMeshLedger {
     /// @param seedCommitment commitment to the round seed, revealed at settlement
     function openRound(uint64 roundId, bytes32 modelHash, bytes32 seedCommitment) external;
 
-    /// @notice Settles round `roundId` in one transaction: credits every award to its node's
-    /// claimable balance, reveals the seed, records the traces Merkle root, and publishes the
-    /// round's quality figures in a {RoundMetrics} event.
+    /// @notice Settles round `roundId`: credits every award (or, after {settleRoundPart}, the
+    /// remaining ones) to its node's claimable balance, reveals the seed, records the traces Merkle
+    /// root, and publishes the round's quality figures in a {RoundMetrics} event.
     /// @dev Coordinator only. A round settles once; a second call reverts with
     /// {RoundAlreadySettled} naming the stored settlement hash, so a retried call is detectable.
+    /// A round settled in parts stores the parted hash described at {settleRoundPart} instead.
     /// @param roundId an Open round
     /// @param seed the round seed; keccak256(abi.encodePacked(seed)) must equal the commitment
     /// @param tracesRoot OpenZeppelin StandardMerkleTree root over the accepted traces' hashes
     /// @param awards one line per accepted node, sorted by strictly ascending node address;
     /// the payouts' sum must not exceed the unallocated pool
     /// @param stats the round's quality figures (emitted, not stored; covered by the settlement hash)
-    /// @return settlementHash keccak256 of the call's ABI-encoded arguments
+    /// @return settlementHash keccak256 of the call's ABI-encoded arguments (one-transaction rounds)
     function settleRound(
         uint64 roundId,
         bytes32 seed,
@@ -257,6 +263,28 @@ interface IThinkMeshLedger {
         Award[] calldata awards,
         RoundStats calldata stats
     ) external returns (bytes32 settlementHash);
+
+    /// @notice Credits one part of round `roundId`'s awards ahead of its {settleRound}, for a round
+    /// whose awards do not fit one transaction.
+    /// @dev Coordinator only. Parts go in order: `firstIndex` must equal the number of awards
+    /// credited so far (the round's `nodeCount` while it is Open), so a part that was already
+    /// credited (a retry whose receipt was lost) reverts with {RoundPartOutOfSequence} instead of
+    /// paying twice. Awards stay sorted across parts. Each part's payout leaves the unallocated pool
+    /// at once. Every credited award is folded into the round's awards digest,
+    /// `d = keccak256(abi.encode(d, award))` from `d = 0`, whatever the parts' sizes; the final
+    /// {settleRound} (with the remaining awards, possibly none) then stores
+    /// `keccak256(abi.encode(roundId, seed, tracesRoot, awardsDigest, stats))` as the settlement hash.
+    /// @param roundId an Open round
+    /// @param firstIndex the position of `awards[0]` among all the round's awards
+    /// @param awards the next awards, sorted by strictly ascending node address, at least one
+    /// @return awardsDigest the digest of every award credited so far
+    function settleRoundPart(uint64 roundId, uint32 firstIndex, Award[] calldata awards)
+        external
+        returns (bytes32 awardsDigest);
+
+    /// @notice How far a round settled in parts has come: awards credited and their digest.
+    /// @dev Zero for a round settled in one transaction.
+    function roundParts(uint64 roundId) external view returns (uint32 awardsCredited, bytes32 awardsDigest);
 
     /// @notice Slashes `amount` of `account`'s stake for round `roundId`; the tokens return to the
     /// unallocated pool.
@@ -285,11 +313,11 @@ interface IThinkMeshLedger {
     // ---------------------------------------------------------------- bootstrap peers
 
     /// @notice Adds a multiaddr that new peers may dial to join the p2p network.
-    /// @dev Coordinator only; 1..256 bytes; no duplicates.
+    /// @dev Coordinator only, not while paused; 1..256 bytes; no duplicates.
     function addBootstrapPeer(string calldata multiaddr) external;
 
     /// @notice Removes a bootstrap multiaddr.
-    /// @dev Coordinator only.
+    /// @dev Coordinator only, not while paused.
     function removeBootstrapPeer(string calldata multiaddr) external;
 
     /// @notice The current bootstrap multiaddrs (order not significant).

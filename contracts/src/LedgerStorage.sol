@@ -56,6 +56,13 @@ abstract contract LedgerStorage is IThinkMeshLedger, AccessControl, Pausable, Re
         bytes32 settlementHash;
     }
 
+    /// @dev A round settled in parts ({settleRoundPart}): the digest of the awards credited so far
+    /// and the last credited node, which the next part's first award must sort after.
+    struct RoundPart {
+        bytes32 awardsDigest;
+        address lastNode;
+    }
+
     /// @notice The reward token: sponsors fund in it, nodes stake and are paid in it.
     /// @dev Must be a plain ERC-20 (no fee on transfer, no rebasing): the books count amounts sent.
     IERC20 public immutable token;
@@ -70,6 +77,7 @@ abstract contract LedgerStorage is IThinkMeshLedger, AccessControl, Pausable, Re
     mapping(address account => NodeProfile) internal _profiles;
     mapping(uint64 roundId => Round) internal _rounds;
     mapping(uint64 roundId => mapping(address account => bool)) internal _slashedIn;
+    mapping(uint64 roundId => RoundPart) internal _roundParts;
 
     uint256 internal _funded;
     uint256 internal _slashed;

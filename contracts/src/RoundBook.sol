@@ -2,16 +2,18 @@
 pragma solidity ^0.8.24;
 
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 import {IThinkMeshLedger} from "./IThinkMeshLedger.sol";
 import {LedgerStorage} from "./LedgerStorage.sol";
 
 /// @title RoundBook
 /// @notice The coordinator opens each round with a model hash and a seed commitment, then
-/// settles it once, in one transaction, crediting every accepted node; it slashes cheaters with
-/// a reason code and an evidence hash.
+/// settles it once, crediting every accepted node: in one transaction, or, when the awards do not
+/// fit one block, in parts ({settleRoundPart}) closed by {settleRound}; it slashes cheaters with a
+/// reason code and an evidence hash.
 /// @dev Settlement cost per node: calldata, one event, one cold read and one warm write of the
-/// node's packed account slot. Aggregates are written once per round.
+/// node's packed account slot. Aggregates are written once per round (once per part when parted).
 abstract contract RoundBook is LedgerStorage {
     /// @inheritdoc IThinkMeshLedger
     function openRound(uint64 roundId, bytes32 modelHash, bytes32 seedCommitment)
@@ -37,27 +39,34 @@ abstract contract RoundBook is LedgerStorage {
         RoundStats calldata stats
     ) external onlyRole(COORDINATOR_ROLE) whenNotPaused returns (bytes32 settlementHash) {
         Round storage r = _rounds[roundId];
-        RoundStatus status = r.status;
-        if (status == RoundStatus.Settled) revert RoundAlreadySettled(roundId, r.settlementHash);
-        if (status != RoundStatus.Open) revert RoundNotOpen(roundId, status);
+        _requireOpen(roundId, r);
         if (keccak256(abi.encodePacked(seed)) != r.seedCommitment) {
             revert SeedMismatch(roundId, r.seedCommitment, seed);
         }
 
-        (uint256 totalPayout, uint256 totalSamples) = _creditAll(roundId, awards);
-        uint256 unallocated = _unallocated;
-        if (totalPayout > unallocated) revert PayoutExceedsPool(totalPayout, unallocated);
-        _unallocated = unallocated - totalPayout;
-        _claimable += totalPayout;
+        uint256 credited = r.nodeCount; // > 0 only when earlier parts were credited
+        uint256 totalPayout;
+        uint256 totalSamples;
+        if (credited == 0) {
+            (totalPayout, totalSamples) = _creditAll(roundId, awards);
+            _allocate(totalPayout);
+            settlementHash = keccak256(msg.data[4:]);
+        } else {
+            bytes32 digest;
+            (totalPayout, totalSamples, digest) = _creditPart(roundId, credited, awards);
+            totalPayout += r.totalPayout;
+            totalSamples += r.totalSamples;
+            settlementHash = keccak256(abi.encode(roundId, seed, tracesRoot, digest, stats));
+        }
 
-        settlementHash = keccak256(msg.data[4:]);
-        // The casts below cannot truncate: awards.length < 2**32 (calldata is bounded by the block
-        // gas limit), each award adds < 2**32 samples and < 2**96 payout, so the sums stay below
-        // 2**64 and 2**128.
+        // The casts below cannot truncate: the award count < 2**32 (calldata is bounded by the block
+        // gas limit, parts by the uint32 index), each award adds < 2**32 samples and < 2**96 payout,
+        // so the sums stay below 2**64 and 2**128.
+        uint256 nodeCount = credited + awards.length;
         r.status = RoundStatus.Settled;
         r.settledAt = uint40(block.timestamp);
         // forge-lint: disable-next-line(unsafe-typecast)
-        r.nodeCount = uint32(awards.length);
+        r.nodeCount = uint32(nodeCount);
         // forge-lint: disable-next-line(unsafe-typecast)
         r.totalSamples = uint64(totalSamples);
         // forge-lint: disable-next-line(unsafe-typecast)
@@ -67,10 +76,57 @@ abstract contract RoundBook is LedgerStorage {
         r.settlementHash = settlementHash;
         // forge-lint: disable-start(unsafe-typecast)
         emit RoundSettled(
-            roundId, settlementHash, tracesRoot, seed, uint32(awards.length), uint64(totalSamples), uint128(totalPayout)
+            roundId, settlementHash, tracesRoot, seed, uint32(nodeCount), uint64(totalSamples), uint128(totalPayout)
         );
         // forge-lint: disable-end(unsafe-typecast)
         emit RoundMetrics(roundId, stats.accepted, stats.rejected, stats.meanReward, stats.heldOutAccuracy);
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function settleRoundPart(uint64 roundId, uint32 firstIndex, Award[] calldata awards)
+        external
+        onlyRole(COORDINATOR_ROLE)
+        whenNotPaused
+        returns (bytes32 awardsDigest)
+    {
+        Round storage r = _rounds[roundId];
+        _requireOpen(roundId, r);
+        uint32 credited = r.nodeCount;
+        if (firstIndex != credited) revert RoundPartOutOfSequence(roundId, credited, firstIndex);
+        if (awards.length == 0) revert EmptyRoundPart(roundId);
+
+        uint256 payout;
+        uint256 samples;
+        (payout, samples, awardsDigest) = _creditPart(roundId, credited, awards);
+        // Checked arithmetic: a sum past its field's width reverts the part (see settleRound's casts).
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint32 count = uint32(awards.length); // < 2**32: calldata is bounded by the block gas limit
+        r.nodeCount = credited + count;
+        r.totalSamples += SafeCast.toUint64(samples);
+        r.totalPayout += SafeCast.toUint128(payout);
+        emit RoundPartSettled(roundId, firstIndex, count, payout, awardsDigest);
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function roundParts(uint64 roundId) external view returns (uint32 awardsCredited, bytes32 awardsDigest) {
+        Round storage r = _rounds[roundId];
+        RoundPart storage part = _roundParts[roundId];
+        return (part.lastNode == address(0) ? 0 : r.nodeCount, part.awardsDigest);
+    }
+
+    /// @dev Reverts unless round `roundId` is Open, naming a settled round's stored hash.
+    function _requireOpen(uint64 roundId, Round storage r) private view {
+        RoundStatus status = r.status;
+        if (status == RoundStatus.Settled) revert RoundAlreadySettled(roundId, r.settlementHash);
+        if (status != RoundStatus.Open) revert RoundNotOpen(roundId, status);
+    }
+
+    /// @dev Moves `payout` from the unallocated pool to the claimable total, or reverts.
+    function _allocate(uint256 payout) private {
+        uint256 unallocated = _unallocated;
+        if (payout > unallocated) revert PayoutExceedsPool(payout, unallocated);
+        _unallocated = unallocated - payout;
+        _claimable += payout;
     }
 
     /// @dev Credits every award. Each failed check reverts the whole settlement, so crediting
@@ -90,6 +146,32 @@ abstract contract RoundBook is LedgerStorage {
                 ++i;
             }
         }
+    }
+
+    /// @dev Credits the awards at positions `firstIndex`.. of a round settled in parts: they must
+    /// sort after the last credited node; each is folded into the awards digest. Moves their payout
+    /// out of the pool and records the new digest and last node.
+    function _creditPart(uint64 roundId, uint256 firstIndex, Award[] calldata awards)
+        private
+        returns (uint256 payout, uint256 samples, bytes32 digest)
+    {
+        RoundPart storage part = _roundParts[roundId];
+        address previous = part.lastNode;
+        digest = part.awardsDigest;
+        uint256 count = awards.length;
+        for (uint256 i; i < count;) {
+            Award calldata award = awards[i];
+            previous = _credit(roundId, firstIndex + i, previous, award);
+            digest = keccak256(abi.encode(digest, award));
+            payout += award.payout;
+            samples += award.verifiedSamples;
+            unchecked {
+                ++i;
+            }
+        }
+        _allocate(payout);
+        part.awardsDigest = digest;
+        part.lastNode = previous;
     }
 
     /// @dev Credits one award to its node's claimable balance (one packed slot) and logs it.

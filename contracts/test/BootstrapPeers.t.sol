@@ -73,4 +73,21 @@ contract BootstrapPeersTest is LedgerFixture {
         vm.prank(admin);
         ledger.removeBootstrapPeer(A);
     }
+
+    function test_bootstrapPeers_curationStopsWhilePaused() public {
+        _add(A);
+        vm.prank(admin);
+        ledger.pause();
+        bytes4 paused = bytes4(keccak256("EnforcedPause()"));
+        vm.expectRevert(paused);
+        _add(B);
+        vm.expectRevert(paused);
+        vm.prank(coordinator);
+        ledger.removeBootstrapPeer(A);
+        vm.assertEq(ledger.bootstrapPeers().length, 1, "the list is as it was");
+        vm.prank(admin);
+        ledger.unpause();
+        _add(B);
+        vm.assertEq(ledger.bootstrapPeers().length, 2, "curation works again");
+    }
 }

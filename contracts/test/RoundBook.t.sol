@@ -203,6 +203,160 @@ contract RoundBookTest is LedgerFixture {
         ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), other);
     }
 
+    // ------------------------------------------------------------ settleRoundPart
+
+    function slice(IThinkMeshLedger.Award[] memory awards, uint256 from, uint256 to)
+        internal
+        pure
+        returns (IThinkMeshLedger.Award[] memory part)
+    {
+        part = new IThinkMeshLedger.Award[](to - from);
+        for (uint256 i = from; i < to; ++i) {
+            part[i - from] = awards[i];
+        }
+    }
+
+    function digestOf(IThinkMeshLedger.Award[] memory awards) internal pure returns (bytes32 digest) {
+        for (uint256 i; i < awards.length; ++i) {
+            digest = keccak256(abi.encode(digest, awards[i]));
+        }
+    }
+
+    function settlePart(uint64 roundId, uint32 firstIndex, IThinkMeshLedger.Award[] memory awards)
+        internal
+        returns (bytes32)
+    {
+        vm.prank(coordinator);
+        return ledger.settleRoundPart(roundId, firstIndex, awards);
+    }
+
+    function test_settleRoundPart_creditsInPartsAndSettleStoresThePartedHash() public {
+        address[] memory nodes = registerNodes(5);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 10 ether);
+        bytes32 root = keccak256("traces");
+
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[0], 8, 500_000, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[1], 9, 500_001, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundPartSettled(1, 0, 2, 20 ether, digestOf(slice(awards, 0, 2)));
+        vm.assertEq(settlePart(1, 0, slice(awards, 0, 2)), digestOf(slice(awards, 0, 2)), "digest of part 1");
+        IThinkMeshLedger.RoundView memory open = ledger.round(1);
+        vm.assertEq(uint256(open.status), uint256(IThinkMeshLedger.RoundStatus.Open), "still open");
+        vm.assertEq(open.nodeCount, 2, "credited so far");
+        vm.assertEq(ledger.node(nodes[1]).claimable, 10 ether, "part 1 paid");
+        vm.assertEq(ledger.poolTotals().unallocated, POOL - 20 ether, "part 1 left the pool");
+        assertBooksBalance();
+
+        settlePart(1, 2, slice(awards, 2, 4));
+        (uint32 credited, bytes32 digest) = ledger.roundParts(1);
+        vm.assertEq(credited, 4, "roundParts counts");
+        vm.assertEq(digest, digestOf(slice(awards, 0, 4)), "roundParts digest");
+
+        bytes32 expected = keccak256(abi.encode(uint64(1), SEED, root, digestOf(awards), stats()));
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.NodeCompensated(1, nodes[4], 12, 500_004, 10 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundSettled(1, expected, root, SEED, 5, 50, 50 ether);
+        vm.assertEq(settle(1, root, slice(awards, 4, 5)), expected, "parted settlement hash");
+        IThinkMeshLedger.RoundView memory r = ledger.round(1);
+        vm.assertEq(uint256(r.status), uint256(IThinkMeshLedger.RoundStatus.Settled), "settled");
+        vm.assertEq(r.nodeCount, 5, "nodes");
+        vm.assertEq(r.totalSamples, 50, "samples");
+        vm.assertEq(r.totalPayout, 50 ether, "payout");
+        vm.assertEq(r.settlementHash, expected, "stored hash");
+        for (uint256 i; i < 5; ++i) {
+            vm.assertEq(ledger.node(nodes[i]).claimable, 10 ether, "each paid once");
+        }
+        vm.assertEq(ledger.poolTotals().unallocated, POOL - 50 ether, "unallocated");
+        assertBooksBalance();
+    }
+
+    /// Fuzz: the settlement hash of a parted round depends on the awards, not on where they were cut.
+    function testFuzz_settleRoundPart_hashIsIndependentOfTheCuts(uint256 cutA, uint256 cutB) public {
+        address[] memory nodes = registerNodes(6);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        uint256 a = bound(cutA, 1, 5);
+        uint256 b = bound(cutB, a, 6);
+        openRound(1);
+        settlePart(1, 0, slice(awards, 0, a));
+        if (b > a) settlePart(1, uint32(a), slice(awards, a, b));
+        bytes32 settled = settle(1, bytes32(0), slice(awards, b, 6));
+        vm.assertEq(settled, keccak256(abi.encode(uint64(1), SEED, bytes32(0), digestOf(awards), stats())), "hash");
+    }
+
+    function test_settleRoundPart_retryOfACreditedPartRevertsAndPaysNothing() public {
+        address[] memory nodes = registerNodes(3);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        settlePart(1, 0, slice(awards, 0, 2));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundPartOutOfSequence.selector, 1, 2, 0));
+        settlePart(1, 0, slice(awards, 0, 2));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundPartOutOfSequence.selector, 1, 2, 3));
+        settlePart(1, 3, slice(awards, 2, 3));
+        vm.assertEq(ledger.node(nodes[0]).claimable, 1 ether, "paid once");
+    }
+
+    function test_settleRoundPart_awardsStaySortedAcrossParts() public {
+        address[] memory nodes = registerNodes(3);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        settlePart(1, 0, slice(awards, 0, 2));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AwardsNotSorted.selector, 2, nodes[1], nodes[1]));
+        settlePart(1, 2, slice(awards, 1, 2));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.AwardsNotSorted.selector, 2, nodes[1], nodes[0]));
+        settle(1, bytes32(0), slice(awards, 0, 1));
+    }
+
+    function test_settleRoundPart_revertsWhenThePartExceedsThePool() public {
+        address[] memory nodes = registerNodes(2);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, uint96(POOL / 2 + 1));
+        settlePart(1, 0, slice(awards, 0, 1));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.PayoutExceedsPool.selector, POOL / 2 + 1, POOL / 2 - 1));
+        settlePart(1, 1, slice(awards, 1, 2));
+        fundPool(2);
+        settlePart(1, 1, slice(awards, 1, 2)); // a sponsor topped the pool up: the same part goes through
+        vm.assertEq(ledger.node(nodes[1]).claimable, POOL / 2 + 1, "paid after the top-up");
+        assertBooksBalance();
+    }
+
+    function test_settleRoundPart_revertsOnEmptyPart() public {
+        openRound(1);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.EmptyRoundPart.selector, 1));
+        settlePart(1, 0, new IThinkMeshLedger.Award[](0));
+    }
+
+    function test_settleRoundPart_revertsUnlessOpen() public {
+        address[] memory nodes = registerNodes(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        vm.expectRevert(
+            abi.encodeWithSelector(IThinkMeshLedger.RoundNotOpen.selector, 1, IThinkMeshLedger.RoundStatus.None)
+        );
+        settlePart(1, 0, awards);
+        openRound(1);
+        bytes32 settlementHash = settle(1, bytes32(0), awards);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadySettled.selector, 1, settlementHash));
+        settlePart(1, 1, awards);
+        (uint32 credited,) = ledger.roundParts(1);
+        vm.assertEq(credited, 0, "a one-transaction round has no parts");
+    }
+
+    function test_settleRoundPart_onlyCoordinatorAndNotWhilePaused() public {
+        address[] memory nodes = registerNodes(1);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        vm.expectRevert(accessDenied(admin, COORDINATOR_ROLE));
+        vm.prank(admin);
+        ledger.settleRoundPart(1, 0, awards);
+        vm.prank(admin);
+        ledger.pause();
+        vm.expectRevert(bytes4(keccak256("EnforcedPause()")));
+        settlePart(1, 0, awards);
+    }
+
     // ------------------------------------------------------------ slash
 
     function test_slash_movesStakeToPool() public {

@@ -31,6 +31,20 @@ function fillTable(id, rows, toCells) {
   }
 }
 
+// A node's peer id is what it claimed at registration; only a verified identity binding makes it its own.
+function nodeCell(n) {
+  const td = cell(n.peer_id ? short(n.peer_id, 6) : short(n.address, 4), "mono");
+  td.title = `${n.address}${n.peer_id ? `\n${n.peer_id}` : ""}`;
+  if (n.identity !== "verified") {
+    const tag = document.createElement("span");
+    tag.className = "tag warn identity";
+    tag.textContent = n.identity === "unknown" ? "identity unknown" : "unverified";
+    tag.title = n.identity_note || "no registration event was read for this node";
+    td.append(" ", tag);
+  }
+  return td;
+}
+
 function drawChart(id, type, labels, datasets, yTitle) {
   if (charts[id]) {
     charts[id].data.labels = labels;
@@ -74,7 +88,7 @@ function render(s) {
   }));
 
   fillTable("leaderboard", s.nodes, (n) => [
-    cell(n.peer_id ? short(n.peer_id, 6) : short(n.address, 4), "mono"), cell(n.strategy),
+    nodeCell(n), cell(n.strategy),
     cell(fmt(n.verified_samples, 0), "num"), cell(fmt(n.earned), "num"), cell(fmt(n.claimed), "num"),
     cell(fmt(n.stake), "num"), cell(fmt(n.slashed), n.slashed > 0 ? "num bad" : "num"), cell(n.status),
   ]);

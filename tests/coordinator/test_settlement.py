@@ -186,19 +186,27 @@ def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
     rejected = [bind(cheats["fake-rewards"])]
     settler = RoundSettler(SettlementJournal(tmp_path / "settlement"), coordinator,
                            reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
-    settler.open_round(2, w.round.model_hash, w.round.seed)
-    settler.open_round(2, w.round.model_hash, w.round.seed)  # a re-announced round: no second opening
+    settler.open_round(2, w.round.model_hash, w.round.seed)  # queued: the round loop never waits on the chain
+    settler.open_round(2, w.round.model_hash, w.round.seed)  # a re-announced round: one opening
+    assert settler.backlog()["pending_openings"] == [2] and settler.queue.step() == 0.0
     assert coordinator.round(2).seed_commitment == seed_commitment(w.round.seed)
     intent = settler.record(2, w.round.seed, accepted, rejected, 0.5)
+    assert intent.model_hash == w.round.model_hash and settler.backlog()["pending_rounds"] == []
 
     # Crash after the intent, before the checkpoint committed the round: the intent is dropped.
-    assert settler.recover(next_round=2) == [] and coordinator.round(2).status == RoundStatus.OPEN
-    intent = settler.record(2, w.round.seed, accepted, rejected, 0.5)
-    # Crash after the settle transaction, before the slash: recovery sends only what is missing.
+    restarted = RoundSettler(settler.journal, coordinator, reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
+    assert restarted.recover(next_round=2) == [] and coordinator.round(2).status == RoundStatus.OPEN
+    restarted.open_round(2, w.round.model_hash, w.round.seed)  # the round re-runs
+    assert restarted.queue.step() == 0.0
+    intent = restarted.record(2, w.round.seed, accepted, rejected, 0.5)
+    # Crash after the settle transaction, before the slash: recovery queues it, the queue sends what is missing.
     first = send_settlement(coordinator, dataclasses.replace(intent, slashes=()))
     assert first.settle_tx is not None
-    (recovered,) = settler.recover(next_round=3)
-    assert recovered.done
+    restarted = RoundSettler(settler.journal, coordinator, reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
+    (recovered,) = restarted.recover(next_round=3)
+    assert not recovered.done and restarted.backlog()["pending_rounds"] == [2]
+    assert restarted.queue.step() == 0.0
+    assert restarted.journal.load()[0].done and restarted.backlog()["settled_through"] == 2
     # And once more (a crash after the slash, before the intent was marked done).
     again = send_settlement(coordinator, intent)
     assert again.settle_tx is None and again.slashed == [] and again.skipped == [rejected[0].address]

@@ -45,7 +45,8 @@ def free_port() -> int:
 class PaidMesh:
     """anvil + ledger + keys + config files + processes of one settled mesh under `root`."""
 
-    def __init__(self, root: Path, anvil, cheat: str | dict[str, str], group_sizes: dict[str, int] | None = None):
+    def __init__(self, root: Path, anvil, cheat: str | dict[str, str], group_sizes: dict[str, int] | None = None,
+                 honest: tuple = HONEST):
         from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
         from thinkmesh.protocol.chain import LedgerClient, deploy
         from thinkmesh.protocol.keystore import create_keys
@@ -53,12 +54,13 @@ class PaidMesh:
 
         self.root, self.anvil = root, anvil
         self.cheaters = cheat if isinstance(cheat, dict) else {CHEATER[0]: cheat}  # name -> cheat mode
+        self.honest = honest  # (name, preset, compression) of each honest node
         self.group_sizes = group_sizes or {}  # name -> its strategy's group size, where not 4
         self.base = root / "base-model"
         init_model_dir(self.base, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                                                 intermediate_size=128, max_positions=512))
         boost_eos(self.base)
-        names = ["coordinator", *(n for n, _, _ in HONEST), *self.cheaters]
+        names = ["coordinator", *(n for n, _, _ in self.honest), *self.cheaters]
         self.keys = {name: create_keys(root / "keys" / name, PASSWORD, kdf="light") for name in names}
         admin = anvil.accounts[0]
         self.deployment = deploy(anvil.rpc_url, admin.private_key, unbonding_delay_s=3600, min_stake=tokens(1),
@@ -80,7 +82,7 @@ class PaidMesh:
         return self.keys[name].evm_address
 
     def coordinator_config(self, rounds: int, min_peers: int | None = None) -> Path:
-        everyone = len(HONEST) + len(self.cheaters)
+        everyone = len(self.honest) + len(self.cheaters)
         min_peers = everyone if min_peers is None else min_peers
         path = self.root / "coordinator.toml"
         path.write_text(f"""
@@ -164,7 +166,7 @@ stake = "20"
 
     def start_nodes(self) -> None:
         wait_for(lambda: (self.root / "coordinator.maddrs").exists(), 120, "the coordinator's multiaddrs")
-        for name, preset, compression in HONEST:
+        for name, preset, compression in self.honest:
             self.start(name, ["node", "run", "--config", str(self.node_config(name, preset, compression))])
         for name, mode in self.cheaters.items():
             self.start(name, ["node", "run", "--config", str(self.node_config(name, *CHEATER_PRESET)), "--cheat", mode])
@@ -253,7 +255,7 @@ def assert_journal_is_on_chain(mesh: PaidMesh, rounds: int) -> list:
             owed[award.node] = owed.get(award.node, 0) + award.payout
         for slash in intent.slashes:
             slashed[slash.node] = slashed.get(slash.node, 0) + 1
-    for name in [*(n for n, _, _ in HONEST), *mesh.cheaters]:
+    for name in [*(n for n, _, _ in mesh.honest), *mesh.cheaters]:
         record = mesh.reader.node(mesh.address(name))
         assert record.claimable == owed.get(mesh.address(name), 0), name
         assert record.stake == tokens(20) - slashed.get(mesh.address(name), 0) * tokens(7), name
@@ -359,8 +361,8 @@ def test_coordinator_killed_before_and_during_settlement_settles_every_round_onc
 
         # Restarted again: finishes round 2's settlement (the slash), sends nothing twice.
         mesh.start_coordinator(rounds=2, min_peers=0)
-        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done", 120,
-                 "the coordinator to recover and finish")
+        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done"
+                 and s["settlement"]["pending_rounds"] == [], 120, "the coordinator to recover and finish")
         # Round 1 had everyone; round 2 ran while the nodes were restarted, so it may miss some.
         assert {a.node for a in mesh.journal()[0].awards} == {mesh.address(n) for n, _, _ in HONEST}
         intents = assert_journal_is_on_chain(mesh, rounds=2)
@@ -375,4 +377,49 @@ def test_coordinator_killed_before_and_during_settlement_settles_every_round_onc
         mesh.dump_logs()
         raise
     finally:
+        mesh.stop_all()
+
+
+@pytest.mark.timeout(240)
+def test_an_rpc_outage_over_two_rounds_stops_no_training_and_each_round_settles_once_after(tmp_path, anvil):
+    """anvil is suspended (SIGSTOP) the moment round 1 closes, so whatever of round 1's settlement is in
+    flight hangs mid-way, and rounds 2 and 3 run and close with the chain away; then it resumes
+    (SIGCONT) and the queued rounds settle, each once, in order.
+
+    Suspending rather than killing keeps the very chain and port (no state dump to reload, nothing in
+    flight lost), and it is the harsher outage for the coordinator: a suspended RPC accepts
+    connections and never answers, so every call waits for its timeout, where a dead one would refuse
+    at once. A round loop that waited on the chain anywhere would stall here. (Retries after refusals,
+    a paused ledger and a pool too small are tested in tests/coordinator/test_settlement_queue.py.)"""
+    mesh = PaidMesh(tmp_path, anvil, {}, honest=HONEST[:1])
+    status = lambda: get_status(tmp_path / "coordinator.port")  # noqa: E731
+    suspended = False
+    try:
+        mesh.start_coordinator(rounds=3)
+        mesh.start_nodes()
+        wait_for(lambda: (s := status()) and s["rounds"], 180, "round 1 to close")
+        os.kill(anvil._process.pid, signal.SIGSTOP)
+        suspended = True
+        version_then = status()["model_version"]
+        away = wait_for(lambda: (s := status()) and s["phase"] == "done" and s, 60,
+                        "rounds 2 and 3 to close with the chain away")
+        assert away["model_version"] > version_then, "training stopped with the chain"
+        assert [r["contributors"] != [] for r in away["rounds"]] == [True, True, True]
+        assert set(away["settlement"]["pending_rounds"]) >= {2, 3}, away["settlement"]
+        assert away["settlement"]["settled_through"] in (None, 1), away["settlement"]
+        assert [i.round_id for i in mesh.journal() if not i.done][-2:] == [2, 3]
+
+        os.kill(anvil._process.pid, signal.SIGCONT)
+        suspended = False
+        wait_for(lambda: (s := status()) and s["settlement"]["state"] == "idle"
+                 and s["settlement"]["settled_through"] == 3, 120, "the queued rounds to settle")
+        intents = assert_journal_is_on_chain(mesh, rounds=3)  # each round settled once, as journaled
+        assert [s.round_id for s in mesh.reader.events.settlements()] == [1, 2, 3]
+        assert all(i.awards for i in intents)
+    except Exception:
+        mesh.dump_logs()
+        raise
+    finally:
+        if suspended:
+            os.kill(anvil._process.pid, signal.SIGCONT)
         mesh.stop_all()

@@ -149,14 +149,47 @@ contract LedgerHandler {
         openRounds.push(roundId);
     }
 
-    /// Settles the oldest open round, paying a random subset of registered nodes within the pool.
+    /// Settles the newest open round, paying a random subset of registered nodes within the pool.
     function settleRound(uint256 subsetMask, uint256 payoutSeed) external {
         if (openRounds.length == 0) return;
         uint64 roundId = openRounds[openRounds.length - 1];
         openRounds.pop();
+        IThinkMeshLedger.Award[] memory awards = _awards(subsetMask, payoutSeed);
+        vm.prank(coordinator);
+        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), awards, _stats());
+        _settled(roundId);
+    }
 
+    /// Settles the newest open round in two transactions: the awards before `split` as a part,
+    /// the rest with settleRound. Re-sending the credited part must fail (it would pay twice).
+    function settleRoundInParts(uint256 subsetMask, uint256 payoutSeed, uint256 split) external {
+        if (openRounds.length == 0) return;
+        IThinkMeshLedger.Award[] memory awards = _awards(subsetMask, payoutSeed);
+        if (awards.length == 0) return;
+        uint64 roundId = openRounds[openRounds.length - 1];
+        openRounds.pop();
+        uint256 head = _bound(split, 1, awards.length);
+        IThinkMeshLedger.Award[] memory first = new IThinkMeshLedger.Award[](head);
+        IThinkMeshLedger.Award[] memory rest = new IThinkMeshLedger.Award[](awards.length - head);
+        for (uint256 i; i < awards.length; ++i) {
+            if (i < head) first[i] = awards[i];
+            else rest[i - head] = awards[i];
+        }
+        vm.prank(coordinator);
+        ledger.settleRoundPart(roundId, 0, first);
+        vm.prank(coordinator);
+        try ledger.settleRoundPart(roundId, 0, first) {
+            ghostDoubleSettlements++;
+        } catch {}
+        vm.prank(coordinator);
+        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), rest, _stats());
+        _settled(roundId);
+    }
+
+    /// A random subset of the registered nodes, in address order, whose payouts fit the pool.
+    function _awards(uint256 subsetMask, uint256 payoutSeed) internal view returns (IThinkMeshLedger.Award[] memory awards) {
         uint256 budget = ledger.poolTotals().unallocated;
-        IThinkMeshLedger.Award[] memory awards = new IThinkMeshLedger.Award[](NODE_COUNT);
+        awards = new IThinkMeshLedger.Award[](NODE_COUNT);
         uint256 count;
         for (uint256 i; i < NODE_COUNT; ++i) {
             address account = nodes[i];
@@ -168,8 +201,9 @@ contract LedgerHandler {
         assembly {
             mstore(awards, count)
         }
-        vm.prank(coordinator);
-        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), awards, _stats());
+    }
+
+    function _settled(uint64 roundId) internal {
         ghostSettleSuccesses[roundId]++;
         settledRounds.push(roundId);
         settlements++;

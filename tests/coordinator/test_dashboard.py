@@ -1,0 +1,173 @@
+"""The dashboard's evidence links resolve to the cited file, and only to it; unverified identity
+bindings are shown as such. The app runs for real (aiohttp's test server) over a hand-made ledger
+snapshot in place of a chain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from eth_account import Account
+
+import thinkmesh.coordinator.dashboard as dashboard_module
+from thinkmesh.coordinator.dashboard import Dashboard
+from thinkmesh.coordinator.ledger_view import build_summary
+from thinkmesh.protocol.hashing import keccak256
+from thinkmesh.protocol.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.ledger import NodeRegistration, SlashRecord, binding_bytes
+
+from tests.coordinator.test_ledger_view import KEYS, SNAPSHOT
+
+pytestmark = pytest.mark.timeout(60)
+C = "0x" + "c" * 40
+EVIDENCE = b"evidence bytes of round 2, node C" * 100
+
+
+def serve(snapshot, evidence_dir, requests):
+    """Runs the dashboard over `snapshot`; `requests(client)` is awaited with a test client."""
+
+    async def main():
+        app = Dashboard(object(), evidence_dir).app()
+        async with TestClient(TestServer(app)) as client:
+            return await requests(client)
+
+    original = dashboard_module.read_snapshot
+    dashboard_module.read_snapshot = lambda client: snapshot
+    try:
+        return asyncio.run(main())
+    finally:
+        dashboard_module.read_snapshot = original
+
+
+def cited(digest: bytes):
+    slash = dataclasses.replace(SNAPSHOT.slashes[0], evidence_hash=digest)  # round 2, node C
+    return dataclasses.replace(SNAPSHOT, slashes=(slash,))
+
+
+@pytest.fixture
+def evidence_dir(tmp_path):
+    directory = tmp_path / "evidence" / "round-000002"
+    directory.mkdir(parents=True)
+    (directory / f"{KEYS[C].public_key.hex()}.evidence").write_bytes(EVIDENCE)
+    return tmp_path / "evidence"
+
+
+def test_a_cited_evidence_file_is_served_by_its_hash(evidence_dir):
+    name = "0x" + keccak256(EVIDENCE).hex()
+
+    async def requests(client):
+        response = await client.get(f"/evidence/{name.upper().replace('0X', '0x')}")
+        body = await response.read()
+        posted = await client.post(f"/evidence/{name}")
+        return response.status, body, response.headers, posted.status
+
+    status, body, headers, posted = serve(cited(keccak256(EVIDENCE)), evidence_dir, requests)
+    assert status == 200 and body == EVIDENCE
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"] == f'attachment; filename="{name}.evidence"'
+    assert posted == 405  # read-only
+
+
+def test_a_contribution_named_file_is_found_when_the_node_key_link_is_missing(evidence_dir):
+    round_dir = evidence_dir / "round-000002"
+    (round_dir / f"{KEYS[C].public_key.hex()}.evidence").unlink()
+    (round_dir / ("ab" * 32 + ".evidence")).write_bytes(EVIDENCE)
+    (round_dir / ("cd" * 32 + ".evidence")).write_bytes(b"another verdict")
+
+    async def requests(client):
+        response = await client.get(f"/evidence/0x{keccak256(EVIDENCE).hex()}")
+        return response.status, await response.read()
+
+    assert serve(cited(keccak256(EVIDENCE)), evidence_dir, requests) == (200, EVIDENCE)
+
+
+def test_only_cited_hashes_of_files_inside_the_directory_are_served(evidence_dir, tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not evidence")
+    round_dir = evidence_dir / "round-000002"
+    tampered = b"tampered " + EVIDENCE
+
+    async def requests(client):
+        answers = {}
+        for label, path in {
+            "malformed": "/evidence/..%2F..%2Fsecret", "short": "/evidence/0x1234",
+            "uncited": f"/evidence/0x{keccak256(b'nothing').hex()}",
+            "tampered": f"/evidence/0x{keccak256(tampered).hex()}",
+            "escape": f"/evidence/0x{keccak256(b'not evidence').hex()}",
+        }.items():
+            response = await client.get(path)
+            answers[label] = (response.status, await response.text())
+        return answers
+
+    # The chain cites the tampered file's original hash and the outside file's: neither may be served.
+    os.symlink(outside, round_dir / ("ee" * 32 + ".evidence"))
+    snapshot = dataclasses.replace(SNAPSHOT, slashes=(
+        dataclasses.replace(SNAPSHOT.slashes[0], evidence_hash=keccak256(tampered)),
+        dataclasses.replace(SNAPSHOT.slashes[0], evidence_hash=keccak256(b"not evidence")),
+    ))
+    answers = serve(snapshot, evidence_dir, requests)
+    assert answers["malformed"][0] == 400 and answers["short"][0] == 400
+    assert answers["uncited"] == (404, f"no slash on the ledger cites evidence 0x{keccak256(b'nothing').hex()}")
+    assert answers["tampered"][0] == 404 and "none there does" in answers["tampered"][1]
+    assert answers["escape"][0] == 404
+
+
+def test_without_an_evidence_dir_the_link_says_why(tmp_path):
+    async def requests(client):
+        response = await client.get(f"/evidence/0x{keccak256(EVIDENCE).hex()}")
+        return response.status, await response.text()
+
+    assert serve(cited(keccak256(EVIDENCE)), None, requests) == (404, "this dashboard was started without --evidence-dir")
+
+
+# ---------------------------------------------------------------- identity bindings
+
+
+def registration(account, identity: NodeIdentity, block: int, *, forged: bool = False) -> NodeRegistration:
+    binding = binding_bytes(bind_identity(identity, bytes(account.key)))
+    if forged:  # a copy of someone else's key: the Ed25519 signature cannot be made, so it does not verify
+        binding = bytes(64) + binding[64:]
+    return NodeRegistration(account.address, identity.public_key, identity.peer_id.encode(), binding, 1, "grpo", "",
+                            block, b"\x00" * 32)
+
+
+def test_unverified_identity_bindings_are_shown_as_such():
+    owner, squatter, copier = (Account.from_key(bytes([n]) * 32) for n in (7, 8, 9))
+    key, other = NodeIdentity.from_seed(b"\x21" * 32), NodeIdentity.from_seed(b"\x22" * 32)
+    registrations = (registration(owner, key, 5), registration(squatter, key, 6, forged=True),
+                     registration(copier, other, 7, forged=True))
+    nodes = tuple(dataclasses.replace(SNAPSHOT.nodes[0], address=a.address, ed25519_key=r.ed25519_key)
+                  for a, r in zip((owner, squatter, copier), registrations, strict=True))
+    snapshot = dataclasses.replace(SNAPSHOT, nodes=nodes, registrations=registrations, slashes=(), compensations=(),
+                                   claims=())
+    rows = {row.address: row for row in build_summary(snapshot).nodes}
+    assert rows[owner.address].identity == "verified" and rows[owner.address].identity_note == ""
+    for who in (squatter, copier):
+        assert rows[who.address].identity == "unverified"
+        assert "do not verify" in rows[who.address].identity_note
+
+    async def requests(client):
+        response = await client.get("/api/nodes")
+        return await response.json()
+
+    served = {row["address"]: row["identity"] for row in serve(snapshot, None, requests)}
+    assert served == {owner.address: "verified", squatter.address: "unverified", copier.address: "unverified"}
+
+
+def test_a_second_valid_binding_of_a_key_is_unverified_naming_the_first():
+    first, second = Account.from_key(b"\x07" * 32), Account.from_key(b"\x08" * 32)
+    key = NodeIdentity.from_seed(b"\x21" * 32)  # its owner signed for two accounts: the earlier one is paid
+    registrations = (registration(first, key, 5), registration(second, key, 9))
+    nodes = tuple(dataclasses.replace(SNAPSHOT.nodes[0], address=a.address) for a in (first, second))
+    rows = {row.address: row for row in build_summary(dataclasses.replace(
+        SNAPSHOT, nodes=nodes, registrations=registrations, slashes=(), compensations=(), claims=())).nodes}
+    assert rows[first.address].identity == "verified"
+    assert rows[second.address].identity == "unverified" and first.address in rows[second.address].identity_note
+
+
+def test_a_snapshot_without_registrations_says_identity_unknown():
+    assert {row.identity for row in build_summary(SNAPSHOT).nodes} == {"unknown"}
+    assert isinstance(SNAPSHOT.slashes[0], SlashRecord)
