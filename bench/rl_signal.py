@@ -1,7 +1,8 @@
 """How much learning signal does one GRPO step carry on this model? (docs/learning.md)
 
 Three measurements on a cold-started model, none of them training it:
-- headroom: held-out greedy accuracy, sample accuracy and pass@G at the rollout temperature;
+- headroom: the held-out evaluation (`protocol.evaluation`): greedy accuracy, sample accuracy and
+  pass@G at T = 1;
 - gradient signal: the cosine similarity between the strategy's gradients on independent
   batches of fresh prompts, per batch size. Reading cos = s / (s + v / n) (s: squared signal,
   v: per-prompt noise variance, n: prompts) gives `noise_to_signal_per_prompt` = v / s, the
@@ -36,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-prompts", default="16,64", help="prompts per batch, comma-separated")
     parser.add_argument("--batches", type=int, default=4, help="independent batches per size (pairs: n(n-1)/2)")
-    parser.add_argument("--heldout", type=int, default=256)
+    parser.add_argument("--heldout", type=int, default=128, help="distinct held-out problems (linear-1 has 150)")
     parser.add_argument("--noise", default="0.0002,0.001", help="weight noise sizes, comma-separated")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
 
     import torch
 
-    from thinkmesh.node.evaluation import evaluate, heldout_tasks
     from thinkmesh.node.model_dir import load_model, load_tokenizer
     from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
     from thinkmesh.protocol.strategies import strategy_from_name
     from thinkmesh.protocol.tasks import TaskSpec, generate_task
 
@@ -60,10 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         strategy = replace(strategy, overlong_buffer=args.max_new_tokens // 5)
 
     model = load_model(args.model_dir)
-    greedy = evaluate(model, tokenizer, spec_task, args.template, num_tasks=args.heldout).accuracy
-    rollouts = collect_rollouts(model, tokenizer, heldout_tasks(spec_task, min(args.heldout, 64)), strategy,
-                                args.template, torch.Generator().manual_seed(0))
-    correct = torch.tensor([r.accuracy for r in rollouts.rewards]).reshape(-1, args.group_size)
+    evaluation = EvalSettings(tasks=args.heldout, max_new_tokens=args.max_new_tokens, template=args.template,
+                              samples=args.group_size)
+    start = evaluate(model, tokenizer, spec_task, evaluation)
 
     signal = {}
     for prompts in (int(p) for p in args.batch_prompts.split(",")):
@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             for parameter in noisy.parameters():
                 signs = torch.randint(0, 2, parameter.shape, generator=generator).to(parameter.dtype) * 2 - 1
                 parameter.add_(eps * signs)
-        fragility[str(eps)] = evaluate(noisy, tokenizer, spec_task, args.template, num_tasks=args.heldout).accuracy
+        fragility[str(eps)] = evaluate(noisy, tokenizer, spec_task, replace(evaluation, samples=0)).accuracy
 
     print(json.dumps({
         "bench": "rl_signal", "model_dir": args.model_dir, "task": f"{args.task}-{args.difficulty}",
         "strategy": args.strategy, "group_size": args.group_size, "temperature": args.temperature,
-        "heldout_greedy_accuracy": greedy, "sample_accuracy": round(float(correct.mean()), 4),
-        "pass_at_group": round(float(correct.max(dim=1).values.mean()), 4),
+        "heldout_tasks": start.tasks, "heldout_greedy_accuracy": start.accuracy,
+        "sample_accuracy": round(start.sampled_accuracy, 4), "pass_at_group": round(start.pass_at_k, 4),  # T = 1
         "gradient_signal_by_batch_prompts": signal,
         "greedy_accuracy_after_weight_noise": fragility,
         "torch_threads": torch.get_num_threads(), "wall_s": round(time.monotonic() - started, 1),

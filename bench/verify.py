@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=STRATEGY.max_new_tokens)
     parser.add_argument("--template", default="r1-compact", choices=("r1", "r1-compact"))
     parser.add_argument("--accuracy-rounds", type=int, default=4, help="0 skips the accuracy runs")
-    parser.add_argument("--accuracy-heldout", type=int, default=256)
+    parser.add_argument("--accuracy-heldout", type=int, default=128, help="distinct held-out problems (linear-1 has 150)")
     parser.add_argument("--accuracy-trials", type=int, default=4, help="round-seed sets the accuracy is averaged over")
     args = parser.parse_args()
     strategy = dataclasses.replace(STRATEGY, max_new_tokens=args.max_new_tokens, overlong_buffer=(2 * args.max_new_tokens) // 3)

@@ -1,6 +1,6 @@
 """Held-out accuracy after a few rounds with one cheater among four nodes, against all honest.
 
-    .venv/bin/python bench/verify_accuracy.py [--rounds 4] [--heldout 256] [--trials 4]
+    .venv/bin/python bench/verify_accuracy.py [--rounds 4] [--heldout 128] [--trials 4]
 
 In process, no network: the devnet's "micro" model (a tiny Qwen2 cold-started on linear-1, built
 once into `.thinkmesh/bench-verify`, a minute or two on a CPU), four nodes, and the coordinator's
@@ -26,7 +26,8 @@ On the first trial also:
   in turn show how much losing any one node's data moves a single trial;
 - cheater unverified: the same cheat folded in unchecked, for scale (what verification prevents).
 
-Held-out accuracy is greedy, on `--heldout` linear-1 tasks no round draws (node/evaluation.py);
+Held-out accuracy is greedy, on `--heldout` distinct held-out linear-1 problems, which no round
+draws (`protocol.evaluation`, the coordinator's rule);
 its binomial standard error sqrt(p (1 - p) / n) is reported next to the across-trial spread.
 """
 
@@ -62,15 +63,15 @@ def _mean_and_error(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4), "std_error": round(error, 4)}
 
 
-def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 256, prompts_per_node: int = 4,
+def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 128, prompts_per_node: int = 4,
                                       cache_dir: Path = REPO / ".thinkmesh" / "bench-verify", trials: int = 4) -> dict:
     """The bench's accuracy fields (see the module docstring); one torch thread throughout."""
     from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
     from thinkmesh.devnet.profiles import PROFILES
     from thinkmesh.devnet.model_cache import ensure_model
     from thinkmesh.node.cheats import CheatInputs, apply_cheat, honest_contribution
-    from thinkmesh.node.evaluation import evaluate
     from thinkmesh.node.model_dir import load_model
+    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
     from thinkmesh.protocol.gradient_codec import decode_gradient
     from thinkmesh.protocol.identity import NodeIdentity
     from thinkmesh.protocol.messages import RoundAnnouncement, sign_message
@@ -94,7 +95,8 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 256, promp
     shapes = {name: tuple(p.shape) for name, p in base.named_parameters()}
 
     def heldout_accuracy(model) -> float:
-        return evaluate(model, tokenizer, spec, template, num_tasks=heldout, max_new_tokens=MAX_NEW_TOKENS).accuracy
+        settings = EvalSettings(tasks=heldout, max_new_tokens=MAX_NEW_TOKENS, template=template, samples=0)
+        return evaluate(model, tokenizer, spec, settings).accuracy
 
     def run(cheat: str | None, verified: bool, absent: int | None = None, trial: int = 0):
         """(held-out accuracy, contributions rejected, final model) after `rounds` rounds of `trial`."""
@@ -180,7 +182,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 256, promp
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--heldout", type=int, default=256)
+    parser.add_argument("--heldout", type=int, default=128, help="distinct held-out problems (linear-1 has 150)")
     parser.add_argument("--prompts-per-node", type=int, default=4)
     parser.add_argument("--trials", type=int, default=4)
     args = parser.parse_args()

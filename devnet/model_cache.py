@@ -1,8 +1,9 @@
 """The devnet's base model: a tiny Qwen2 built locally and cold-started once, then reused.
 
 A recipe (model shape, init seed, cold-start settings) names one directory in the cache,
-`<cache>/models/<name>-<key>`, where the key hashes the whole recipe: change any setting and a
-new model is built beside the old one. A build happens in a scratch directory under a lock and is
+`<cache>/models/<name>-<key>`, where the key hashes the whole recipe and the held-out partition
+(`tasks.PARTITION_ID`: it decides which problems the cold start may use): change either and a new
+model is built beside the old one. A build happens in a scratch directory under a lock and is
 renamed into place when done, so a half-built model is never mistaken for a cached one and two
 `up`s at once build it only once. `--fresh` wipes the devnet's state, never this cache.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from thinkmesh.node.coldstart import MARKER_FILE, ColdStartSettings
 from thinkmesh.node.tiny_model import TinyModelSpec
+from thinkmesh.protocol.tasks import PARTITION_ID
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class ModelRecipe:
     init_seed: int = 0
 
     def key(self) -> str:
-        payload = json.dumps({"spec": asdict(self.spec), "coldstart": asdict(self.coldstart), "seed": self.init_seed},
-                             sort_keys=True)
+        payload = json.dumps({"spec": asdict(self.spec), "coldstart": asdict(self.coldstart), "seed": self.init_seed,
+                              "partition": PARTITION_ID}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -3,9 +3,9 @@
 Both are sized for a CPU laptop. `tiny` (about 1.6M parameters, the default) is cold-started on
 24,000 generated chains of thought from a teacher that stops one step short in half of them
 (node/coldstart.py), so the network has something to learn that shows within minutes: the
-dashboard's held-out accuracy climbs as the mesh's GRPO updates teach the model to finish its
-reasoning. `micro` (about 50k parameters) trades that for a round of a few seconds and a cold
-start well under a minute.
+dashboard's held-out accuracy (problems no stage trains on: `tasks.is_heldout`) climbs as the
+mesh's GRPO updates teach the model to finish its reasoning (docs/learning.md). `micro` (about
+50k parameters) trades that for a round of a few seconds and a cold start well under a minute.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ class DevnetProfile:
 
 PROFILES = {
     "tiny": DevnetProfile(
-        # 13% held-out greedy after the cold start (it mostly stops short). In `train local` with
-        # three nodes' worth of the devnet's batch (12 prompts x 4, grpo) this rises to 55-60%
-        # within 5-10 steps at lr 3e-4; at 1e-3 it rises as fast but noise erodes it to ~30%.
+        # 0% held-out greedy on the devnet's 32 eval problems after the cold start (6% on 128; it
+        # mostly stops short). In `train local` with four nodes' worth of the devnet's batch
+        # (16 prompts x 4, grpo, lr 3e-4) this rises to 0.31 by step 6 and holds 0.22-0.34 to
+        # step 20 (2026-12-07, docs/learning.md; 55-60% before the held-out partition of issue 17).
         recipe=ModelRecipe("tiny", TinyModelSpec(), ColdStartSettings(
             families=("linear",), num_examples=24000, teacher_slip_rate=0.5)),
         deadline_s=90.0, prompts_per_node=4, group_size=4, max_new_tokens=48, eval_prompts=32, eval_max_new_tokens=48,

@@ -5,11 +5,16 @@ every group, one that is always right has nothing to learn. A short SFT pass on 
 "<think>{trace}</think> <answer>{solution}</answer>" examples teaches the R1 format and a shaky
 version of the skill; RL then sharpens it.
 
-Cached: the result records a key = SHA-256(settings, base weights hash). Running again with the
-same settings on the same base (or on the directory it already rewrote) does no work. The marker
-also pins the saved tokenizer.json: a directory written by an older loader (transformers 5's
-`AutoTokenizer` once saved a Qwen2 byte-level pre-tokenizer that drops every space and newline)
-misses the cache and is trained again, instead of silently serving weights tuned on mangled text.
+The examples never include a held-out problem (`tasks.trainable_task`): the held-out evaluation
+measures problems no training stage has seen, the cold start included.
+
+Cached: the result records a key = SHA-256(settings, the held-out partition, base weights hash).
+Running again with the same settings and partition on the same base (or on the directory it
+already rewrote) does no work; a marker written under another partition (or before there was one)
+misses. The marker also pins the saved tokenizer.json: a directory written by an older loader
+(transformers 5's `AutoTokenizer` once saved a Qwen2 byte-level pre-tokenizer that drops every
+space and newline) misses the cache and is trained again, instead of silently serving weights
+tuned on mangled text.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from thinkmesh.node.model_dir import load_model, load_tokenizer, save_model_atomically, weights_sha256
 from thinkmesh.protocol.errors import TaskError
 from thinkmesh.protocol.scoring import prompt_token_ids
-from thinkmesh.protocol.tasks import DrawStream, TaskSpec, generate_task, render_prompt, solution_trace
+from thinkmesh.protocol.tasks import PARTITION_ID, DrawStream, Task, TaskSpec, render_prompt, solution_trace, trainable_task
 
 MARKER_FILE = "thinkmesh_coldstart.json"
 COLDSTART_SEED_DOMAIN = b"thinkmesh/coldstart/v1"
@@ -63,7 +68,8 @@ class ColdStartSettings:
             )
 
     def cache_key(self, base_weights_sha256: str) -> str:
-        payload = json.dumps({"settings": asdict(self), "base": base_weights_sha256}, sort_keys=True)
+        payload = json.dumps({"settings": asdict(self), "partition": PARTITION_ID, "base": base_weights_sha256},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -106,18 +112,24 @@ def slipped_completion(task) -> str:
     return f"<think>{kept}</think> <answer>{numbers[-1]}</answer>"
 
 
+def _coldstart_seed(settings: ColdStartSettings) -> bytes:
+    return hashlib.sha256(COLDSTART_SEED_DOMAIN + settings.seed.to_bytes(8, "big")).digest()
+
+
+def sft_tasks(settings: ColdStartSettings) -> list[Task]:
+    """The problems the examples demonstrate, round-robin over (family, difficulty): a pure
+    function of the settings, never a held-out problem."""
+    specs = [TaskSpec(f, d) for f in settings.families for d in settings.difficulties]
+    seed = _coldstart_seed(settings)
+    return [trainable_task(specs[i % len(specs)], seed, i // len(specs)) for i in range(settings.num_examples)]
+
+
 def sft_examples(settings: ColdStartSettings) -> list[tuple[str, str]]:
     """The training examples: a pure function of the settings (task seeds are domain-separated;
     which examples slip is drawn from the same seed, so it is fixed too)."""
-    specs = [TaskSpec(f, d) for f in settings.families for d in settings.difficulties]
-    seed = hashlib.sha256(COLDSTART_SEED_DOMAIN + settings.seed.to_bytes(8, "big")).digest()
-    slips = DrawStream(hashlib.sha256(COLDSTART_SEED_DOMAIN + b"slips" + seed).digest())
+    slips = DrawStream(hashlib.sha256(COLDSTART_SEED_DOMAIN + b"slips" + _coldstart_seed(settings)).digest())
     threshold = round(settings.teacher_slip_rate * RATE_SCALE)
-    return [
-        sft_text(generate_task(specs[i % len(specs)], seed, i // len(specs)), settings.template,
-                 slipped=slips.below(RATE_SCALE) < threshold)
-        for i in range(settings.num_examples)
-    ]
+    return [sft_text(task, settings.template, slipped=slips.below(RATE_SCALE) < threshold) for task in sft_tasks(settings)]
 
 
 def cached_result(source: Path, out: Path, settings: ColdStartSettings) -> ColdStartResult | None:
@@ -131,7 +143,7 @@ def cached_result(source: Path, out: Path, settings: ColdStartSettings) -> ColdS
     if not marker_path.is_file():
         return None
     marker = json.loads(marker_path.read_text())
-    if marker.get("settings") != json.loads(json.dumps(asdict(settings))):
+    if marker.get("settings") != json.loads(json.dumps(asdict(settings))) or marker.get("partition") != PARTITION_ID:
         return None
     current = weights_sha256(out)
     if marker.get("weights_sha256") != current or marker.get("tokenizer_sha256") != tokenizer_sha256(out):
@@ -241,7 +253,8 @@ def run_coldstart(
                 bar.update(1)
     final_loss = sum(losses[-10:]) / len(losses[-10:])
     model.eval()
-    marker = {"key": key, "settings": asdict(settings), "base_weights_sha256": base_hash, "final_loss": final_loss}
+    marker = {"key": key, "settings": asdict(settings), "partition": PARTITION_ID, "base_weights_sha256": base_hash,
+              "final_loss": final_loss}
     save_model_atomically(model, tokenizer, out, extra_files=_carried_files(source, out))
     marker["weights_sha256"] = weights_sha256(out)
     marker["tokenizer_sha256"] = tokenizer_sha256(out)

@@ -1,8 +1,9 @@
 """`thinkmesh train local`: single-process GRPO training, the nanoGPT-sized loop of a node.
 
-Per step: draw tasks (a pure function of seed and step, never a held-out question) ->
-`collect_rollouts` -> `policy_gradient` -> clip -> `optimizer.step()` (lr warmed up linearly over
-`warmup_steps`); every `eval_every` steps a greedy held-out evaluation. Metrics go
+Per step: draw tasks (a pure function of seed and step, never a held-out problem:
+`tasks.trainable_task`) -> `collect_rollouts` -> `policy_gradient` -> clip -> `optimizer.step()`
+(lr warmed up linearly over `warmup_steps`); every `eval_every` steps the held-out evaluation
+(`protocol.evaluation`, the coordinator's rule: greedy accuracy, sampled accuracy, pass@k). Metrics go
 to `<run_dir>/metrics.jsonl` (one JSON object per line, `"kind": "train" | "eval"`), and a
 checkpoint (model, tokenizer, optimizer, step, RNG state) to `<run_dir>/checkpoint`, written to a
 temp dir and renamed into place. Started again with the same run dir, training resumes from the
@@ -22,20 +23,17 @@ from pathlib import Path
 
 import torch
 
-from thinkmesh.node.evaluation import evaluate, heldout_tasks
 from thinkmesh.node.model_dir import load_model, load_tokenizer, save_model_atomically
 from thinkmesh.node.multi_epoch import multi_epoch_update
 from thinkmesh.node.train_step import collect_rollouts, policy_gradient
+from thinkmesh.protocol.evaluation import HELDOUT_SEED_TEXT, EvalSettings, evaluate
 from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
-from thinkmesh.protocol.errors import TaskError
-from thinkmesh.protocol.tasks import Task, TaskSpec, generate_task
+from thinkmesh.protocol.tasks import Task, TaskSpec, trainable_task
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_SEED_DOMAIN = b"thinkmesh/train-local/v1"
-MAX_REDRAWS = 64  # per prompt slot, when a draw hits a held-out question
-REDRAW_INDEX_SHIFT = 40  # redraw k of slot i uses index (k << 40) + i: disjoint from first draws
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,9 @@ class LocalTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     eval_every: int = 10
-    eval_tasks: int = 128
+    eval_tasks: int = 128  # distinct held-out problems (linear-1 has 150)
+    eval_samples: int = 4  # k of the evaluation's sampled accuracy and pass@k (T = 1); 0: greedy only
+    eval_seed: str = HELDOUT_SEED_TEXT  # the coordinator's default `[eval] seed`: the same set
     checkpoint_every: int = 10
     seed: int = 0
     device: str = "cpu"
@@ -94,33 +94,20 @@ class TrainSummary:
     resumed_from: int
 
 
-def heldout_questions(config: LocalTrainConfig) -> frozenset[str]:
-    """The questions of the run's held-out evaluation: training never draws one of them."""
-    return frozenset(task.question for task in heldout_tasks(TaskSpec(config.task, config.difficulty), config.eval_tasks))
+def eval_settings(config: LocalTrainConfig, max_new_tokens: int) -> EvalSettings:
+    """The run's held-out evaluation: with the same template, tokens and seed, the same set and
+    figures as the coordinator's."""
+    return EvalSettings(tasks=config.eval_tasks, max_new_tokens=max_new_tokens, template=config.template,
+                        samples=config.eval_samples, seed_text=config.eval_seed)
 
 
-def step_tasks(config: LocalTrainConfig, step: int, excluded: frozenset[str] = frozenset()) -> list[Task]:
-    """The prompts of training step `step`: a pure function of (seed, step, excluded).
-
-    Held-out seeds are domain-separated, but a small task space (linear-1 has 720 problems)
-    still repeats questions across seeds. A drawn task whose question is in `excluded` is
-    replaced by a redraw from a disjoint index range, so held-out accuracy is measured on
-    problems the run never trained on, not merely on other seeds.
-    """
+def step_tasks(config: LocalTrainConfig, step: int) -> list[Task]:
+    """The prompts of training step `step`: a pure function of (seed, step), never a held-out
+    problem (`tasks.trainable_task`), so the evaluation measures problems the run never trained on."""
     seed = hashlib.sha256(TRAIN_SEED_DOMAIN + config.seed.to_bytes(8, "big")).digest()
     spec = TaskSpec(config.task, config.difficulty)
     first = step * config.prompts_per_step
-    tasks = []
-    for slot in range(first, first + config.prompts_per_step):
-        for attempt in range(MAX_REDRAWS):
-            task = generate_task(spec, seed, (attempt << REDRAW_INDEX_SHIFT) + slot)
-            if task.question not in excluded:
-                break
-        else:
-            raise TaskError(f"{spec}: expected tasks outside the {len(excluded)} held-out questions, "
-                            f"got only held-out ones in {MAX_REDRAWS} draws")
-        tasks.append(task)
-    return tasks
+    return [trainable_task(spec, seed, slot) for slot in range(first, first + config.prompts_per_step)]
 
 
 def step_generator(config: LocalTrainConfig, step: int, device) -> torch.Generator:
@@ -184,14 +171,14 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
         metrics_path.unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
     task_spec = TaskSpec(config.task, config.difficulty)
-    excluded = heldout_questions(config)
+    evaluation = eval_settings(config, strategy.max_new_tokens)
     evals: list[tuple[int, float]] = []
     device = next(model.parameters()).device
     done = start_step
 
     def run_eval(step: int, metrics) -> None:
         model.eval()
-        result = evaluate(model, tokenizer, task_spec, config.template, config.eval_tasks, strategy.max_new_tokens)
+        result = evaluate(model, tokenizer, task_spec, evaluation)
         evals.append((step, result.accuracy))
         elapsed = round(time.monotonic() - started, 2)
         metrics.write(json.dumps({"kind": "eval", "step": step, "elapsed_s": elapsed, **asdict(result)}) + "\n")
@@ -203,7 +190,7 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
         for step in range(start_step, config.steps):
             t0 = time.perf_counter()
             model.eval()
-            rollouts = collect_rollouts(model, tokenizer, step_tasks(config, step, excluded), strategy, config.template,
+            rollouts = collect_rollouts(model, tokenizer, step_tasks(config, step), strategy, config.template,
                                         step_generator(config, step, device))
             t1 = time.perf_counter()
             model.train()

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from thinkmesh.node.memory_fit import MemoryFit
-from thinkmesh.node.rollout import Completion, SamplingSettings, generate, row_keys, stop_rule_for
+from thinkmesh.protocol.rollout import Completion, SamplingSettings, generate, row_keys, stop_rule_for
 from thinkmesh.protocol.grpo import (
     LossStats,
     dynamic_sampling_mask,

@@ -19,6 +19,14 @@ Difficulty levels (1 easiest .. 5):
                 2: negatives allowed, |a|<=9, |x|<=9, |b|<=20   3: |a|<=19, |x|<=20, |b|<=99
                 4: x on both sides a*x+b=c*x+d, |a|,|c|<=9, |x|<=20, |b|<=50 (d follows)
                 5: both sides, |a|,|c|<=30, |x|<=99, |b|<=999.
+
+Held-out partition: a problem is held out iff sha256(HELDOUT_DOMAIN, question) mod
+HELDOUT_MODULUS == 0 (`is_heldout`), a public rule over the question text alone, so one problem
+is held out (or not) whatever family, difficulty, seed or index produced it. Every training source
+draws through `trainable_task` (round prompts via `task_for_node`, the cold start, `train local`)
+and the held-out evaluation (`protocol.evaluation`) draws only held-out problems: no seed
+bookkeeping can let an evaluation problem into training, even in a small space (linear-1 has 720
+problems: 150 held out, 570 trainable).
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ MAX_DIFFICULTY = 5
 MAX_INDEX = 2**64 - 1
 TASK_DOMAIN = b"thinkmesh/task/v1"
 NODE_TASK_SEED_DOMAIN = b"thinkmesh/node-task-seed/v1"
+HELDOUT_DOMAIN = b"thinkmesh/heldout-partition/v1"
+HELDOUT_MODULUS = 5  # one problem in five is held out
+TRAINABLE_REDRAW_DOMAIN = b"thinkmesh/trainable-redraw/v1"
+MAX_TRAINABLE_REDRAWS = 64  # a held-out draw is redrawn; 64 held-out draws in a row: p = 5**-64
+# Names the partition wherever a result depends on it (cold-start caches): change the rule, change this.
+PARTITION_ID = f"sha256({HELDOUT_DOMAIN.decode()}, question) mod {HELDOUT_MODULUS} == 0"
 
 # Indexed by difficulty - 1.
 ARITHMETIC_LEVELS: tuple[tuple[int, int, str], ...] = (  # (operands, digits, operators)
@@ -187,9 +201,36 @@ def generate_task(spec: TaskSpec, seed: bytes, index: int) -> Task:
     return _linear_task(spec.difficulty, index, draws)
 
 
+def is_heldout(task: Task) -> bool:
+    """True iff `task`'s problem belongs to the held-out side of the public partition: SHA-256
+    over the domain tag and the length-prefixed ASCII question, as an integer, is 0 mod
+    `HELDOUT_MODULUS`. Held-out problems are for evaluation only; no training source draws one."""
+    digest = hashlib.sha256(HELDOUT_DOMAIN + _length_prefixed(task.question.encode("ascii"))).digest()
+    return int.from_bytes(digest, "big") % HELDOUT_MODULUS == 0
+
+
+def trainable_task(spec: TaskSpec, seed: bytes, index: int) -> Task:
+    """Task `index` of `spec` under `seed` if it is not held out, else the first redraw that is
+    not: redraw k uses the seed SHA-256(TRAINABLE_REDRAW_DOMAIN, seed, k) at the same index.
+    A pure function of its arguments, like `generate_task`; the task keeps `index`."""
+    task = generate_task(spec, seed, index)
+    for attempt in range(1, MAX_TRAINABLE_REDRAWS + 1):
+        if not is_heldout(task):
+            return task
+        redraw_seed = hashlib.sha256(
+            TRAINABLE_REDRAW_DOMAIN + _length_prefixed(_check_bytes("task seed", seed)) + attempt.to_bytes(4, "big")
+        ).digest()
+        task = generate_task(spec, redraw_seed, index)
+    if not is_heldout(task):
+        return task
+    raise TaskError(f"{spec.family}-{spec.difficulty}: expected a trainable task within {MAX_TRAINABLE_REDRAWS} "
+                    f"redraws of index {index}, got only held-out ones")
+
+
 def task_for_node(spec: TaskSpec, round_seed: bytes, node_id: bytes, index: int) -> Task:
-    """The `index`-th prompt a node must answer in a round; a verifier calls the same."""
-    return generate_task(spec, node_task_seed(round_seed, node_id), index)
+    """The `index`-th prompt a node must answer in a round (never a held-out problem); a verifier
+    calls the same."""
+    return trainable_task(spec, node_task_seed(round_seed, node_id), index)
 
 
 def render_prompt(task: Task, template: str = "r1") -> str:

@@ -6,6 +6,7 @@ from thinkmesh.node import coldstart as coldstart_module
 from thinkmesh.node.coldstart import MARKER_FILE, ColdStartSettings, run_coldstart, sft_examples
 from thinkmesh.node.model_dir import weights_sha256
 from thinkmesh.protocol.rewards import format_reward
+from thinkmesh.protocol.tasks import render_prompt
 
 SMALL = ColdStartSettings(families=("linear",), num_examples=48, batch_size=16, lr=3e-3)
 
@@ -72,6 +73,41 @@ def test_a_marker_without_the_saved_tokenizer_misses_the_cache(tmp_path, micro_m
     tokenizer_json = out / "tokenizer.json"
     tokenizer_json.write_text(tokenizer_json.read_text().replace('"Fuse"', '"ByteLevel"'))
     assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is None
+
+
+def test_examples_never_demonstrate_a_heldout_problem():
+    from thinkmesh.node.coldstart import sft_tasks
+    from thinkmesh.protocol.tasks import is_heldout
+
+    tasks = sft_tasks(ColdStartSettings(num_examples=600))
+    assert {t.family for t in tasks} == {"arithmetic", "countdown", "linear"}
+    assert not any(is_heldout(task) for task in tasks)
+    assert [p for p, _ in sft_examples(ColdStartSettings(num_examples=600))] == [
+        render_prompt(task, "r1-compact") for task in tasks]
+
+
+def test_a_marker_from_another_heldout_partition_misses_the_cache(tmp_path, micro_model_dir, monkeypatch):
+    """Which problems the cold start may train on is part of its result: a directory cold-started
+    before the partition (or under another one) is trained again, and the cache key moves with it."""
+    out = tmp_path / "tuned"
+    run_coldstart(micro_model_dir, SMALL, out=out, progress=False)
+    assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is not None
+    marker = json.loads((out / MARKER_FILE).read_text())
+    (out / MARKER_FILE).write_text(json.dumps({k: v for k, v in marker.items() if k != "partition"}))
+    assert coldstart_module.cached_result(micro_model_dir, out, SMALL) is None
+    key = SMALL.cache_key("base")
+    monkeypatch.setattr(coldstart_module, "PARTITION_ID", "another rule")
+    assert SMALL.cache_key("base") != key
+
+
+def test_devnet_model_cache_key_moves_with_the_heldout_partition(monkeypatch):
+    from thinkmesh.devnet import model_cache
+    from thinkmesh.devnet.profiles import PROFILES
+
+    recipe = PROFILES["tiny"].recipe
+    key = recipe.key()
+    monkeypatch.setattr(model_cache, "PARTITION_ID", "another rule")
+    assert recipe.key() != key
 
 
 def test_a_slipping_teacher_stops_one_step_short_in_the_set_share_of_examples():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.node.rollout import SamplingSettings, StopRule, generate
+from thinkmesh.protocol.rollout import SamplingSettings, StopRule, generate
 from thinkmesh.protocol.scoring import (
     ScoringError, completion_logprobs, max_logprob_gap, prompt_token_ids, token_logprobs,
 )

@@ -23,14 +23,18 @@ from thinkmesh.protocol.tasks import (
     MAX_DIFFICULTY,
     MIN_DIFFICULTY,
     TEMPLATES,
+    HELDOUT_MODULUS,
+    PARTITION_ID,
     DrawStream,
     Task,
     TaskSpec,
     generate_task,
+    is_heldout,
     node_task_seed,
     render_prompt,
     solution_trace,
     task_for_node,
+    trainable_task,
 )
 
 ALL_SPECS = [TaskSpec(f, d) for f in FAMILIES for d in range(MIN_DIFFICULTY, MAX_DIFFICULTY + 1)]
@@ -193,12 +197,67 @@ def test_node_task_seed_is_domain_separated_and_unambiguous():
     assert a not in (round_seed, b"node-a")
 
 
-def test_task_for_node_is_generate_task_under_the_node_seed():
+def test_task_for_node_is_the_trainable_task_under_the_node_seed():
     spec, round_seed = TaskSpec("linear", 2), b"\x07" * 32
     for index in range(5):
         got = task_for_node(spec, round_seed, b"node", index)
-        assert got == generate_task(spec, node_task_seed(round_seed, b"node"), index)
+        assert got == trainable_task(spec, node_task_seed(round_seed, b"node"), index)
     assert task_for_node(spec, round_seed, b"node", 0) != task_for_node(spec, round_seed, b"other", 0)
+
+
+# --- the held-out partition ---------------------------------------------------------------------
+
+
+def _all_problems(spec: TaskSpec, size: int) -> dict[str, Task]:
+    problems, index = {}, 0
+    while len(problems) < size:
+        task = generate_task(spec, b"enumerate", index)
+        problems.setdefault(task.question, task)
+        index += 1
+    return problems
+
+
+def test_heldout_is_sha256_of_the_question_mod_k():
+    import hashlib
+
+    task = generate_task(TaskSpec("linear", 1), SEED, 0)
+    digest = hashlib.sha256(b"thinkmesh/heldout-partition/v1" + len(task.question).to_bytes(4, "big")
+                            + task.question.encode()).digest()
+    assert is_heldout(task) == (int.from_bytes(digest, "big") % HELDOUT_MODULUS == 0)
+    assert str(HELDOUT_MODULUS) in PARTITION_ID
+    # A property of the problem, not of where it came from: the same question is held out from any seed.
+    same = dataclasses.replace(task, index=99, difficulty=2)
+    assert is_heldout(same) == is_heldout(task)
+
+
+def test_linear_1_partition_leaves_enough_problems_on_both_sides():
+    """linear-1 has 8 x 10 x 9 = 720 problems: the held-out side must carry a 128-task evaluation
+    and the trainable side most of the space (150 and 570 under the current rule)."""
+    problems = _all_problems(TaskSpec("linear", 1), 720)
+    held = sum(is_heldout(task) for task in problems.values())
+    assert (held, len(problems) - held) == (150, 570)
+    assert held >= 128 and len(problems) - held >= 0.75 * len(problems)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=str)
+def test_heldout_share_is_about_one_in_k_in_every_family(spec):
+    held = sum(is_heldout(task) for task in tasks_of(spec, 400))
+    assert 0.5 / HELDOUT_MODULUS < held / 400 < 1.6 / HELDOUT_MODULUS
+
+
+@pytest.mark.parametrize("spec", [TaskSpec("linear", 1), TaskSpec("arithmetic", 1), TaskSpec("countdown", 2)], ids=str)
+def test_trainable_task_is_never_heldout_and_keeps_first_draws_that_are_not(spec):
+    redrawn = 0
+    for index in range(300):
+        task = trainable_task(spec, SEED, index)
+        assert not is_heldout(task) and task.index == index
+        assert task == trainable_task(spec, SEED, index)
+        first = generate_task(spec, SEED, index)
+        if is_heldout(first):
+            redrawn += 1
+        else:
+            assert task == first
+    assert redrawn > 0, "the rule must have had something to redraw"
 
 
 # --- the families' answers are right ------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The rollout engine: batched sampling with a KV cache, recording each token's logprob.
 
-One loop over `past_key_values` (no `model.generate`), so every choice a verifier must reproduce
-is visible here:
+A protocol rule, not a node detail: it is the generation a verifier replays, the one a node's
+contributions come from, and the one the held-out evaluation (`protocol.evaluation`) uses, so the
+coordinator's on-chain figure and a node's local one are computed by the same loop. One loop over
+`past_key_values` (no `model.generate`), so every choice a verifier must reproduce is visible here:
 
 - Layout: prompts are left-padded to a common length, position ids count real tokens only
   (`cumsum(mask) - 1`), exactly as `thinkmesh.protocol.scoring` lays out its prefill.
