@@ -75,7 +75,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 128, promp
     from thinkmesh.protocol.gradient_codec import decode_gradient
     from thinkmesh.protocol.identity import NodeIdentity
     from thinkmesh.protocol.messages import RoundAnnouncement, sign_message
-    from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+    from thinkmesh.protocol.model_manifest import model_hash
     from thinkmesh.protocol.scoring import load_tokenizer
     from thinkmesh.protocol.strategies import strategy_from_name
     from thinkmesh.protocol.tasks import TaskSpec
@@ -107,7 +107,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 128, promp
         for round_id in range(1, rounds + 1):
             announcement = sign_message(RoundAnnouncement(
                 chain_id=31337, run_id="verify-accuracy", round_id=round_id, model_version=round_id,
-                model_hash=parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict())),
+                model_hash=model_hash(model),
                 task=spec, prompts_per_node=prompts_per_node, seed=(trial * 1000 + round_id).to_bytes(32, "big"),
                 deadline_ms=2**41,
                 coordinator_key=coordinator.public_key, prompt_template=template, terms=terms_of(strategy),

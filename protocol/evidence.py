@@ -243,11 +243,11 @@ def _model_hash(model, announcement: RoundAnnouncement) -> bytes:
     full-model round; the adapter's tensors under `adapter_architecture` (which commits to the
     base hash and LoRA shape) in an adapter round."""
     from thinkmesh.protocol.adapters import adapter_architecture, trainable_parameters
-    from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+    from thinkmesh.protocol.model_manifest import model_hash, parameters_hash
 
     if announcement.adapter is not None:
         return parameters_hash(trainable_parameters(model), adapter_architecture(announcement.adapter))
-    return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
+    return model_hash(model)
 
 
 def rerun_evidence(

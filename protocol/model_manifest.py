@@ -141,6 +141,12 @@ def parameters_hash(tensors: Mapping[str, Tensor], architecture: str, chunk_size
     return model_content_hash(architecture, layout, chunk_size, hashes)
 
 
+def model_hash(model) -> bytes:
+    """The hash a `ModelManifest` of this whole model commits to (every parameter, its canonical
+    config): one definition for a mesh version, a served model and an evidence re-run."""
+    return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
+
+
 def check_manifest(manifest: ModelManifest) -> None:
     """Raises ManifestError unless the manifest is self-consistent and its hash is its content's."""
     if not 0 < manifest.chunk_size <= MAX_CHUNK_SIZE:

@@ -195,9 +195,9 @@ def served_model_hash(model) -> bytes:
     """The model hash a receipt names: `parameters_hash` of the model's parameters and canonical
     architecture, as a `ModelManifest` commits to it (so a mesh model version and a served one
     have the same hash). Hash the model as loaded in float32."""
-    from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+    from thinkmesh.protocol.model_manifest import model_hash
 
-    return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
+    return model_hash(model)
 
 
 # ---- signing -------------------------------------------------------------------------------

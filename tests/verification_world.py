@@ -20,7 +20,7 @@ from thinkmesh.node.tokenizer import build_tokenizer, vocabulary
 from thinkmesh.protocol.gradient_codec import decode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
 from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, RoundTerms, sign_message
-from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+from thinkmesh.protocol.model_manifest import model_hash as manifest_model_hash
 from thinkmesh.protocol.strategies import strategy_from_name
 from thinkmesh.protocol.tasks import TaskSpec
 from thinkmesh.protocol.verification import VerificationContext
@@ -47,7 +47,7 @@ def make_model(seed: int = 0):
 
 
 def model_hash(model) -> bytes:
-    return parameters_hash(model_parameters(model), canonical_architecture(model.config.to_dict()))
+    return manifest_model_hash(model)
 
 
 def terms_of(strategy) -> RoundTerms:
