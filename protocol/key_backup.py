@@ -4,7 +4,9 @@ A backup holds the key directory's three files as they are: the Ed25519 seed and
 encrypted under the keystore password (argon2id / scrypt), the binding is public. So the backup
 holds no secret in clear, and it restores byte for byte. A SHA-256 over the files catches a
 truncated or altered copy, and the binding's two signatures plus the public keys in the encrypted
-files must all name the same PeerID and EVM address before anything is written.
+files must all name the same PeerID and EVM address before anything is written. The files' KDF
+parameters must be within the keystore's bounds (`keystore.check_kdf_parameters`): a backup that
+would take minutes or gigabytes to open is refused before it is restored.
 
     {"format": "thinkmesh-key-backup", "version": 1, "peer_id": ..., "evm_address": ...,
      "created": ..., "files": {"identity.json": text, "evm.json": text, "binding.json": text},
@@ -29,6 +31,7 @@ from thinkmesh.protocol.keystore import (
     IDENTITY_FILE,
     KeystoreError,
     binding_from_json,
+    check_kdf_parameters,
     read_binding,
     unlock_documents,
     unlock_keys,
@@ -120,6 +123,7 @@ def check_backup_files(files: dict[str, str], *, where: Path) -> KeyBackup:
         raise KeystoreError(f"{where}: malformed or unverifiable key files ({exc})") from exc
     if identity_key != binding.ed25519_public_key or evm_address != binding.evm_address.lower():
         raise KeystoreError(f"{where}: the encrypted keys do not match {BINDING_FILE}")
+    check_kdf_parameters(identity_doc, evm_doc, Path(where))
     return KeyBackup(dict(files), binding)
 
 

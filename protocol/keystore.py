@@ -7,6 +7,11 @@ A key directory holds:
   binding.json   the public `IdentityBinding` (no secrets)
 Files are written with mode 0600 through a temporary file and a rename, so a crash never leaves a
 half-written key. The password comes from THINKMESH_KEY_PASSWORD, a password file, or a prompt.
+
+A key file names its own KDF parameters, and a key file can come from anywhere (a backup, a
+wallet): before deriving anything, `check_kdf_parameters` refuses parameters that would take more
+than `MAX_KDF_MEMORY` bytes or minutes of work, so opening a hostile file costs seconds at most.
+The bounds are four times the "standard" profile's cost, with the memory capped at 1 GiB.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from eth_account import Account
 
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.identity import IdentityBinding, NodeIdentity, bind_identity, verify_binding
+from thinkmesh.protocol.process_lifecycle import PASSWORD_ENV
 
-PASSWORD_ENV = "THINKMESH_KEY_PASSWORD"
 HOME_ENV = "THINKMESH_HOME"
 IDENTITY_FILE = "identity.json"
 EVM_FILE = "evm.json"
@@ -39,8 +44,65 @@ KDF_PROFILES = {
 }
 
 
+MAX_KDF_MEMORY = 1 << 30  # bytes a KDF may ask for: argon2id memlimit, scrypt 128 * n * r
+MAX_ARGON2_WORK = 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE  # opslimit * memlimit (bytes passed over)
+MAX_SCRYPT_WORK = 4 * 262144 * 8  # n * r * p: four times the standard profile's
+MAX_PBKDF2_ROUNDS = 4_000_000  # four times eth-account's default
+KEY_LENGTHS = range(32, 65)  # dklen of a Web3 Secret Storage file: 32 is what wallets write
+
+
 class KeystoreError(ProtocolError):
     """A key file that is missing, malformed, or does not open with the given password."""
+
+
+def check_kdf_parameters(identity_doc: dict, evm_doc: dict, where: Path) -> None:
+    """Raises `KeystoreError` naming the file and the parameter when either file's KDF would need
+    more than `MAX_KDF_MEMORY` bytes or more work than the bounds above; derives nothing."""
+    crypto = identity_doc.get("crypto") if isinstance(identity_doc, dict) else None
+    if not isinstance(crypto, dict) or crypto.get("kdf", "argon2id") != "argon2id":
+        raise KeystoreError(f"{Path(where) / IDENTITY_FILE}: expected an argon2id-encrypted seed")
+    path = Path(where) / IDENTITY_FILE
+    ops, mem = _integer(crypto, "opslimit", path), _integer(crypto, "memlimit", path)
+    if not nacl.pwhash.argon2id.OPSLIMIT_MIN <= ops or not nacl.pwhash.argon2id.MEMLIMIT_MIN <= mem:
+        raise KeystoreError(f"{path}: argon2id opslimit {ops} / memlimit {mem} are below libsodium's minimums")
+    _bound(path, "argon2id memlimit", mem, MAX_KDF_MEMORY, " bytes")
+    _bound(path, "argon2id opslimit x memlimit", ops * mem, MAX_ARGON2_WORK, " bytes passed over")
+
+    path = Path(where) / EVM_FILE
+    evm_crypto = evm_doc.get("crypto", evm_doc.get("Crypto")) if isinstance(evm_doc, dict) else None
+    params = evm_crypto.get("kdfparams") if isinstance(evm_crypto, dict) else None
+    if not isinstance(params, dict):
+        raise KeystoreError(f"{path}: malformed key file (no crypto.kdfparams)")
+    kdf = evm_crypto.get("kdf")
+    dklen = _integer(params, "dklen", path)
+    if dklen not in KEY_LENGTHS:
+        raise KeystoreError(f"{path}: dklen {dklen}, expected {KEY_LENGTHS.start}..{KEY_LENGTHS.stop - 1}")
+    if kdf == "scrypt":
+        n, r, p = (_integer(params, name, path) for name in ("n", "r", "p"))
+        if n < 2 or n & (n - 1) or r < 1 or p < 1:
+            raise KeystoreError(f"{path}: scrypt n={n}, r={r}, p={p}: n must be a power of two above 1, r and p positive")
+        _bound(path, "scrypt memory (128 * n * r)", 128 * n * r, MAX_KDF_MEMORY, " bytes")
+        _bound(path, "scrypt work (n * r * p)", n * r * p, MAX_SCRYPT_WORK)
+    elif kdf == "pbkdf2":
+        rounds = _integer(params, "c", path)
+        if params.get("prf") != "hmac-sha256" or rounds < 1:
+            raise KeystoreError(f"{path}: pbkdf2 with prf {params.get('prf')!r} and c={rounds} is not a valid key file")
+        _bound(path, "pbkdf2 rounds (c)", rounds, MAX_PBKDF2_ROUNDS)
+    else:
+        raise KeystoreError(f"{path}: KDF {kdf!r} is not one a key file may use (expected scrypt or pbkdf2)")
+
+
+def _integer(params: dict, name: str, path: Path) -> int:
+    value = params.get(name)
+    if type(value) is not int:  # noqa: E721 -- bool is an int, and JSON floats are not counts
+        raise KeystoreError(f"{path}: KDF parameter {name!r} must be an integer, got {value!r}")
+    return value
+
+
+def _bound(path: Path, what: str, value: int, limit: int, unit: str = "") -> None:
+    if value > limit:
+        raise KeystoreError(f"{path}: {what} is {value:,}{unit}, above the {limit:,}{unit} this keystore accepts "
+                            "(opening it would take minutes or gigabytes); refusing the file")
 
 
 @dataclass(frozen=True)
@@ -150,6 +212,7 @@ def unlock_documents(identity_doc: dict, evm_doc: dict, binding: IdentityBinding
     """Opens an identity file's and an EVM key file's contents (as parsed JSON) with `password`."""
     if not isinstance(identity_doc, dict) or not isinstance(evm_doc, dict):
         raise KeystoreError(f"{where}: malformed key files (expected JSON objects)")
+    check_kdf_parameters(identity_doc, evm_doc, Path(where))
     identity_path = Path(where) / IDENTITY_FILE
     identity = NodeIdentity.from_seed(_decrypt_seed(identity_doc.get("crypto", {}), password, identity_path))
     try:

@@ -92,3 +92,58 @@ def test_cli_restore_refusal_is_a_clear_error_without_traceback(tmp_path, keys, 
     assert main(["keys", "restore", str(tmp_path / "b.json"), "--dir", str(tmp_path / "k")]) == 1
     err = capsys.readouterr().err
     assert "already holds identity" in err and "--force" in err and "Traceback" not in err
+
+
+def _backup_with(tmp_path, name: str, edit) -> "os.PathLike":
+    """A backup of the `keys` fixture whose parsed key files `edit(identity_doc, evm_doc)` changed,
+    with the checksum made to match again (as a hostile backup's would)."""
+    backup_keys(tmp_path / "k", tmp_path / f"{name}.orig", "pw")
+    doc = json.loads((tmp_path / f"{name}.orig").read_text())
+    identity_doc, evm_doc = json.loads(doc["files"]["identity.json"]), json.loads(doc["files"]["evm.json"])
+    edit(identity_doc, evm_doc)
+    doc["files"]["identity.json"], doc["files"]["evm.json"] = json.dumps(identity_doc), json.dumps(evm_doc)
+    doc["sha256"] = files_digest(doc["files"])
+    path = tmp_path / f"{name}.backup"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("scrypt-memory", lambda i, e: e["crypto"]["kdfparams"].update(n=2**24, r=8),
+     r"evm.json: scrypt memory \(128 \* n \* r\) is 17,179,869,184 bytes, above the 1,073,741,824 bytes"),
+    ("scrypt-work", lambda i, e: e["crypto"]["kdfparams"].update(n=2**16, r=8, p=64),
+     r"scrypt work \(n \* r \* p\) is 33,554,432, above the 8,388,608"),
+    ("scrypt-n", lambda i, e: e["crypto"]["kdfparams"].update(n=1000),
+     r"scrypt n=1000, r=8, p=1: n must be a power of two"),
+    ("argon2-memory", lambda i, e: i["crypto"].update(memlimit=8 << 30),
+     r"identity.json: argon2id memlimit is 8,589,934,592 bytes, above the 1,073,741,824 bytes"),
+    ("argon2-work", lambda i, e: i["crypto"].update(opslimit=4096, memlimit=1 << 28),
+     r"argon2id opslimit x memlimit is 1,099,511,627,776 bytes passed over"),
+    ("pbkdf2", lambda i, e: e["crypto"].update(kdf="pbkdf2", kdfparams={"c": 10**9, "dklen": 32, "prf": "hmac-sha256",
+                                                                          "salt": "00"}),
+     r"pbkdf2 rounds \(c\) is 1,000,000,000, above the 4,000,000"),
+    ("not-an-integer", lambda i, e: e["crypto"]["kdfparams"].update(n=1e30),
+     r"KDF parameter 'n' must be an integer, got 1e\+30"),
+    ("unknown-kdf", lambda i, e: e["crypto"].update(kdf="bcrypt"),
+     r"KDF 'bcrypt' is not one a key file may use"),
+])
+def test_restore_refuses_kdf_parameters_that_would_take_minutes_or_gigabytes(tmp_path, keys, name, edit, message):
+    import time
+
+    backup = _backup_with(tmp_path, name, edit)
+    started = time.monotonic()
+    with pytest.raises(KeystoreError, match=message):
+        restore_keys(backup, tmp_path / "restored", password="pw")
+    with pytest.raises(KeystoreError, match=message):  # without --unlock too: nothing is written
+        restore_keys(backup, tmp_path / "restored")
+    assert time.monotonic() - started < 2.0  # refused from the parameters, before any derivation
+    assert not (tmp_path / "restored").exists()
+
+
+def test_unlocking_a_key_dir_with_unbounded_kdf_parameters_is_refused_before_deriving(tmp_path, keys):
+    path = tmp_path / "k" / "evm.json"
+    evm = json.loads(path.read_text())
+    evm["crypto"]["kdfparams"]["n"] = 2**30
+    path.write_text(json.dumps(evm))
+    with pytest.raises(KeystoreError, match="evm.json: scrypt memory"):
+        unlock_keys(tmp_path / "k", "pw")
