@@ -35,7 +35,9 @@ class NetworkConfig(_Section):
 class RoundConfig(_Section):
     rounds: int = Field(3, ge=0)  # training rounds to run; 0 runs forever
     deadline_s: float = Field(60.0, gt=0)
-    close_when: int = Field(0, ge=0)  # close early once this many contributions arrived; 0 = never
+    # Close before the deadline once every node expected in the round arrived (round_close.py) and at
+    # least this many verdicts are in; 0 = never early.
+    close_when: int = Field(0, ge=0)
     min_contributions: int = Field(1, ge=1)  # fewer than this: the round ends with no update
     prompts_per_node: int = Field(4, ge=1, le=4096)
     task_family: Literal["arithmetic", "countdown", "linear"] = "arithmetic"

@@ -7,6 +7,13 @@ its P2P replica, the stream handlers and the HTTP status server live on this eve
 tensor work (aggregation, evaluation, checkpoint writes) runs in a worker thread so handlers
 keep answering. A round's outcome is committed only by the checkpoint rename: a coordinator
 killed at any point resumes at the last committed version and round, re-announcing that round.
+The DHT process and its p2pd are watched (`protocol/dht_process.py`): one that dies is restarted
+in place, the open round and its contributions kept; when restarts do not hold, `run` raises
+the cause and the process exits non-zero, for its supervisor to restart it from the checkpoint.
+
+A round closes at its deadline, or earlier once every node expected in it has arrived
+(`round_close.py`: the nodes active lately and those that connected since), so no node's honest
+work is cut off as late by a count of contributions.
 
 With `[chain]` (or `[verification] enabled`), every contribution is re-scored as it arrives
 (`verifier.py`); at close the round's settlement intent is journaled before the checkpoint commits
@@ -22,7 +29,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
 from thinkmesh.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -30,6 +36,7 @@ from thinkmesh.coordinator.config import CoordinatorConfig, IntakeConfig
 from thinkmesh.coordinator.evaluation import evaluate
 from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
 from thinkmesh.coordinator.p2p_service import CoordinatorService
+from thinkmesh.coordinator.round_close import Attendance, may_close_early
 from thinkmesh.coordinator.settlement import RoundSettler, SettlementJournal
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.protocol.adapters import (
@@ -41,9 +48,11 @@ from thinkmesh.protocol.adapters import (
     trainable_parameters,
     trainable_shapes,
 )
+from thinkmesh.protocol.dht_process import P2PProcessDied, WatchedDHT
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.encoding import decode_message
-from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.messages import ZERO_HASH, ModelManifest, RoundAnnouncement, encode_message, sign_message
 from thinkmesh.protocol.model_manifest import assign_parameters, build_manifest, canonical_architecture, model_parameters
 from thinkmesh.protocol.observability import StatusServer
@@ -52,19 +61,11 @@ from thinkmesh.protocol.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 ROUND_SEED_DOMAIN = b"thinkmesh/round-seed/v1"
+LEGACY_IDENTITY_FILE = "p2p_identity.key"  # where versions before the memfd kept p2pd's key, in the clear
 
 
 def round_seed(seed_text: str, round_id: int) -> bytes:
     return hashlib.sha256(ROUND_SEED_DOMAIN + seed_text.encode() + round_id.to_bytes(8, "big")).digest()
-
-
-def write_identity_file(path: Path, identity: NodeIdentity) -> Path:
-    """p2pd's identity file (libp2p protobuf private key), mode 0600, so the PeerID is the node key's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(identity.libp2p_private_key_bytes())
-    return path
 
 
 
@@ -98,21 +99,26 @@ class Coordinator:
         self.evals: list[dict] = []
         self.started = time.time()
         self.dht = self.p2p = self.service = self.status_server = None
+        self.p2p_watch: WatchedDHT | None = None
+        self.maddrs: list[str] = []
+        self.attendance = Attendance()  # who is connected since when: the early close rule's input
+        self.expected: frozenset[str] = frozenset()  # the open round's expected nodes, as last computed
         self.intake: ContributionIntake | None = None
         self.adapter: AdapterSpec | None = None  # adapter rounds: set by _load_model
         self.task = TaskSpec(config.round.task_family, config.round.task_difficulty)
 
     # ---- setup -------------------------------------------------------------------------
-    def _start_dht(self):
+    def _make_dht(self, identity_path: str):
+        """The DHT, not started (`WatchedDHT` starts it, and again after a restart); `identity_path`
+        is an in-memory file holding the node key for p2pd, so the PeerID is the coordinator key's."""
         import hivemind
 
         net = self.config.network
         validator = AnnouncementValidator(chain_id=self.config.chain_id, run_id=self.config.run_id,
                                           coordinator_key=self.identity.public_key)
-        identity_path = write_identity_file(self.config.data_dir / "p2p_identity.key", self.identity)
         return hivemind.DHT(
-            start=True, initial_peers=net.initial_peers or None, host_maddrs=net.host_maddrs,
-            announce_maddrs=net.announce_maddrs or None, identity_path=str(identity_path),
+            start=False, initial_peers=net.initial_peers or None, host_maddrs=net.host_maddrs,
+            announce_maddrs=net.announce_maddrs or None, identity_path=identity_path,
             record_validators=[validator],
             # hivemind's "identity taken" probe parses the key file as RSA and fails on libp2p
             # Ed25519 keys; a PeerID derived from our own keypair cannot collide anyway.
@@ -198,13 +204,21 @@ class Coordinator:
         ), self.identity)
 
     async def _collect(self, announcement: RoundAnnouncement) -> str:
-        """Waits for the deadline, or until `close_when` contributions arrived; says which."""
+        """Waits for the deadline, or until every node expected in the round arrived with at least
+        `close_when` verdicts in (`round_close.py`; `close_when` 0: the deadline only); says which."""
         close_when = self.config.round.close_when
+        round_id = announcement.round_id
         while True:
             self.service.on_accept.clear()
             current = self.intake.current
-            if close_when and len(current.accepted) + len(current.rejected) >= close_when:  # one verdict each
-                return "all-arrived"
+            verdicts = [*current.accepted.values(), *current.rejected.values()]  # one verdict per node
+            connected = await self._observe_peers() if close_when else None
+            if connected is not None:
+                self.expected = self.attendance.expected(round_id, connected, self.service.uploads,
+                                                         self._may_contribute)
+                arrived = frozenset(v.peer_id for v in verdicts) | self.service.uploads.ended_for(round_id)
+                if may_close_early(self.expected, arrived, len(verdicts), close_when):
+                    return "all-arrived"
             remaining = announcement.deadline_ms / 1000 - time.time()
             if remaining <= 0:
                 return "deadline"
@@ -249,8 +263,10 @@ class Coordinator:
             await asyncio.to_thread(self.settler.open_round, round_id, announcement.model_hash, announcement.seed)
         self.intake.open(announcement)
         self.phase = "collecting"
-        stored = await self.dht.store(announcement_key(self.config.run_id), encode_message(announcement),
-                                      announcement_expiration(announcement), return_future=True)
+        await self._observe_peers()  # those connected now were there before the round opened
+        self.attendance.round_opened(round_id, time.monotonic())
+        self.expected = frozenset()
+        stored = await self._store_announcement(announcement)
         logger.info("announced round %d on version %d (stored: %s)", round_id, self.manifest.version, stored,
                     extra={"event": "announce", "round": round_id, "version": self.manifest.version})
         started = time.time()
@@ -272,6 +288,7 @@ class Coordinator:
             "rejected": [{"peer_id": r.peer_id, "reason": r.reason, "evidence_hash": r.verified.evidence_hash.hex()}
                          for r in closed.rejected.values()],
         }
+        record["expected"] = sorted(self.expected)  # the nodes an early close waited for
         if len(closed.accepted) >= self.config.round.min_contributions:
             record.update(await asyncio.to_thread(self._aggregate_and_commit, closed, round_id + 1))
         record.update({"model_version_after": self.manifest.version, "model_hash_after": self.manifest.model_hash.hex(),
@@ -302,9 +319,12 @@ class Coordinator:
         cfg = self.config
         stop = stop or asyncio.Event()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.dht = self._start_dht()
+        (cfg.data_dir / LEGACY_IDENTITY_FILE).unlink(missing_ok=True)
+        self.p2p_watch = WatchedDHT(self._make_dht, self.identity, role="coordinator",
+                                    on_restart=self._p2p_restarted, stop=stop)
         try:
-            self.p2p = await self.dht.replicate_p2p()
+            await self.p2p_watch.start()
+            self.dht, self.p2p = self.p2p_watch.dht, self.p2p_watch.p2p
             self.model, self.tokenizer, self.optimizer = self._load_model()
             _, next_round = await asyncio.to_thread(self._restore_or_init)
             self.version = self.manifest.version
@@ -336,6 +356,9 @@ class Coordinator:
             self.phase = "done"
             logger.info("finished %d rounds at version %d; serving until stopped", cfg.round.rounds, self.version)
             await stop.wait()
+        except asyncio.CancelledError:
+            self.p2p_watch.raise_if_failed()  # the DHT could not be restarted: exit with its cause
+            raise
         finally:
             await self.shutdown()
 
@@ -368,8 +391,57 @@ class Coordinator:
             self.verifier.committed.add_intent(intent)
         self.settler.start()  # settlements go to the chain behind the round loop, retried while it is away
 
+    async def _store_announcement(self, announcement: RoundAnnouncement) -> bool:
+        """Puts the signed announcement in the DHT; False when the DHT process died meanwhile (its
+        restart stores the open round's announcement again, `_p2p_restarted`)."""
+        try:
+            return await self.p2p_watch.call(lambda dht: dht.store(
+                announcement_key(self.config.run_id), encode_message(announcement),
+                announcement_expiration(announcement), return_future=True))
+        except P2PProcessDied as exc:
+            logger.warning("round %d: announcement not stored (%s); stored again after the restart",
+                           announcement.round_id, exc)
+            return False
+
+    async def _p2p_restarted(self) -> None:
+        """`WatchedDHT` restarted the DHT process and p2pd: serve on the new daemon, store the open
+        round's announcement again (the dead process held it), republish multiaddrs that changed."""
+        self.dht, self.p2p = self.p2p_watch.dht, self.p2p_watch.p2p
+        if self.service is None:  # still starting: run() wires the service to the new replica
+            return
+        await self.service.rebind(self.p2p)
+        current = self.intake.current
+        if current is not None:
+            await self._store_announcement(current.announcement)
+        before = self.maddrs
+        maddrs = self._write_maddrs()
+        if self.chain is not None and self.config.chain.publish_bootstrap and maddrs != before:
+            await asyncio.to_thread(self._publish_bootstrap, maddrs)
+
+    async def _observe_peers(self) -> frozenset[str] | None:
+        """The peers connected now that may contribute, recorded in `attendance`; None when p2pd
+        does not answer (a restart under way: nobody counts as arrived meanwhile)."""
+        try:
+            peers = await asyncio.wait_for(self.p2p.list_peers(), 5.0)
+        except Exception as exc:
+            logger.debug("cannot list the connected peers: %s", exc)
+            return None
+        eligible = (p.peer_id.to_base58() for p in peers)
+        return self.attendance.observe([p for p in eligible if self._may_contribute(p)], time.monotonic())
+
+    def _may_contribute(self, peer_id: str) -> bool:
+        """Admitted by `allowed_nodes`, else registered (every Ed25519 node key without a registry)."""
+        allowed = self.config.intake.allowed_nodes
+        if allowed:
+            return peer_id in allowed
+        try:
+            key = public_key_from_peer_id(peer_id)
+        except ProtocolError:  # not an Ed25519 PeerID: no node key
+            return False
+        return self.verifier is None or self.verifier.is_registered(key)
+
     def _write_maddrs(self) -> list[str]:
-        maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
+        maddrs = self.maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         logger.info("coordinator %s listening on %s", self.identity.peer_id, maddrs)
         if self.config.network.maddrs_file:
             path = self.config.network.maddrs_file
@@ -416,7 +488,8 @@ class Coordinator:
             "open_round": None if current is None else {
                 "round_id": current.announcement.round_id, "deadline_ms": current.announcement.deadline_ms,
                 "accepted": [c.peer_id for c in current.accepted.values()], "refusals": len(current.refusals),
-                "refusals_by_reason": dict(current.refusals.counts)},
+                "refusals_by_reason": dict(current.refusals.counts), "expected": sorted(self.expected)},
+            "p2p": self.p2p_watch.status() if self.p2p_watch else None,
             "settlement": self.settler.backlog() if self.settler else None,
             "rounds": self.rounds, "evals": self.evals, "uptime_s": round(time.time() - self.started, 1),
         }
@@ -455,6 +528,7 @@ class Coordinator:
             await self.status_server.stop()
         if self.service is not None:
             await self.service.stop()
-        if self.dht is not None:
-            self.dht.shutdown()
-            self.dht = None
+        if self.p2p_watch is not None:
+            await self.p2p_watch.shutdown()
+            self.p2p_watch = None
+        self.dht = self.p2p = None

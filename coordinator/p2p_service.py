@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from thinkmesh.coordinator.intake import ContributionIntake, clip_text
+from thinkmesh.coordinator.round_close import UploadLog
 from thinkmesh.coordinator.stream_guard import (
     OpenStream,
     RateLimitedLog,
@@ -92,12 +93,22 @@ class CoordinatorService:
         largest = intake.max_bytes if intake is not None else 0
         self.budget = UploadBudget(limits.max_uploads, max(limits.max_upload_bytes, largest))
         self._registry_read: asyncio.Future | None = None
+        self.uploads = UploadLog()  # who uploaded for which round lately: the round close rule's input
 
     async def start(self) -> None:
         """Installs the stream guards, then the handlers (hivemind starts its listener with the first)."""
         open_files = raise_open_file_limit()
         self.streams.max_streams = min(self.limits.max_streams, max(16, open_files // 4))
         guard_accept_errors(asyncio.get_running_loop(), self.log)
+        await self._add_handlers()
+
+    async def rebind(self, p2p) -> None:
+        """Serves on `p2p` from now on: the replica of a restarted DHT process's new p2pd (the
+        handlers died with the old daemon; what is published and the round's state are kept)."""
+        self.p2p = p2p
+        await self._add_handlers()
+
+    async def _add_handlers(self) -> None:
         await self.p2p.add_binary_stream_handler(model_handler(self.run_id), self._serve_model)
         await self.p2p.add_binary_stream_handler(contribute_handler(self.run_id), self._receive_contribution)
 
@@ -223,6 +234,8 @@ class CoordinatorService:
         finally:
             self.streams.close(stream)
             writer.close()
+            if header is not None:
+                self.uploads.ended(sender, header.round_id)
 
     async def _judge(self, header: UploadHeader, sender: str, reader: asyncio.StreamReader) -> Receipt:
         """The receipt of one upload whose header was read: header checks, then the body."""

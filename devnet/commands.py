@@ -137,5 +137,5 @@ def join_command(args: argparse.Namespace) -> int:
     plan = prepare_join(layout, args.name, args.strategy, args.key_dir)
     print(describe(plan, DevnetState.load(layout)), flush=True)
     if not args.prepare_only:
-        run_in_foreground(plan)
+        run_in_foreground(plan, layout)
     return 0

@@ -4,10 +4,15 @@
 the one that stops them, in order, and saves the chain. If that process is gone (killed with
 SIGKILL, a closed laptop lid), `down` ends the children it left behind, by the process group ids
 the state file recorded, after checking each pid still runs a devnet command.
+
+Nodes added with `devnet join` run in their own terminals, not under `up`: each records itself in
+`<state-dir>/joined/<name>.json` (pid and kernel start time) before it becomes the node, and both
+`up`'s stop and `down` end them (`stop_joined_nodes`), with whatever they started.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,9 +21,10 @@ from pathlib import Path
 
 from thinkmesh.devnet.layout import DevnetLayout, DevnetState, NodeEntry
 from thinkmesh.devnet.monitor import fetch_json
-from thinkmesh.devnet.processes import DevnetError, pid_alive
+from thinkmesh.devnet.processes import DevnetError, pid_alive, process_start_time, stop_process_tree
 
 DOWN_TIMEOUT_S = 90.0
+JOINED_STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,9 +87,55 @@ def joined_nodes(client, state: DevnetState) -> list[NodeEntry]:
     ]
 
 
+def joined_dir(layout: DevnetLayout) -> Path:
+    return layout.root / "joined"
+
+
+def record_joined(layout: DevnetLayout, name: str, pid: int | None = None) -> Path:
+    """Notes that process `pid` (default: this one, about to become the node) is joined node `name`."""
+    pid = os.getpid() if pid is None else pid
+    directory = joined_dir(layout)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{name}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"name": name, "pid": pid, "started": process_start_time(pid)}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def stop_joined_nodes(layout: DevnetLayout, grace_s: float = JOINED_STOP_GRACE_S) -> list[str]:
+    """Ends every node `devnet join` started for this devnet (SIGTERM, then SIGKILL to it and its
+    DHT process and p2pd after `grace_s`), together; returns the names of those that ran."""
+    import threading
+
+    stopped: list[str] = []
+    threads = []
+    for path in sorted(joined_dir(layout).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            name, pid, started = str(record["name"]), int(record["pid"]), record.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+
+        def stop(name=name, pid=pid, started=started, path=path) -> None:
+            if stop_process_tree(pid, grace_s, started=started):
+                stopped.append(name)
+            path.unlink(missing_ok=True)
+
+        threads.append(threading.Thread(target=stop, name=f"stop {name}"))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(stopped)
+
+
 def bring_down(layout: DevnetLayout, timeout_s: float = DOWN_TIMEOUT_S) -> str:
-    """Stops the devnet of `layout`; returns what it did, in words."""
+    """Stops the devnet of `layout` and the nodes joined to it; returns what it did, in words."""
     state = DevnetState.load(layout)
+    joined = stop_joined_nodes(layout)
+    also = f"; stopped the joined node(s) {', '.join(joined)}" if joined else ""
     if pid_alive(state.up_pid) and state.phase != "stopped":
         os.kill(state.up_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -92,7 +144,7 @@ def bring_down(layout: DevnetLayout, timeout_s: float = DOWN_TIMEOUT_S) -> str:
                 raise DevnetError(f"`devnet up` (pid {state.up_pid}) did not stop within {timeout_s:.0f}s; "
                                   f"its children are listed in {layout.state_file}")
             time.sleep(0.2)  # another process's exit offers no event to wait on
-        return f"stopped the devnet (pid {state.up_pid}); chain state kept in {layout.chain_dir}"
+        return f"stopped the devnet (pid {state.up_pid}); chain state kept in {layout.chain_dir}{also}"
     leftovers = [child for child in state.children if pid_alive(child.pid) and _is_devnet_process(child.pid)]
     for child in leftovers:
         try:
@@ -102,8 +154,8 @@ def bring_down(layout: DevnetLayout, timeout_s: float = DOWN_TIMEOUT_S) -> str:
     if state.phase != "stopped":
         replace(state, phase="stopped").save(layout)
     if leftovers:
-        return f"`devnet up` was gone; killed what it left running: {', '.join(c.name for c in leftovers)}"
-    return "the devnet is not running"
+        return f"`devnet up` was gone; killed what it left running: {', '.join(c.name for c in leftovers)}{also}"
+    return f"the devnet is not running{also}"
 
 
 def _reaped(pid: int) -> bool:

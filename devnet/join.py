@@ -5,6 +5,12 @@ account gas and reward tokens from the devnet's faucet, registers it with a stak
 bootstrap multiaddrs from the ledger (as a node on a real network would), writes a node config,
 and then becomes `thinkmesh node run --config FILE` in the foreground. The config it writes is the
 whole recipe for joining by hand, which it prints first.
+
+The node counts in the devnet's rounds like its own nodes (a round waits for every node expected
+in it: coordinator/round_close.py), and `devnet down` stops it too: before it becomes the node,
+`join` records its pid in the state dir (`control.record_joined`). With `--key-dir`, the key
+password comes from THINKMESH_KEY_PASSWORD, which the node keeps to itself: the DHT process and
+p2pd it starts get an environment without it (protocol/process_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -84,8 +90,12 @@ def describe(plan: JoinPlan, state: DevnetState) -> str:
     ])  # fmt: skip
 
 
-def run_in_foreground(plan: JoinPlan) -> None:
-    """Replaces this process with the node daemon (so Ctrl-C and its exit code are the node's own)."""
+def run_in_foreground(plan: JoinPlan, layout: DevnetLayout) -> None:
+    """Replaces this process with the node daemon (so Ctrl-C and its exit code are the node's own),
+    recorded first as a joined node of `layout`'s devnet (the pid survives the exec)."""
+    from thinkmesh.devnet.control import record_joined
+
+    record_joined(layout, plan.name)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, plan.argv)

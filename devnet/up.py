@@ -2,10 +2,16 @@
 
 Order of start: anvil (its saved state if any), the ledger (deployed or reused), identities and
 their registrations, the coordinator, N nodes with different strategies (plus one cheater if
-asked), the dashboard. Order of stop: dashboard and nodes together, the coordinator, anvil last
-(it dumps its state on SIGTERM, and that dump becomes the next `up`'s chain). Stopping happens on
-Ctrl-C, on SIGTERM (which is what `devnet down` sends), after `--rounds R`, or when any child
-dies; in every case no child outlives this process.
+asked), the dashboard. Order of stop: dashboard, nodes and the nodes `devnet join` added
+together, the coordinator, anvil last (it dumps its state on SIGTERM, and that dump becomes the
+next `up`'s chain). Stopping happens on Ctrl-C, on SIGTERM (which is what `devnet down` sends),
+after `--rounds R`, or when anvil dies; in every case no child outlives this process.
+
+A role that dies (the coordinator, a node, the dashboard) is reported with its cause and started
+again (`ProcessGroup.revive`, a few times at most): the coordinator resumes from its checkpoint and
+the nodes find it again. The coordinator closes a round early only once every node expected in
+it has arrived (coordinator/round_close.py), so the devnet's `close_when` is a floor of one, not a
+node count: a node added by `devnet join` counts, and nobody's work is cut off as late.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,6 +29,7 @@ from pathlib import Path
 
 from thinkmesh.devnet import configs, provision
 from thinkmesh.devnet.chain import DevChain, persist_chain_state, require_anvil, start_chain
+from thinkmesh.devnet.control import stop_joined_nodes
 from thinkmesh.devnet.layout import ChildEntry, DevnetLayout, DevnetState, NodeEntry
 from thinkmesh.devnet.model_cache import ensure_model, is_ready, model_path
 from thinkmesh.devnet.monitor import RoundWatcher
@@ -139,7 +147,7 @@ def run_up(options: UpOptions, say: Callable[[str], None]) -> DevnetSummary | No
 
         ledger = _reader(chain, deployment)
         watcher = RoundWatcher(state.coordinator_status_url, first_round, ledger)
-        watch(watcher, group, options.rounds, say)
+        watch(watcher, group, options.rounds, say, layout)
         if options.rounds is not None:
             summary = read_summary(_reader(chain, deployment), nodes, rounds=watcher.done_rounds())
     except StopRequested as stop:
@@ -210,7 +218,8 @@ def round_plan(options: UpOptions, node_count: int, first_round: int) -> configs
     profile = options.profile
     return configs.RoundPlan(
         rounds=0 if options.rounds is None else first_round - 1 + options.rounds,
-        deadline_s=profile.deadline_s, close_when=node_count, prompts_per_node=profile.prompts_per_node,
+        # close_when is the floor of an early close; the coordinator waits for every node expected in the round
+        deadline_s=profile.deadline_s, close_when=1, prompts_per_node=profile.prompts_per_node,
         min_peers=node_count, eval_prompts=profile.eval_prompts, eval_max_new_tokens=profile.eval_max_new_tokens,
         group_size=profile.group_size, max_new_tokens=profile.max_new_tokens, task_family=profile.task_family,
         template=profile.recipe.coldstart.template, lr=profile.lr, adapter_rank=profile.adapter_rank,
@@ -225,11 +234,14 @@ def completed_rounds(layout: DevnetLayout) -> int:
     return 0 if checkpoint is None else checkpoint.next_round - 1
 
 
-def watch(watcher: RoundWatcher, group: ProcessGroup, rounds: int | None, say: Callable[[str], None]) -> None:
-    """Prints progress until `rounds` rounds are done (forever if None); a dead child ends it with its log."""
+def watch(watcher: RoundWatcher, group: ProcessGroup, rounds: int | None, say: Callable[[str], None],
+          layout: DevnetLayout) -> None:
+    """Prints progress until `rounds` rounds are done (forever if None). A role that died is said and
+    restarted; anvil's death, or a role that keeps dying, ends it with the child's log."""
     finished_at = None
     while True:
-        group.check_alive()
+        if group.revive(lambda name: name != "anvil", say):
+            _save_children(group, layout)
         for line in watcher.poll():
             say(line)
         if rounds is not None and watcher.done_rounds() >= rounds:
@@ -253,13 +265,23 @@ def stop_devnet(group: ProcessGroup, layout: DevnetLayout, say: Callable[[str], 
     )
     for what, processes, grace_s in waves:
         started = time.monotonic()
+        if what == "nodes":  # `devnet join`'s nodes, beside the devnet's own
+            joiner = threading.Thread(target=lambda: say_joined(stop_joined_nodes(layout, grace_s), say))
+            joiner.start()
         stop_together(processes, grace_s)
+        if what == "nodes":
+            joiner.join()
         logger.debug("stopped %s in %.1fs", what, time.monotonic() - started)
     if "anvil" in by_name:
         if persist_chain_state(layout):
             say(f"chain state saved to {layout.chain_state}")
         else:
             say(f"warning: anvil left no readable state dump; the next `up` resumes from the previous save, if any")
+
+
+def say_joined(names: list[str], say: Callable[[str], None]) -> None:
+    if names:
+        say(f"stopped the joined node(s) {', '.join(names)}")
 
 
 def start_role(group: ProcessGroup, layout: DevnetLayout, name: str, argv: list[str]) -> ManagedProcess:

@@ -4,7 +4,9 @@ Lifecycle: `NodeDaemon(config, identity)`, then `await run()` on the process's m
 hivemind's DHT (its own child process, started before torch spins up threads) carries the
 `AnnouncementValidator`, so a forged announcement never reaches this loop; the loop re-checks
 the signature anyway. Rollouts and the backward pass run in a worker thread; every hivemind
-object stays on the main thread's event loop.
+object stays on the main thread's event loop. The DHT process and its p2pd are watched
+(`protocol/dht_process.py`): one that dies is restarted in place, the model and the round's work
+kept; when restarts do not hold, `run` raises the cause and the process exits non-zero.
 
 A node holds one model version. It fetches a version only when the announced (or, when idle,
 the coordinator's head) hash differs from the one it holds, and it persists what it fetched
@@ -29,7 +31,13 @@ from pathlib import Path
 
 from thinkmesh.node.base_cache import base_path, load_base, save_base
 from thinkmesh.node.config import NodeConfig
-from thinkmesh.node.p2p_client import FetchedModel, fetch_model, rejoin_coordinator, upload_contribution
+from thinkmesh.node.p2p_client import (
+    CoordinatorUnreachable,
+    FetchedModel,
+    fetch_model,
+    rejoin_coordinator,
+    upload_contribution,
+)
 from thinkmesh.protocol.account_lock import acquire_account_lock
 from thinkmesh.protocol.adapters import (
     adapter_architecture,
@@ -40,6 +48,7 @@ from thinkmesh.protocol.adapters import (
     trainable_parameters,
     trainable_shapes,
 )
+from thinkmesh.protocol.dht_process import P2PProcessDied, WatchedDHT
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_key, check_announcement_bytes
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.identity_guard import check_identity_owner
@@ -56,6 +65,7 @@ from thinkmesh.protocol.messages import (
 )
 from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.terms import strategy_under_terms
+from thinkmesh.protocol.transport import TransportError
 from thinkmesh.protocol.model_manifest import (
     ManifestError,
     assign_parameters,
@@ -71,6 +81,7 @@ logger = logging.getLogger(__name__)
 MODEL_CACHE = "model_cache.pt"
 HISTORY_LIMIT = 100  # rounds kept in /status's history
 LEDGER_REREAD_S = 10.0  # a node that lost its coordinator reads the ledger's list at most this often
+LEGACY_IDENTITY_FILE = "p2p_identity.key"  # where versions before the memfd kept p2pd's key, in the clear
 
 
 class NodeDaemon:
@@ -98,23 +109,21 @@ class NodeDaemon:
         self.last_receipt: dict | None = None
         self.started = time.time()
         self.dht = self.p2p = self.status_server = None
+        self.p2p_watch: WatchedDHT | None = None
         self._last_head_check = 0.0
 
     # ---- setup -------------------------------------------------------------------------
-    def _start_dht(self):
+    def _make_dht(self, identity_path: str):
+        """The DHT, not started (`WatchedDHT` starts it, and again after a restart); `identity_path`
+        is an in-memory file holding the node key for p2pd, so the PeerID is the node key's."""
         import hivemind
 
         net = self.config.network
-        identity_path = self.config.data_dir / "p2p_identity.key"
-        identity_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(identity_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(self.identity.libp2p_private_key_bytes())
         validator = AnnouncementValidator(chain_id=self.config.chain_id, run_id=self.config.run_id,
                                           coordinator_key=self.coordinator_key)
         return hivemind.DHT(
-            start=True, initial_peers=net.initial_peers, host_maddrs=net.host_maddrs,
-            announce_maddrs=net.announce_maddrs or None, identity_path=str(identity_path),
+            start=False, initial_peers=net.initial_peers, host_maddrs=net.host_maddrs,
+            announce_maddrs=net.announce_maddrs or None, identity_path=identity_path,
             client_mode=net.client_mode, use_auto_relay=net.use_auto_relay, record_validators=[validator],
             # hivemind's "identity taken" probe parses the key file as RSA and fails on libp2p
             # Ed25519 keys; a PeerID derived from our own keypair cannot collide anyway.
@@ -254,7 +263,8 @@ class NodeDaemon:
     _terms_noted = None  # the last terms whose changes to the configured strategy were logged
 
     async def read_announcement(self) -> RoundAnnouncement | None:
-        found = await self.dht.get(announcement_key(self.config.run_id), latest=True, return_future=True)
+        key = announcement_key(self.config.run_id)
+        found = await self._dht_call(lambda dht: dht.get(key, latest=True, return_future=True))
         if found is None or not isinstance(found.value, bytes):
             return None
         return check_announcement_bytes(found.value, chain_id=self.config.chain_id, run_id=self.config.run_id,
@@ -336,7 +346,12 @@ class NodeDaemon:
             logger.error("%s", exc)
             self.last_receipt = {"round_id": announcement.round_id, "reason": "too-large", "detail": str(exc)}
             return
-        await self.sync_model(announcement.model_hash)
+        try:
+            await self.sync_model(announcement.model_hash)
+        except Exception as exc:
+            if lost_the_coordinator(exc):
+                del self.done[key]  # nothing done yet: the next step tries this round again
+            raise
         self.phase = "rollout"
         started = time.time()
         result, contribution = await asyncio.to_thread(self._work, announcement)
@@ -345,8 +360,7 @@ class NodeDaemon:
             self.phase = "idle"
             return
         self.phase = "uploading"
-        receipt, sent = await upload_contribution(self.p2p, self.config.coordinator_peer_id, contribution,
-                                                  timeout=self.config.round.upload_timeout_s)
+        receipt, sent = await self._upload(announcement, contribution)
         self.counters["contributions_sent"] += 1
         self.counters["upload_bytes_sent"] += sent
         self.counters["contributions_accepted"] += int(receipt.accepted)
@@ -359,6 +373,27 @@ class NodeDaemon:
         log("round %d: %s (%s)", announcement.round_id, receipt.reason, receipt.detail,
             extra={"event": "contribution", **self.history[-1]})
         self.phase = "idle"
+
+    async def _upload(self, announcement: RoundAnnouncement, contribution: Contribution):
+        """`upload_contribution`, tried again while the coordinator cannot be reached (its p2pd or this
+        node's restarting) and the round's deadline has not passed: the work is not thrown away.
+        A copy that did arrive the first time is refused as a duplicate, which costs nothing."""
+        while True:
+            try:
+                return await upload_contribution(self.p2p, self.config.coordinator_peer_id, contribution,
+                                                  timeout=self.config.round.upload_timeout_s)
+            except Exception as exc:
+                late = time.time() + self.config.round.sync_interval_s >= announcement.deadline_ms / 1000
+                if late or not lost_the_coordinator(exc):
+                    raise
+                logger.warning("round %d: upload failed (%s: %s); trying again once the coordinator answers",
+                               announcement.round_id, type(exc).__name__, exc)
+            await asyncio.sleep(self.config.round.sync_interval_s)  # a dial backoff: nothing to await but time
+            try:
+                await self.reach_coordinator()
+            except Exception as exc:
+                if not lost_the_coordinator(exc):
+                    raise
 
     async def step(self) -> None:
         """One poll: take part in an open round not yet done, else maybe catch up to the head.
@@ -398,7 +433,20 @@ class NodeDaemon:
 
     async def _rejoin(self) -> bool:
         rejoin = partial(rejoin_coordinator, self.config.coordinator_peer_id, tuple(self.config.network.initial_peers))
-        return await self.dht.run_coroutine(rejoin, return_future=True)
+        return await self._dht_call(lambda dht: dht.run_coroutine(rejoin, return_future=True))
+
+    async def _dht_call(self, request):
+        """`request(dht)` awaited; once running, through the watch, which raises `P2PProcessDied`
+        (a `ProtocolError`: the loop logs it and goes on) if the DHT process dies meanwhile."""
+        if self.p2p_watch is None:
+            return await request(self.dht)
+        return await self.p2p_watch.call(request)
+
+    async def _p2p_restarted(self) -> None:
+        """`WatchedDHT` restarted the DHT process and p2pd: use the new ones, and look for the
+        coordinator at once (the new DHT knows no peer until it re-dials the bootstrap peers)."""
+        self.dht, self.p2p = self.p2p_watch.dht, self.p2p_watch.p2p
+        self._last_head_check = 0.0
 
     async def _adopt_ledger_addresses(self) -> bool:
         """True when the ledger lists coordinator multiaddrs this node did not have: they replace
@@ -420,9 +468,12 @@ class NodeDaemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.dht = self._start_dht()
+        (self.config.data_dir / LEGACY_IDENTITY_FILE).unlink(missing_ok=True)
+        self.p2p_watch = WatchedDHT(self._make_dht, self.identity, role="node", on_restart=self._p2p_restarted,
+                                    stop=stop)
         try:
-            self.p2p = await self.dht.replicate_p2p()
+            await self.p2p_watch.start()
+            self.dht, self.p2p = self.p2p_watch.dht, self.p2p_watch.p2p
             await asyncio.to_thread(self._load_model)
             if self.config.chain is not None:
                 self.registration = await asyncio.to_thread(self._ensure_registered)
@@ -441,6 +492,9 @@ class NodeDaemon:
                     await asyncio.wait_for(stop.wait(), timeout=self.config.round.poll_s)
                 except asyncio.TimeoutError:
                     pass
+        except asyncio.CancelledError:
+            self.p2p_watch.raise_if_failed()  # the DHT could not be restarted: exit with its cause
+            raise
         finally:
             await self.shutdown()
 
@@ -464,6 +518,7 @@ class NodeDaemon:
                 "counters": self.counters, "last_receipt": self.last_receipt, "history": list(self.history),
                 "memory": None if self.memory_fit is None else self.memory_fit.status(),
                 "cheat": self.config.cheat, "chain": self.registration,
+                "p2p": self.p2p_watch.status() if self.p2p_watch else None,
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def gauges(self) -> dict[str, float]:
@@ -478,9 +533,19 @@ class NodeDaemon:
     async def shutdown(self) -> None:
         if self.status_server is not None:
             await self.status_server.stop()
-        if self.dht is not None:
-            self.dht.shutdown()
-            self.dht = None
+        if self.p2p_watch is not None:
+            await self.p2p_watch.shutdown()
+            self.p2p_watch = None
+        self.dht = self.p2p = None
+
+
+def lost_the_coordinator(exc: BaseException) -> bool:
+    """A failure that a restart of the coordinator's p2pd, or of this node's DHT process and p2pd,
+    explains (a dial refused, a stream cut, this node's p2pd socket gone): worth trying again until
+    the round's deadline. A refusal or a protocol violation is not."""
+    if isinstance(exc, (CoordinatorUnreachable, P2PProcessDied, OSError)):
+        return True
+    return isinstance(exc, TransportError) and isinstance(exc.__cause__, (asyncio.IncompleteReadError, ConnectionError))
 
 
 def _sampling_values(strategy) -> str:
