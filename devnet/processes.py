@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.dht_process import zombie
 from thinkmesh.protocol.process_lifecycle import scrubbed_environment
 
 logger = logging.getLogger(__name__)
@@ -211,11 +212,11 @@ def stop_process_tree(pid: int, grace_s: float, *, started: int | None = None) -
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + grace_s
-    while pid_alive(pid) and not _zombie(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and not zombie(pid) and time.monotonic() < deadline:
         below |= set(descendants(pid))
         time.sleep(0.1)  # another process's exit offers no event to wait on
     for victim in [pid, *below]:
-        if pid_alive(victim) and not _zombie(victim):
+        if pid_alive(victim) and not zombie(victim):
             try:
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:
@@ -225,15 +226,7 @@ def stop_process_tree(pid: int, grace_s: float, *, started: int | None = None) -
 
 def alive(pids: Iterable[int]) -> list[int]:
     """The pids that still run (a zombie, exited but not yet reaped, does not count)."""
-    return [pid for pid in pids if pid_alive(pid) and not _zombie(pid)]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return [pid for pid in pids if pid_alive(pid) and not zombie(pid)]
 
 
 def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2, group: ProcessGroup | None = None):

@@ -129,7 +129,7 @@ class _Watched:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return True
-        return _zombie(self.pid)
+        return zombie(self.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -164,7 +164,8 @@ class _Watched:
             self.fd = None
 
 
-def _zombie(pid: int) -> bool:
+def zombie(pid: int) -> bool:
+    """True when `pid` has exited but was not reaped yet (alive to `kill(pid, 0)`, dead in fact)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[-1].split()[0] == "Z"

@@ -40,11 +40,30 @@ def announcement_expiration(announcement: RoundAnnouncement) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class AnnouncementCheck:
+class RecordCheck:
     """Why a record was refused, for logs and tests (`ok` when it was accepted)."""
 
     ok: bool
     reason: str
+
+
+class CheckingValidator(RecordValidatorBase):
+    """A validator whose rule is `check`: a refusal is kept in `last_refusal` (in whichever
+    process validated last) so logs and tests can say why a record was dropped."""
+
+    last_refusal: RecordCheck | None = None
+
+    def check(self, record: DHTRecord) -> RecordCheck:
+        raise NotImplementedError
+
+    def validate(self, record: DHTRecord) -> bool:
+        result = self.check(record)
+        if not result.ok:
+            self.last_refusal = result
+        return result.ok
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return False
 
 
 def check_announcement_bytes(
@@ -66,7 +85,7 @@ def check_announcement_bytes(
     return announcement
 
 
-class AnnouncementValidator(RecordValidatorBase):
+class AnnouncementValidator(CheckingValidator):
     """Refuses round-announcement records not signed by the configured coordinator key."""
 
     def __init__(self, *, chain_id: int, run_id: str, coordinator_key: bytes):
@@ -76,34 +95,24 @@ class AnnouncementValidator(RecordValidatorBase):
         self.run_id = run_id
         self.coordinator_key = bytes(coordinator_key)
         self.key_id = DHTID.generate(source=announcement_key(run_id)).to_bytes()
-        self.last_refusal: AnnouncementCheck | None = None  # in whichever process validated last
 
-    def check(self, record: DHTRecord) -> AnnouncementCheck:
+    def check(self, record: DHTRecord) -> RecordCheck:
         if record.key != self.key_id:
-            return AnnouncementCheck(True, "not an announcement key")
+            return RecordCheck(True, "not an announcement key")
         if record.subkey != _REGULAR_VALUE_SUBKEY:
-            return AnnouncementCheck(False, "announcements are regular values, got a subkey")
+            return RecordCheck(False, "announcements are regular values, got a subkey")
         try:
             data = MSGPackSerializer.loads(record.value)
         except Exception as exc:  # msgpack raises several types on garbage
-            return AnnouncementCheck(False, f"value is not msgpack: {type(exc).__name__}")
+            return RecordCheck(False, f"value is not msgpack: {type(exc).__name__}")
         if not isinstance(data, bytes):
-            return AnnouncementCheck(False, f"value: expected bytes, got {type(data).__name__}")
+            return RecordCheck(False, f"value: expected bytes, got {type(data).__name__}")
         try:
             announcement = check_announcement_bytes(
                 data, chain_id=self.chain_id, run_id=self.run_id, coordinator_key=self.coordinator_key
             )
         except ProtocolError as exc:
-            return AnnouncementCheck(False, str(exc))
+            return RecordCheck(False, str(exc))
         if record.expiration_time > announcement_expiration(announcement) + 1e-3:
-            return AnnouncementCheck(False, "expiration later than the announcement's deadline allows")
-        return AnnouncementCheck(True, "ok")
-
-    def validate(self, record: DHTRecord) -> bool:
-        result = self.check(record)
-        if not result.ok:
-            self.last_refusal = result
-        return result.ok
-
-    def merge_with(self, other: RecordValidatorBase) -> bool:
-        return False
+            return RecordCheck(False, "expiration later than the announcement's deadline allows")
+        return RecordCheck(True, "ok")

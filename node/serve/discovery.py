@@ -24,12 +24,12 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from hivemind.dht.routing import DHTID
-from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.dht.validation import DHTRecord
 from hivemind.utils.serializer import MSGPackSerializer
 
+from thinkmesh.protocol.dht_records import CheckingValidator, RecordCheck
 from thinkmesh.protocol.encoding import decode_message, encode_message
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.identity import NodeIdentity
@@ -50,12 +50,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True)
-class RecordCheck:
-    ok: bool
-    reason: str
-
-
 def check_record(data, subkey, model_hash: bytes, expiration_time: float | None, at_ms: int | None) -> ServerAnnouncement:
     """The announcement in a record's value `data` filed under `subkey`, or ProtocolError naming
     the broken rule. `at_ms`: also refuse it when expired then (None: the validator, no clock)."""
@@ -70,12 +64,11 @@ def check_record(data, subkey, model_hash: bytes, expiration_time: float | None,
     return announcement
 
 
-class ServerRecordValidator(RecordValidatorBase):
+class ServerRecordValidator(CheckingValidator):
     """Refuses records under the guarded models' serve keys that are not valid announcements."""
 
     def __init__(self, model_hashes: Iterable[bytes]):
         self.guarded = {DHTID.generate(source=serve_key(h)).to_bytes(): bytes(h) for h in model_hashes}
-        self.last_refusal: RecordCheck | None = None  # in whichever process validated last
 
     def check(self, record: DHTRecord) -> RecordCheck:
         model_hash = self.guarded.get(record.key)
@@ -91,15 +84,6 @@ class ServerRecordValidator(RecordValidatorBase):
         except ProtocolError as exc:
             return RecordCheck(False, str(exc))
         return RecordCheck(True, "ok")
-
-    def validate(self, record: DHTRecord) -> bool:
-        result = self.check(record)
-        if not result.ok:
-            self.last_refusal = result
-        return result.ok
-
-    def merge_with(self, other: RecordValidatorBase) -> bool:
-        return False
 
 
 def start_dht(model_hashes: Sequence[bytes], initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] = (),
