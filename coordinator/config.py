@@ -98,6 +98,10 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(32, ge=1)
     seed: str = "thinkmesh-heldout"
     template: Literal["r1", "r1-compact"] | None = None  # default: the round's template, so the eval asks what training asks
+    # Contribution values (protocol/contribution_value.py): a validation batch of value_prompts x
+    # value_group completions per round, each accepted update scored on it alone; 0 prompts: off.
+    value_prompts: int = Field(8, ge=0)
+    value_group: int = Field(4, ge=2)
 
 
 class ChainConfig(_Section):

@@ -48,6 +48,7 @@ from thinkmesh.protocol.adapters import (
     trainable_parameters,
     trainable_shapes,
 )
+from thinkmesh.protocol.contribution_value import ValueSettings, contribution_values
 from thinkmesh.protocol.dht_process import P2PProcessDied, WatchedDHT
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.encoding import decode_message
@@ -236,13 +237,30 @@ class Coordinator:
 
     def _aggregate(self, closed: OpenRound) -> dict:
         agg = self.config.aggregation
+        values = self._contribution_values(closed)  # on the round's weights, before the step
         items = [WeightedGradient(c.gradients, float(c.samples)) for c in closed.accepted.values()]
         grad = aggregate(items, agg.rule, agg.clip_norm, agg.centered_clip_iters)
         norm = apply_update(self.model, self.optimizer, grad, agg.max_grad_norm)
         parent = self.manifest.model_hash
         self.manifest, self.chunks = self._make_manifest(self.manifest.version + 1, closed.announcement.round_id, parent)
         self.evals.append(self._evaluate())
-        return {"aggregate_norm": norm}
+        return {"aggregate_norm": norm, "contribution_values": values}
+
+    def _contribution_values(self, closed: OpenRound) -> list[dict]:
+        """Each accepted contribution's value (protocol/contribution_value.py: the change in expected
+        reward on the round's public validation batch from its update alone); [] when `[eval]
+        value_prompts` is 0. A measurement kept in the round record and /status: no payout uses it."""
+        ev = self.config.eval
+        accepted = list(closed.accepted.values())
+        if not ev.value_prompts or not accepted:
+            return []
+        settings = ValueSettings(prompts=ev.value_prompts, group=ev.value_group, max_new_tokens=ev.max_new_tokens,
+                                 template=ev.template or self.config.round.template,
+                                 step=float(self.config.aggregation.lr))
+        values, batch = contribution_values(self.model, self.tokenizer, self.task, closed.announcement.seed,
+                                            [c.gradients for c in accepted], settings)
+        return [{"peer_id": c.peer_id, "strategy": c.strategy, "value": round(v, 6), "batch_reward": round(batch.mean_reward, 4)}
+                for c, v in zip(accepted, values)]
 
     def _evaluate(self) -> dict:
         ev = self.config.eval
