@@ -103,6 +103,7 @@ class ChainConnection:
     reward_per_prompt: int
     slash_amount: int
     registry_cache: RegistryCache = field(default_factory=RegistryCache)
+    reward_per_trace: int = 0  # generation rounds (protocol/payout.py)
 
     def registry(self) -> dict[bytes, str]:
         """The bound, Active nodes; the last known ones while the chain does not answer."""
@@ -151,7 +152,8 @@ def connect_chain(config, evm_private_key: bytes | None) -> ChainConnection:
         signer = LedgerClient.offline(chain.rpc_url, deployment, private_key=key)
         reader = LedgerClient.offline(chain.rpc_url, deployment)
         acquire_account_lock(deployment.chain_id, signer.address, role="coordinator")
-    return ChainConnection(signer, reader, tokens(chain.reward_per_prompt), tokens(chain.slash_amount), cache)
+    return ChainConnection(signer, reader, tokens(chain.reward_per_prompt), tokens(chain.slash_amount), cache,
+                           tokens(chain.reward_per_trace))
 
 
 def read_registry(client) -> dict[bytes, str]:

@@ -52,6 +52,16 @@ class RoundConfig(_Section):
     top_ps: list[float] = Field([1.0], min_length=1, max_length=8)
     group_sizes: list[int] = Field([8], min_length=1, max_length=8)
     max_new_tokens: list[int] = Field([512], min_length=1, max_length=8)
+    # Generation rounds (protocol/generation.py: samples only, no gradient, no model step; the correct,
+    # well-formed traces are paid and published): round r is one when r is in `generation_rounds`, or
+    # when `generation_every` = N > 0 and r % N == 0 (rounds N, 2N, ...: N = 1 makes them all).
+    generation_every: int = Field(0, ge=0)
+    generation_rounds: list[int] = Field([], max_length=4096)
+
+    def is_generation_round(self, round_id: int) -> bool:
+        """Whether round `round_id` is announced as a generation round (see the fields above)."""
+        every = self.generation_every
+        return round_id in self.generation_rounds or (every > 0 and round_id % every == 0)
 
     def terms(self) -> RoundTerms:
         """The announcement's `RoundTerms`; its errors name the bad set."""
@@ -115,6 +125,7 @@ class ChainConfig(_Section):
     from_block: int = Field(0, ge=0)  # with `ledger` only: the deployment block, for event scans
     private_key_env: str | None = None
     reward_per_prompt: str = "0.08"  # tokens per verified prompt (a group) at score 1.0
+    reward_per_trace: str = "0.02"  # generation rounds: tokens per accepted trace (protocol/payout.py)
     slash_amount: str = "5"  # tokens slashed per failed contribution (capped at the stake)
     evidence_dir: Path | None = None  # default: <data_dir>/evidence
     publish_bootstrap: bool = True  # keep this coordinator's multiaddrs in the ledger's bootstrap list

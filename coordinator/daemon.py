@@ -53,6 +53,7 @@ from thinkmesh.protocol.dht_process import P2PProcessDied, WatchedDHT
 from thinkmesh.protocol.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.encoding import decode_message
 from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.protocol.generation import ROUND_KIND_GENERATION, ROUND_KIND_TRAINING
 from thinkmesh.protocol.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.messages import ZERO_HASH, ModelManifest, RoundAnnouncement, encode_message, sign_message
 from thinkmesh.protocol.model_manifest import assign_parameters, build_manifest, canonical_architecture, model_parameters
@@ -201,7 +202,7 @@ class Coordinator:
             model_hash=self.manifest.model_hash, task=self.task, prompts_per_node=cfg.round.prompts_per_node,
             seed=round_seed(cfg.round.seed, round_id), deadline_ms=int((time.time() + cfg.round.deadline_s) * 1000),
             coordinator_key=self.identity.public_key, prompt_template=cfg.round.template, terms=cfg.round.terms(),
-            adapter=self.adapter,
+            adapter=self.adapter, kind=ROUND_KIND_GENERATION if cfg.round.is_generation_round(round_id) else ROUND_KIND_TRAINING,
         ), self.identity)
 
     async def _collect(self, announcement: RoundAnnouncement) -> str:
@@ -278,7 +279,8 @@ class Coordinator:
         announcement = self._announcement(round_id)
         if self.verifier is not None:
             await asyncio.to_thread(self.verifier.open_round, round_id)
-            await asyncio.to_thread(self.settler.open_round, round_id, announcement.model_hash, announcement.seed)
+            await asyncio.to_thread(self.settler.open_round, round_id, announcement.model_hash, announcement.seed,
+                                    announcement.kind)
         self.intake.open(announcement)
         self.phase = "collecting"
         await self._observe_peers()  # those connected now were there before the round opened
@@ -307,7 +309,8 @@ class Coordinator:
                          for r in closed.rejected.values()],
         }
         record["expected"] = sorted(self.expected)  # the nodes an early close waited for
-        if len(closed.accepted) >= self.config.round.min_contributions:
+        record["kind"] = announcement.kind  # a generation round only collects traces: no step, the version stays
+        if announcement.kind == ROUND_KIND_TRAINING and len(closed.accepted) >= self.config.round.min_contributions:
             record.update(await asyncio.to_thread(self._aggregate_and_commit, closed, round_id + 1))
         record.update({"model_version_after": self.manifest.version, "model_hash_after": self.manifest.model_hash.hex(),
                        "duration_s": round(time.time() - started, 3)})
@@ -404,7 +407,8 @@ class Coordinator:
         journal = SettlementJournal(cfg.data_dir / "settlement")
         self.settler = RoundSettler(journal, chain.signer if chain else None,
                                     reward_per_prompt=chain.reward_per_prompt if chain else 0,
-                                    slash_amount=chain.slash_amount if chain else 0)
+                                    slash_amount=chain.slash_amount if chain else 0,
+                                    reward_per_trace=chain.reward_per_trace if chain else 0)
         for intent in self.settler.recover(next_round):
             self.verifier.committed.add_intent(intent)
         self.settler.start()  # settlements go to the chain behind the round loop, retried while it is away

@@ -43,6 +43,7 @@ from thinkmesh.coordinator.intake_bounds import (
 )
 from thinkmesh.protocol.encoding import decode_message
 from thinkmesh.protocol.errors import EncodingError, ProtocolError, SignatureError
+from thinkmesh.protocol.generation import is_generation
 from thinkmesh.protocol.gradient_codec import decode_gradient
 from thinkmesh.protocol.identity import peer_id_from_public_key
 from thinkmesh.protocol.messages import (
@@ -309,7 +310,12 @@ class ContributionIntake:
                 return RefusalReason.MALFORMED, f"compression {contribution.gradient.compression!r} is not accepted"
             if self.verify is None and samples_root(contribution.samples) != contribution.samples_root:
                 return RefusalReason.MALFORMED, "samples_root does not commit to the samples"  # else the verifier's (slashable) call
-            gradients = decode_gradient(contribution.gradient, self.param_shapes, max_total_bytes=self.gradient_bound)
+            if is_generation(announcement):  # samples only: the verifier requires the empty gradient (slashable)
+                if self.verify is None and contribution.gradient.tensors:
+                    return RefusalReason.MALFORMED, "a generation round's contribution carries no gradient tensors"
+                gradients = {}
+            else:
+                gradients = decode_gradient(contribution.gradient, self.param_shapes, max_total_bytes=self.gradient_bound)
         except ProtocolError as exc:
             return RefusalReason.MALFORMED, str(exc)
         verified = None

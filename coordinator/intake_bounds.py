@@ -10,7 +10,8 @@ the round's terms and the model, never over what a node declares:
               (`gradient_byte_bound`: float32 for `none`, codebooks and block scales for 8-bit modes)
     envelope  ENVELOPE_BYTES plus the run id (UTF-8, at most 4 bytes a character)
 
-capped at the configured `max_contribution_bytes`. The terms (allowed group sizes and generation
+capped at the configured `max_contribution_bytes`. A generation round's contribution carries an empty
+gradient (`protocol/generation.py`), so its bound has no gradient term. The terms (allowed group sizes and generation
 budgets) come from `announcement.terms` when the announcement carries them and fall back to the
 protocol's own limits (`strategies.MAX_GROUP_SIZE`, `MAX_NEW_TOKENS_LIMIT`) when it does not, so
 this module reads announcements from before and after `RoundTerms` alike.
@@ -29,6 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from thinkmesh.protocol.generation import is_generation
 from thinkmesh.protocol.gradient_codec import BLOCKWISE_BLOCK, CODEBOOK_SIZE, MIN_QUANTIZED_NUMEL
 from thinkmesh.protocol.messages import KiB
 from thinkmesh.protocol.strategies import MAX_GROUP_SIZE, MAX_NEW_TOKENS_LIMIT, StrategySpec
@@ -111,7 +113,8 @@ def contribution_byte_bound(
 ) -> int:
     """The most bytes an honest contribution to `announcement` can take, at most `cap`."""
     envelope = ENVELOPE_BYTES + 4 * len(announcement.run_id)
-    total = samples_byte_bound(round_terms(announcement)) + gradient_byte_bound(shapes, compressions) + envelope
+    gradient = 0 if is_generation(announcement) else gradient_byte_bound(shapes, compressions)
+    total = samples_byte_bound(round_terms(announcement)) + gradient + envelope
     return min(cap, total)
 
 

@@ -1,6 +1,8 @@
 """Settlement: what a closed round pays and slashes, written down before anything is sent.
 
-**Payout** is `protocol/payout.py`'s rule (per verified prompt, times the contribution's score).
+**Payout** is `protocol/payout.py`'s rule (per verified prompt, times the contribution's score); in a
+generation round its generation rule (per accepted trace, `reward_per_trace`), and only the accepted
+traces (`protocol/generation.py`: accuracy 1 and format 1) go under the round's traces root.
 Rejected contributions earn nothing; each slashable one (`verifier.UNSLASHABLE_REASONS` excepted)
 costs its node `slash_amount`, capped at its stake, with the verdict's reason code and evidence hash.
 
@@ -48,7 +50,8 @@ from thinkmesh.protocol.ledger import (
     seed_commitment,
 )
 from thinkmesh.protocol.messages import Contribution
-from thinkmesh.protocol.payout import contribution_score, payout_for, verified_prompts
+from thinkmesh.protocol.generation import ROUND_KIND_GENERATION, ROUND_KIND_TRAINING
+from thinkmesh.protocol.payout import contribution_score, generation_payout, payout_for, verified_prompts
 from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.traces import contribution_traces, traces_tree
 
@@ -97,6 +100,11 @@ class SettlementIntent:
     accepted: tuple[AcceptedEntry, ...]
     done: bool = False
     model_hash: bytes | None = None  # the model the round trained from: lets a settle open its round on chain
+    kind: str = ROUND_KIND_TRAINING  # protocol/generation.py: a generation round pays and publishes accepted traces
+
+    @property
+    def generation(self) -> bool:
+        return self.kind == ROUND_KIND_GENERATION
 
     def to_json(self) -> str:
         return json.dumps({
@@ -107,6 +115,7 @@ class SettlementIntent:
             "accepted": [[e.node_key.hex(), e.address, e.samples, [h.hex() for h in e.sample_hashes], e.gradient_digest.hex()]
                          for e in self.accepted],
             "done": self.done, "model_hash": None if self.model_hash is None else self.model_hash.hex(),
+            "kind": self.kind,
         }, indent=1) + "\n"
 
     @classmethod
@@ -122,6 +131,7 @@ class SettlementIntent:
                                for k, a, n, hs, g in raw["accepted"]),
                 done=bool(raw["done"]),
                 model_hash=bytes.fromhex(raw["model_hash"]) if raw.get("model_hash") else None,
+                kind=str(raw.get("kind", ROUND_KIND_TRAINING)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SettlementError(f"expected a settlement intent JSON, got an unreadable one: {exc}") from exc
@@ -130,16 +140,25 @@ class SettlementIntent:
 def build_intent(
     round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence, held_out_accuracy: float, *,
     reward_per_prompt: int, slash_amount: int, model_hash: bytes | None = None,
+    kind: str = ROUND_KIND_TRAINING, reward_per_trace: int = 0,
 ) -> SettlementIntent:
-    """The intent of a closed round. `accepted` / `rejected` are `VerifiedContribution`s."""
+    """The intent of a closed round. `accepted` / `rejected` are `VerifiedContribution`s. A generation
+    round (`kind`) publishes and pays its accepted traces only: `verifiedSamples` is the node's
+    accepted traces, its score `SCORE_SCALE`, its payout `reward_per_trace` each."""
+    generation = kind == ROUND_KIND_GENERATION
     contributions = [item.contribution for item in accepted]
-    tree = traces_tree(leaf for c in contributions for leaf in contribution_traces(c))
+    tree = traces_tree(leaf for c in contributions for leaf in contribution_traces(c, generation))
     totals = [total_reward(s.rewards) for c in contributions for s in c.samples]
     stats = RoundStats.of(len(accepted), len(rejected), sum(totals) / len(totals) if totals else 0.0,
                           min(max(held_out_accuracy, 0.0), 1.0))
     awards = []
     for item in accepted:
-        if item.address is not None:
+        if item.address is None:
+            continue
+        if generation:
+            traces, payout = generation_payout(item.contribution, reward_per_trace)
+            awards.append(Award(item.address, traces, SCORE_SCALE, payout))
+        else:
             samples, score = len(item.contribution.samples), contribution_score(item.contribution)
             payout = payout_for(verified_prompts(item.contribution), score, reward_per_prompt)
             awards.append(Award(item.address, samples, score, payout))
@@ -153,7 +172,8 @@ def build_intent(
                       item.report.sample_hashes, item.report.gradient_digest)
         for item in accepted
     )
-    return SettlementIntent(round_id, seed, tree.root, stats, tuple(awards), slashes, entries, model_hash=model_hash)
+    return SettlementIntent(round_id, seed, tree.root, stats, tuple(awards), slashes, entries, model_hash=model_hash,
+                            kind=kind)
 
 
 # ---- the journal ----------------------------------------------------------------------------
@@ -298,14 +318,16 @@ class RoundSettler:
     """
 
     def __init__(self, journal: SettlementJournal, client=None, *, reward_per_prompt: int = 0, slash_amount: int = 0,
-                 queue: SettlementQueue | None = None):
+                 queue: SettlementQueue | None = None, reward_per_trace: int = 0):
         self.journal = journal
         self.client = client
         self.reward_per_prompt = reward_per_prompt
+        self.reward_per_trace = reward_per_trace
         self.slash_amount = slash_amount
         own = client.copy() if client is not None and hasattr(client, "copy") else client
         self.queue = queue or (SettlementQueue(own, journal) if client is not None else None)
         self._model_hashes: dict[int, bytes] = {}
+        self._kinds: dict[int, str] = {}
 
     def recover(self, next_round: int) -> list[SettlementIntent]:
         """Drops uncommitted intents and queues the committed ones not done (no chain call, so nothing
@@ -334,18 +356,20 @@ class RoundSettler:
     def backlog(self) -> dict | None:
         return self.queue.backlog() if self.queue is not None else None
 
-    def open_round(self, round_id: int, model_hash: bytes, seed: bytes) -> None:
-        """Queues the round's opening on chain; returns at once."""
+    def open_round(self, round_id: int, model_hash: bytes, seed: bytes, kind: str = ROUND_KIND_TRAINING) -> None:
+        """Queues the round's opening on chain (`kind`: the round's, `protocol/generation.py`); returns at once."""
         self._model_hashes[round_id] = model_hash
+        self._kinds[round_id] = kind
         if self.queue is not None:
-            self.queue.open_round(round_id, model_hash, seed)
+            self.queue.open_round(round_id, model_hash, seed, kind)
 
     def record(self, round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence,
                held_out_accuracy: float) -> SettlementIntent:
         """Steps 1 of the module docstring: the intent, durable before the checkpoint commits."""
         intent = build_intent(round_id, seed, accepted, rejected, held_out_accuracy,
                               reward_per_prompt=self.reward_per_prompt, slash_amount=self.slash_amount,
-                              model_hash=self._model_hashes.pop(round_id, None))
+                              model_hash=self._model_hashes.pop(round_id, None),
+                              kind=self._kinds.pop(round_id, ROUND_KIND_TRAINING), reward_per_trace=self.reward_per_trace)
         self.journal.write(intent)
         crash_point("after-intent", round_id)
         return intent

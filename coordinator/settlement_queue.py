@@ -52,6 +52,7 @@ class OpenJob:
     round_id: int
     model_hash: bytes
     seed: bytes
+    kind: str = "training"  # protocol/generation.py; not yet recorded by openRound (the journal's intent keeps it)
 
     def describe(self) -> str:
         return f"round {self.round_id}'s opening (openRound)"
@@ -127,8 +128,8 @@ class SettlementQueue:
         self.settled = 0
 
     # ---- the round loop's side (never blocks on the chain) ---------------------------------------
-    def open_round(self, round_id: int, model_hash: bytes, seed: bytes) -> None:
-        self._put(OpenJob(round_id, model_hash, seed))
+    def open_round(self, round_id: int, model_hash: bytes, seed: bytes, kind: str = "training") -> None:
+        self._put(OpenJob(round_id, model_hash, seed, kind))
 
     def settle(self, intent) -> None:
         self._put(SettleJob(intent))

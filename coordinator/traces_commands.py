@@ -3,7 +3,8 @@
     thinkmesh traces export --config coordinator.toml --rounds A..B OUT.jsonl
     thinkmesh traces verify OUT.jsonl --rpc URL --ledger ADDR
 
-`export` writes one JSON line per accepted sample of each committed round in A..B (from the
+`export` writes one JSON line per accepted sample of each committed round in A..B (in a generation
+round, per accepted trace: correct and well formed, `protocol/generation.py`) (from the
 coordinator's settlement journal, accepted contributions and evidence files): the prompt, the
 completion (text and token ids), its logprobs and verified rewards, who made it, its trace hash
 (`protocol/traces.py`) and the Merkle proof to the round's traces root. `verify` recomputes every
@@ -74,7 +75,8 @@ def trace_lines(data_dir: Path, evidence_dir: Path, rounds: range, tokenizer) ->
                 raise TracesError(f"round {intent.round_id}: the accepted contribution of 0x{entry.node_key.hex()} is missing")
             contributions.append(contribution)
             addresses[entry.node_key] = entry.address
-        tree = traces_tree(leaf for c in contributions for leaf in contribution_traces(c))
+        # a generation round published its accepted traces only (protocol/generation.py)
+        tree = traces_tree(leaf for c in contributions for leaf in contribution_traces(c, intent.generation))
         if tree.root != intent.traces_root:
             raise TracesError(f"round {intent.round_id}: the archived contributions give another traces root than settled")
         by_key = {c.node_key: c for c in contributions}
@@ -100,6 +102,7 @@ def trace_lines(data_dir: Path, evidence_dir: Path, rounds: range, tokenizer) ->
                 # the version sampled: the whole model's hash, or in an adapter round the adapter's and its base's
                 "model_hash": announcement.model_hash.hex(),
                 "base_hash": announcement.adapter.base_hash.hex() if announcement.adapter is not None else None,
+                "round_kind": announcement.kind,
             })
     return lines
 

@@ -238,7 +238,7 @@ class ReplayIndex:
     def sources(self, contribution: Contribution) -> set[tuple[int, bytes]]:
         found = {self.samples[h] for s in contribution.samples if (h := sample_hash(s)) in self.samples}
         digest = gradient_digest(contribution.gradient)
-        if digest in self.gradients:
+        if contribution.gradient.tensors and digest in self.gradients:  # an empty gradient is every node's
             found.add(self.gradients[digest])
         return found
 

@@ -99,6 +99,8 @@ def _consistent_gradient(inputs: CheatInputs, samples: tuple[Sample, ...], model
 
 
 def _with_samples(inputs: CheatInputs, samples: tuple[Sample, ...], model) -> Contribution:
+    if not inputs.honest.gradient.tensors:  # a generation round: no gradient to keep consistent
+        return resign(inputs.honest, inputs.identity, samples=samples)
     gradient = encode_gradient(_consistent_gradient(inputs, samples, model), inputs.honest.gradient.compression)
     return resign(inputs.honest, inputs.identity, samples=samples, gradient=gradient)
 

@@ -6,6 +6,9 @@ protocol/ alone, sees exactly what the node computed. The gradient is sent, not 
 coordinator owns the optimizer. Synchronous and CPU/GPU-bound; the daemon calls it from a worker
 thread. A `MemoryFit` (kept by the daemon across rounds) sizes the rollout and backward batches;
 it changes memory use, not the contribution.
+
+In a generation round (`protocol/generation.py`) the same rollouts are sent with an empty gradient:
+no backward, no tensors; the coordinator pays the correct, well-formed traces among them.
 """
 
 from __future__ import annotations
@@ -16,12 +19,47 @@ from torch import Tensor
 from thinkmesh.node.memory_fit import MemoryFit
 from thinkmesh.node.train_step import collect_rollouts, encode_prompts, policy_gradient
 from thinkmesh.protocol.adapters import trainable_named_parameters
+from thinkmesh.protocol.generation import is_generation
 from thinkmesh.protocol.gradient_codec import encode_gradient
 from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
+from thinkmesh.protocol.messages import (
+    Contribution,
+    GradientPayload,
+    RoundAnnouncement,
+    Sample,
+    samples_root,
+    sign_message,
+)
 from thinkmesh.protocol.sampling import group_row_keys
 from thinkmesh.protocol.strategies import StrategySpec
 from thinkmesh.protocol.verification import node_tasks
+
+def _rollouts(model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec,
+              reference_model=None, fit: MemoryFit | None = None):
+    tasks = node_tasks(announcement, node_key)
+    if fit is not None:
+        fit.begin_round()
+        longest = max((len(ids) for ids in encode_prompts(tokenizer, tasks, announcement.prompt_template)), default=0)
+        fit.plan_once(model, longest, strategy.max_new_tokens, extra_models=int(reference_model is not None))
+    keys = group_row_keys(announcement.seed, node_key, len(tasks), strategy.group_size)
+    return collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, None, fit=fit, keys=keys)
+
+
+def _samples(rollouts, strategy: StrategySpec) -> tuple[Sample, ...]:
+    return tuple(
+        Sample(i // strategy.group_size, c.token_ids, tuple(float(x) for x in c.logprobs), r)
+        for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))
+    )
+
+
+def generation_samples(
+    model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec,
+    fit: MemoryFit | None = None,
+) -> tuple[Sample, ...]:
+    """This node's samples for `announcement` without a gradient: a generation round's work."""
+    with torch.no_grad():
+        return _samples(_rollouts(model, tokenizer, announcement, node_key, strategy, None, fit), strategy)
+
 
 def samples_and_gradients(
     model, tokenizer, announcement: RoundAnnouncement, node_key: bytes, strategy: StrategySpec, reference_model=None,
@@ -33,13 +71,7 @@ def samples_and_gradients(
     key), so the samples are a pure function of public values that the verifier replays.
     `strategy` must be within the round's terms (`terms.strategy_under_terms`). Leaves `model.grad` empty. `fit` (None: whole batches, no planning) is planned on its first
     round from the longest prompt and `max_new_tokens`."""
-    tasks = node_tasks(announcement, node_key)
-    if fit is not None:
-        fit.begin_round()
-        longest = max((len(ids) for ids in encode_prompts(tokenizer, tasks, announcement.prompt_template)), default=0)
-        fit.plan_once(model, longest, strategy.max_new_tokens, extra_models=int(reference_model is not None))
-    keys = group_row_keys(announcement.seed, node_key, len(tasks), strategy.group_size)
-    rollouts = collect_rollouts(model, tokenizer, tasks, strategy, announcement.prompt_template, None, fit=fit, keys=keys)
+    rollouts = _rollouts(model, tokenizer, announcement, node_key, strategy, reference_model, fit)
     model.zero_grad(set_to_none=True)
     policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference_model, fit=fit)
     gradients = {
@@ -47,23 +79,25 @@ def samples_and_gradients(
         for name, p in trainable_named_parameters(model)  # an adapter round: the adapter's alone
     }
     model.zero_grad(set_to_none=True)
-    samples = tuple(
-        Sample(i // strategy.group_size, c.token_ids, tuple(float(x) for x in c.logprobs), r)
-        for i, (c, r) in enumerate(zip(rollouts.completions, rollouts.rewards))
-    )
-    return samples, gradients
+    return _samples(rollouts, strategy), gradients
 
 
 def honest_contribution(
     model, tokenizer, announcement: RoundAnnouncement, identity: NodeIdentity, strategy: StrategySpec,
     compression: str = "none", reference_model=None, fit: MemoryFit | None = None,
 ) -> Contribution:
-    """What an honest node sends for `announcement`, encoded and signed."""
-    samples, gradients = samples_and_gradients(
-        model, tokenizer, announcement, identity.public_key, strategy, reference_model, fit
-    )
+    """What an honest node sends for `announcement`, encoded and signed (in a generation round,
+    its samples with an empty gradient)."""
+    if is_generation(announcement):
+        samples = generation_samples(model, tokenizer, announcement, identity.public_key, strategy, fit)
+        gradient = GradientPayload(compression, ())
+    else:
+        samples, gradients = samples_and_gradients(
+            model, tokenizer, announcement, identity.public_key, strategy, reference_model, fit
+        )
+        gradient = encode_gradient(gradients, compression)
     return sign_message(Contribution(
         chain_id=announcement.chain_id, run_id=announcement.run_id, round_id=announcement.round_id,
         node_key=identity.public_key, model_hash=announcement.model_hash, strategy=strategy,
-        samples=samples, samples_root=samples_root(samples), gradient=encode_gradient(gradients, compression),
+        samples=samples, samples_root=samples_root(samples), gradient=gradient,
     ), identity)

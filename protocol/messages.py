@@ -28,6 +28,7 @@ from thinkmesh.protocol.encoding import (
     encode_record,
 )
 from thinkmesh.protocol.errors import EncodingError
+from thinkmesh.protocol.generation import ROUND_KIND_TRAINING, ROUND_KINDS
 from thinkmesh.protocol.identity import NodeIdentity, SigningDomain, payload_hash, verify_signature_of_hash
 from thinkmesh.protocol.merkle import merkle_root
 from thinkmesh.protocol.rewards import RewardBreakdown
@@ -49,7 +50,7 @@ class RoundAnnouncement(Message):
     """The coordinator's call for work: which model, which tasks, under which terms, until when."""
 
     TYPE = "round-announcement"
-    VERSION = 3  # 2: the round's sampling terms; 3: the adapter of an adapter round
+    VERSION = 4  # 2: the round's sampling terms; 3: the adapter of an adapter round; 4: the round kind
     MAX_BYTES = 16 * KiB
 
     chain_id: int
@@ -67,9 +68,14 @@ class RoundAnnouncement(Message):
     # None: a full-model round (`model_hash` names all the weights). Set: an adapter round on the
     # frozen base `adapter.base_hash`; `model_hash` names the adapter manifest (protocol/adapters.py).
     adapter: AdapterSpec | None = None
+    # "training" (samples + gradient, the model steps) or "generation" (samples only, an empty
+    # gradient, the model stays; accepted traces are the correct, well-formed ones): protocol/generation.py
+    kind: str = ROUND_KIND_TRAINING
     signature: Signature64 = EMPTY_SIGNATURE
 
     def __post_init__(self) -> None:
+        if self.kind not in ROUND_KINDS:
+            raise EncodingError(f"kind must be one of {ROUND_KINDS}, got {self.kind!r}")
         if self.round_id < 0 or self.model_version < 0:
             raise EncodingError("round_id and model_version must be non-negative")
         if not 0 < self.prompts_per_node <= 4096:

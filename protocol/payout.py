@@ -11,10 +11,20 @@ accepted contribution counts as verified (the audit plan samples it on behalf of
 docs/verification.md for why that is enough). The floor pays honest work on a model that cannot yet
 solve anything (all rewards equal) at half rate. Pure: anyone re-runs a round's awards from the
 accepted contributions with `protocol/` alone.
+
+**Generation rounds** (`protocol/generation.py`) have their own rule, since what they buy is
+traces, not a gradient:
+
+    payout = reward_per_trace * accepted_traces            (integer token units; score = SCORE_SCALE)
+
+where `accepted_traces` counts the samples of a verified contribution that pass the acceptance rule
+(accuracy 1 and format 1). The group size is still the round's term, so a node cannot multiply its
+chances by sending more samples per prompt; an honest incorrect trace earns nothing and costs nothing.
 """
 
 from __future__ import annotations
 
+from thinkmesh.protocol.generation import accepted_trace_indices
 from thinkmesh.protocol.ledger import SCORE_SCALE
 from thinkmesh.protocol.messages import Contribution
 from thinkmesh.protocol.rewards import total_reward
@@ -43,3 +53,9 @@ def contribution_score(contribution: Contribution) -> int:
 
 def payout_for(prompts: int, score: int, reward_per_prompt: int) -> int:
     return reward_per_prompt * prompts * score // SCORE_SCALE
+
+
+def generation_payout(contribution: Contribution, reward_per_trace: int) -> tuple[int, int]:
+    """(accepted traces, payout) of a verified generation-round contribution: the rule above."""
+    accepted = len(accepted_trace_indices(contribution))
+    return accepted, reward_per_trace * accepted

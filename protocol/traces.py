@@ -10,7 +10,9 @@ against it). A leaf's item is the trace hash
 so a trace proves which run, round and node produced it, and `sample_hash` (protocol/messages.py)
 commits to the completion tokens, their logprobs and the claimed (verified) rewards. Leaves are
 ordered by (node key, sample index): the same accepted set always gives the same root. A round
-with no accepted sample has the root `EMPTY_TRACES_ROOT` (32 zero bytes).
+with no accepted sample has the root `EMPTY_TRACES_ROOT` (32 zero bytes). In a generation round only
+the traces that pass the acceptance rule (`protocol/generation.py`: accuracy 1 and format 1) are
+leaves; their sample indices are the contribution's own, so a leaf still names one exact sample.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from thinkmesh.protocol.encoding import Hash32, PublicKey32, encode_record
 from thinkmesh.protocol.hashing import keccak256
+from thinkmesh.protocol.generation import accepted_trace_indices
 from thinkmesh.protocol.merkle import MerkleTree, verify_proof
 from thinkmesh.protocol.messages import Contribution, sample_hash
 
@@ -43,11 +46,14 @@ def trace_hash(run_id: str, round_id: int, node_key: bytes, sample_index: int, s
     return keccak256(TRACE_DOMAIN + encode_record(TraceLeaf(run_id, round_id, node_key, sample_index, sample_digest)))
 
 
-def contribution_traces(contribution: Contribution) -> list[TraceLeaf]:
-    """One leaf per sample of an accepted contribution, in sample order."""
+def contribution_traces(contribution: Contribution, generation: bool = False) -> list[TraceLeaf]:
+    """One leaf per sample of an accepted contribution, in sample order; in a generation round
+    (`generation`), one per accepted trace only."""
+    indices = accepted_trace_indices(contribution) if generation else range(len(contribution.samples))
     return [
-        TraceLeaf(contribution.run_id, contribution.round_id, contribution.node_key, index, sample_hash(sample))
-        for index, sample in enumerate(contribution.samples)
+        TraceLeaf(contribution.run_id, contribution.round_id, contribution.node_key, index,
+                  sample_hash(contribution.samples[index]))
+        for index in indices
     ]
 
 

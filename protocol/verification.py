@@ -19,6 +19,10 @@ The checks run cheapest first and stop at the first that fails; its name is the 
                         under the round's terms (the sampling proof, `protocol/sampling.py`)
     gradient-mismatch   the recomputed gradient's cosine or norm is outside the mode's tolerance
 
+A generation round (`protocol/generation.py`) runs the same checks without a gradient: the payload
+must carry no tensors (`malformed-gradient`, check "gradient-not-empty"), there is no gradient audit,
+and every sample's logprobs and draws are re-scored (each accepted trace is paid on its own).
+
 The first nine need no model (the reward and stop checks need the tokenizer only to decode ids); the
 last four run under the round's model as planned by `thinkmesh.protocol.audit`, the sampling proof
 inside the forward that re-scores logprobs. `REASONS` lists the reasons in the order of their
@@ -54,6 +58,7 @@ from thinkmesh.protocol.audit import (
     sampling_findings,
 )
 from thinkmesh.protocol.errors import ProtocolError, SignatureError
+from thinkmesh.protocol.generation import is_generation
 from thinkmesh.protocol.gradient_codec import GradientCodecError, decode_gradient
 from thinkmesh.protocol.grpo import overlong_penalty
 from thinkmesh.protocol.hashing import keccak256
@@ -357,7 +362,8 @@ def check_replay(
     ]
     if len(findings) <= REPLAY_SAMPLE_FRACTION * len(digests.sample_hashes):
         findings = []
-    if digests.gradient_digest in seen_gradient_digests and carries_signal(contribution):
+    # An empty gradient (a generation round's) is every node's: its digest repeating is no replay.
+    if digests.gradient_digest in seen_gradient_digests and contribution.gradient.tensors and carries_signal(contribution):
         findings += _contribution_finding("gradient-seen", 0.0, 1.0)
     return tuple(findings)
 
@@ -454,6 +460,8 @@ def verify_contribution(
     findings = reward_findings(contribution, recomputed)
     if findings:
         return _report(REASON_REWARD_MISMATCH, findings, digests)
+    if is_generation(announcement):
+        return _generation_audit(announcement, contribution, digests, model, tokenizer, context)
     return _model_audit(announcement, contribution, digests, model, tokenizer, context, recomputed, reference_model)
 
 
@@ -502,6 +510,28 @@ def _model_audit(announcement, contribution, digests, model, tokenizer, context,
         if findings:
             return _report(REASON_GRADIENT_MISMATCH, findings, digests, plan.rescored, plan.gradient)
     return _report(REASON_OK, (), digests, plan.rescored, plan.gradient)
+
+
+def _generation_audit(announcement, contribution, digests, model, tokenizer, context):
+    """A generation round's model checks: the gradient must be empty; every sample's logprobs are
+    re-scored and its draws replayed (one no-grad prefill); no gradient audit."""
+    if contribution.gradient.tensors:
+        return _report(REASON_MALFORMED_GRADIENT,
+                       _contribution_finding("gradient-not-empty", 0.0, len(contribution.gradient.tensors)), digests)
+    policy, samples = context.policy, contribution.samples
+    strategy = validate_strategy(contribution.strategy)
+    every = tuple(range(len(samples)))
+    prompts = prompt_ids_for(announcement, contribution.node_key, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rescored = rescore_logprobs(model, prompts, samples, every, strategy.temperature, pad,
+                                draw_check(announcement, contribution, every))
+    findings = logprob_findings(samples, rescored.logprobs, policy.logprob_tolerance)
+    if findings:
+        return _report(REASON_LOGPROB_MISMATCH, findings, digests, every, GRADIENT_NONE)
+    findings = sampling_findings(rescored.draw_gaps, policy.sampling_tolerance)
+    if findings:
+        return _report(REASON_SAMPLING_MISMATCH, findings, digests, every, GRADIENT_NONE)
+    return _report(REASON_OK, (), digests, every, GRADIENT_NONE)
 
 
 def draw_check(announcement: RoundAnnouncement, contribution: Contribution, indices: Sequence[int]) -> DrawCheck:

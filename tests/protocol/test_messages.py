@@ -153,8 +153,8 @@ def _body(message) -> list:
 @pytest.mark.parametrize(
     ("mangle", "error"),
     [
-        (lambda b: b[:-1], "has 14 fields, got 13"),
-        (lambda b: b + [0], "has 14 fields, got 15"),
+        (lambda b: b[:-1], "has 15 fields, got 14"),
+        (lambda b: b + [0], "has 15 fields, got 16"),
         (lambda b: [str(b[0])] + b[1:], "chain_id: expected int, got str"),
         (lambda b: b[:4] + [b[4][:31]] + b[5:], "model_hash: expected 32 bytes, got 31"),
         (lambda b: b[:5] + [["arithmetic", 9]] + b[6:], "difficulty"),
@@ -170,8 +170,8 @@ def test_strict_decoding_names_the_problem(mangle, error):
 
 def test_unknown_version_type_and_non_canonical_bytes_are_refused():
     body = _body(_announcement())
-    with pytest.raises(EncodingError, match="version 4"):
-        decode_message(_raw_envelope(body, version=4), RoundAnnouncement)
+    with pytest.raises(EncodingError, match="version 5"):
+        decode_message(_raw_envelope(body, version=5), RoundAnnouncement)
     with pytest.raises(EncodingError, match="expected a 'round-announcement' message, got 'model-manifest'"):
         decode_message(_raw_envelope(body, tag="model-manifest"), RoundAnnouncement)
     canonical = encode_message(_announcement())

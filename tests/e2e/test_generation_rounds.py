@@ -1,0 +1,108 @@
+"""Generation rounds end to end: anvil, the ledger, real p2pd daemons, a cold-started micro model.
+
+The coordinator announces a generation round (`[round] generation_every = 1`): nodes sample under
+the round's terms and send their samples with an empty gradient. alice and bob are honest: verified,
+paid `reward_per_trace` per accepted trace (accuracy 1 and format 1), their wrong traces left out
+unslashed. mallory claims wrong traces correct (`fake-rewards`: reward-mismatch) and eve samples
+hotter than the terms (`off-policy`: sampling-mismatch): both refused and slashed, never paid. The
+model version stays; the accepted traces lie under the round's traces root on chain and come out of
+`thinkmesh traces export`, each one correct and well formed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.polling import wait_for
+from tests.e2e.test_mesh import get_status
+from tests.e2e.test_settlement import PaidMesh, anvil  # noqa: F401 (the fixture)
+from thinkmesh.devnet.cli import main as cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HONEST = (("alice", "grpo", "uniform8"), ("bob", "dapo", "fp16"))
+CHEATERS = {"mallory": "fake-rewards", "eve": "off-policy"}
+GROUP, TOKENS, PROMPTS = 8, 32, 3
+
+
+class GenerationMesh(PaidMesh):
+    def __init__(self, root, anvil):
+        from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
+        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
+
+        super().__init__(root, anvil, cheat=CHEATERS, honest=HONEST, group_sizes={n: GROUP for n in ("alice", "bob", *CHEATERS)})
+        micro = root / "micro-model"  # a model that is right sometimes: tests/node/conftest.py's cold start
+        init_model_dir(micro, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=128), seed=0)
+        self.base = root / "generation-base"
+        run_coldstart(micro, ColdStartSettings(families=("linear",), num_examples=1024, epochs=2, batch_size=16,
+                                               lr=1e-2), out=self.base, progress=False)
+
+    def coordinator_config(self, rounds, min_peers=None):
+        path = super().coordinator_config(rounds, min_peers)
+        text = path.read_text().replace("group_sizes = [4, 16]", f"group_sizes = [{GROUP}]")
+        text = text.replace("max_new_tokens = [8]", f"max_new_tokens = [{TOKENS}]")
+        text = text.replace("prompts_per_node = 2", f"prompts_per_node = {PROMPTS}")
+        text = text.replace("start_delay_s = 1.0", 'start_delay_s = 1.0\ntask_family = "linear"\ntemplate = "r1-compact"\n'
+                                                    "generation_every = 1")
+        text = text.replace('reward_per_prompt = "0.5"', 'reward_per_prompt = "0.5"\nreward_per_trace = "0.25"')
+        path.write_text(text)
+        return path
+
+    def node_config(self, name, preset, compression):
+        path = super().node_config(name, preset, compression)
+        path.write_text(path.read_text().replace("max_new_tokens = 8", f"max_new_tokens = {TOKENS}"))
+        return path
+
+
+@pytest.mark.timeout(240)
+def test_a_generation_round_pays_correct_traces_and_slashes_false_claims_and_off_policy_samples(tmp_path, anvil):  # noqa: F811
+    from thinkmesh.protocol.generation import trace_accepted
+    from thinkmesh.protocol.ledger import SlashReason, tokens
+    from thinkmesh.protocol.rewards import RewardBreakdown
+
+    mesh = GenerationMesh(tmp_path, anvil)
+    try:
+        mesh.start_coordinator(rounds=1)
+        mesh.start_nodes()
+        wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done"
+                 and len(mesh.journal()) == 1 and mesh.journal()[-1].done, 180, "the generation round to settle")
+        status = get_status(tmp_path / "coordinator.port")
+        (record,) = status["rounds"]
+        (intent,) = mesh.journal()
+        assert record["kind"] == "generation" and intent.kind == "generation"
+        assert record["model_version_after"] == record["model_version_before"]  # no optimizer step
+        peer_of = {name: mesh.keys[name].identity.peer_id for name in mesh.keys}
+        assert {c["peer_id"] for c in record["contributors"]} == {peer_of["alice"], peer_of["bob"]}, record
+        assert {r["peer_id"]: r["reason"] for r in record["rejected"]} == {
+            peer_of["mallory"]: "reward-mismatch", peer_of["eve"]: "sampling-mismatch"}
+        assert {s.node: SlashReason(s.reason).verdict_reason for s in intent.slashes} == {
+            mesh.address("mallory"): "reward-mismatch", mesh.address("eve"): "sampling-mismatch"}
+        for name in CHEATERS:  # slashed on chain, never paid
+            assert mesh.reader.is_slashed(intent.round_id, mesh.address(name)), name
+            assert not mesh.reader.events.compensations(node=mesh.address(name)), name
+        assert mesh.reader.round(intent.round_id).traces_root == intent.traces_root
+
+        # The accepted traces: exported with proofs under the settled root, each correct and well formed
+        out = tmp_path / "traces.jsonl"
+        rounds = f"{intent.round_id}..{intent.round_id}"
+        assert cli(["traces", "export", "--config", str(tmp_path / "coordinator.toml"), "--rounds", rounds, str(out)]) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert lines, "two honest nodes on a cold-started model should get some traces right"
+        assert all(trace_accepted(RewardBreakdown(*line["rewards"])) for line in lines)
+        assert len(lines) < 2 * PROMPTS * GROUP  # wrong traces are left out
+        assert cli(["traces", "verify", str(out), "--rpc", anvil.rpc_url, "--ledger", mesh.deployment.ledger]) == 0
+
+        # Paid per accepted trace: each honest node's award is its count of exported traces
+        per_node = {name: sum(1 for line in lines if line["node"] == mesh.address(name)) for name in ("alice", "bob")}
+        for name, count in per_node.items():
+            (paid,) = mesh.reader.events.compensations(node=mesh.address(name))
+            assert paid.verified_samples == count and paid.payout == count * tokens("0.25"), (name, paid)
+            assert not mesh.reader.is_slashed(intent.round_id, mesh.address(name))
+    except BaseException:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop_all()
