@@ -42,7 +42,7 @@ import thinkmesh.protocol.verification as verification  # noqa: E402
 from bench.verify_accuracy import accuracy_with_and_without_cheater  # noqa: E402
 from tests.verification_world import EOS_BOOST, announce, one_step_later, terms_of  # noqa: E402
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier  # noqa: E402
-from thinkmesh.node.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
+from thinkmesh.devnet.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
 from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
 from thinkmesh.node.tokenizer import build_tokenizer, vocabulary  # noqa: E402
 from thinkmesh.protocol.audit import AuditPolicy, rescore_logprobs  # noqa: E402

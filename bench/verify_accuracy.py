@@ -69,7 +69,7 @@ def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 128, promp
     from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
     from thinkmesh.devnet.profiles import PROFILES
     from thinkmesh.devnet.model_cache import ensure_model
-    from thinkmesh.node.cheats import CheatInputs, apply_cheat, honest_contribution
+    from thinkmesh.devnet.cheats import CheatInputs, apply_cheat, honest_contribution
     from thinkmesh.node.model_dir import load_model
     from thinkmesh.protocol.evaluation import EvalSettings, evaluate
     from thinkmesh.protocol.gradient_codec import decode_gradient

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard.set_defaults(handler=run_dashboard)
 
 
-def run_coordinator(args: argparse.Namespace) -> int:
+def run_coordinator(args: argparse.Namespace, settlement_hook=None) -> int:
+    """Runs the coordinator until stopped. `settlement_hook` (settlement.py's crash points) is for the
+    devnet's and the tests' entrypoint (`thinkmesh devnet coordinator-run`); `coordinator run` passes none."""
     from thinkmesh.coordinator.config import load_coordinator_config
     from thinkmesh.coordinator.daemon import Coordinator
     from thinkmesh.protocol.keystore import resolve_password, unlock_keys
@@ -42,7 +44,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     keys = unlock_keys(config.identity.key_dir, resolve_password(password_file))
     install_json_log(config.data_dir / "coordinator.log.jsonl")
 
-    coordinator = Coordinator(config, keys.identity, evm_private_key=keys.evm_private_key)
+    coordinator = Coordinator(config, keys.identity, evm_private_key=keys.evm_private_key, settlement_hook=settlement_hook)
     run_until_stopped(coordinator.run)
     return 0
 

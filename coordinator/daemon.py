@@ -37,7 +37,7 @@ from thinkmesh.coordinator.evaluation import evaluate
 from thinkmesh.coordinator.intake import ContributionIntake, OpenRound
 from thinkmesh.coordinator.p2p_service import CoordinatorService
 from thinkmesh.coordinator.round_close import Attendance, may_close_early
-from thinkmesh.coordinator.settlement import RoundSettler, SettlementJournal
+from thinkmesh.coordinator.settlement import RoundSettler, SettlementJournal, StepHook
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.protocol.adapters import (
     AdapterSpec,
@@ -86,8 +86,12 @@ def wire_intake(config: IntakeConfig, *, chain_id: int, run_id: str, shapes: dic
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, identity: NodeIdentity, evm_private_key: bytes | None = None):
+    def __init__(self, config: CoordinatorConfig, identity: NodeIdentity, evm_private_key: bytes | None = None, *,
+                 settlement_hook: StepHook | None = None):
+        """`settlement_hook`: tests and the devnet only, called at settlement's crash points
+        (settlement.py; devnet/crashing_coordinator.py); `coordinator run` passes none."""
         self.config = config
+        self.settlement_hook = settlement_hook
         self.identity = identity
         self.evm_private_key = evm_private_key
         self.verifier: ContributionVerifier | None = None
@@ -407,6 +411,7 @@ class Coordinator:
         journal = SettlementJournal(cfg.data_dir / "settlement")
         self.settler = RoundSettler(journal, chain.signer if chain else None,
                                     reward_per_prompt=chain.reward_per_prompt if chain else 0,
+                                    step_hook=self.settlement_hook,
                                     slash_amount=chain.slash_amount if chain else 0,
                                     reward_per_trace=chain.reward_per_trace if chain else 0)
         for intent in self.settler.recover(next_round):

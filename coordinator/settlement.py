@@ -22,6 +22,11 @@ On restart, intents of rounds the checkpoint has not committed were never sent a
 never talks to the chain, so a chain that is down or refusing cannot stop a restart). So a
 payout is never lost (the intent is durable before the round counts as done) and never doubled
 (the contract settles a round once and slashes a node once per round).
+
+**Crash points.** A `step_hook(point, round_id)` given to `RoundSettler` is called at each point of
+`SETTLEMENT_STEPS`, in the order above: `after-intent` (step 1 done), `before-settle` (step 2 done,
+nothing sent), `after-settle` (`settle_round` sent, no slash yet; on the queue's worker thread). Tests
+and the devnet plug a crash in there (devnet/crashing_coordinator.py); the coordinator passes none.
 """
 
 from __future__ import annotations
@@ -29,8 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,8 +60,8 @@ from thinkmesh.protocol.rewards import total_reward
 from thinkmesh.protocol.traces import contribution_traces, traces_tree
 
 logger = logging.getLogger(__name__)
-CRASH_ENV = "THINKMESH_COORDINATOR_CRASH_AT"  # tests: "after-intent", "before-settle" or "after-settle", optionally "@ROUND"
-CRASH_EXIT_CODE = 97  # when not a process-group leader; a leader dies of SIGKILL with its children
+SETTLEMENT_STEPS = ("after-intent", "before-settle", "after-settle")  # where a step hook is called (docstring)
+StepHook = Callable[[str, int], None]  # (point, round_id); tests and the devnet only
 
 
 class SettlementError(ProtocolError):
@@ -234,18 +238,6 @@ def fsync_directory(directory: Path) -> None:
 # ---- talking to the chain -------------------------------------------------------------------
 
 
-def crash_point(point: str, round_id: int) -> None:
-    """Test hook: exits the process at `point` when THINKMESH_COORDINATOR_CRASH_AT names it."""
-    wanted = os.environ.get(CRASH_ENV, "")
-    name, _, at = wanted.partition("@")
-    if name == point and (not at or int(at) == round_id):
-        logger.warning("crash hook: killed at %s of round %d", point, round_id)
-        logging.shutdown()
-        if os.getpgid(0) == os.getpid():  # a session leader (as tests start it): SIGKILL the DHT and p2pd too
-            os.killpg(os.getpid(), signal.SIGKILL)
-        os._exit(CRASH_EXIT_CODE)
-
-
 def ensure_round_open(client, round_id: int, model_hash: bytes, seed: bytes) -> bool:
     """Opens the round unless the chain already has it open with this model and seed; True if sent."""
     record = client.round(round_id)
@@ -276,11 +268,12 @@ class SettlementOutcome:
     skipped: list[str] = field(default_factory=list)  # slashed already, or nothing left to slash
 
 
-def send_settlement(client, intent: SettlementIntent) -> SettlementOutcome:
+def send_settlement(client, intent: SettlementIntent, step_hook: StepHook | None = None) -> SettlementOutcome:
     """Step 3 of the module docstring; safe to repeat any number of times."""
     settled = client.settle_round(intent.round_id, intent.seed, intent.traces_root, intent.awards, intent.stats)
     outcome = SettlementOutcome(intent.round_id, settled.tx.tx_hash if settled.tx else None)
-    crash_point("after-settle", intent.round_id)
+    if step_hook is not None:
+        step_hook("after-settle", intent.round_id)
     for slash in intent.slashes:
         if client.is_slashed(intent.round_id, slash.node):
             outcome.skipped.append(slash.node)
@@ -294,13 +287,14 @@ def send_settlement(client, intent: SettlementIntent) -> SettlementOutcome:
     return outcome
 
 
-def settle_pending(client, journal: SettlementJournal, intents: Iterable[SettlementIntent]) -> list[SettlementOutcome]:
+def settle_pending(client, journal: SettlementJournal, intents: Iterable[SettlementIntent],
+                   step_hook: StepHook | None = None) -> list[SettlementOutcome]:
     """Sends every intent not marked done and marks it done (what the settlement queue runs per round)."""
     outcomes = []
     for intent in intents:
         if intent.done:
             continue
-        outcome = send_settlement(client, intent)
+        outcome = send_settlement(client, intent, step_hook)
         journal.mark_done(intent)
         logger.info("round %d settled on chain (%s), %d slashed", intent.round_id,
                     "retry, already settled" if outcome.settle_tx is None else "0x" + outcome.settle_tx.hex()[:16],
@@ -314,18 +308,20 @@ class RoundSettler:
 
     Without a chain client it still journals every round (the replay sets survive restarts) and pays
     nothing. With one, nothing here blocks on the chain: openings and settlements go to a
-    `SettlementQueue` whose worker `start()` starts and `shutdown()` stops.
+    `SettlementQueue` whose worker `start()` starts and `shutdown()` stops. `step_hook`: tests and
+    the devnet only (the module docstring's crash points).
     """
 
     def __init__(self, journal: SettlementJournal, client=None, *, reward_per_prompt: int = 0, slash_amount: int = 0,
-                 queue: SettlementQueue | None = None, reward_per_trace: int = 0):
+                 queue: SettlementQueue | None = None, step_hook: StepHook | None = None, reward_per_trace: int = 0):
         self.journal = journal
         self.client = client
+        self.step_hook = step_hook
         self.reward_per_prompt = reward_per_prompt
         self.reward_per_trace = reward_per_trace
         self.slash_amount = slash_amount
         own = client.copy() if client is not None and hasattr(client, "copy") else client
-        self.queue = queue or (SettlementQueue(own, journal) if client is not None else None)
+        self.queue = queue or (SettlementQueue(own, journal, step_hook=step_hook) if client is not None else None)
         self._model_hashes: dict[int, bytes] = {}
         self._kinds: dict[int, str] = {}
 
@@ -371,12 +367,16 @@ class RoundSettler:
                               model_hash=self._model_hashes.pop(round_id, None),
                               kind=self._kinds.pop(round_id, ROUND_KIND_TRAINING), reward_per_trace=self.reward_per_trace)
         self.journal.write(intent)
-        crash_point("after-intent", round_id)
+        self._reached("after-intent", round_id)
         return intent
+
+    def _reached(self, point: str, round_id: int) -> None:
+        if self.step_hook is not None:
+            self.step_hook(point, round_id)
 
     def send(self, intent: SettlementIntent) -> None:
         """Step 3: queues the settlement of a committed round; returns at once."""
-        crash_point("before-settle", intent.round_id)
+        self._reached("before-settle", intent.round_id)
         if self.queue is not None:
             self.queue.settle(intent)
         else:

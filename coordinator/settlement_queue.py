@@ -107,12 +107,14 @@ class SettlementQueue:
 
     `open_round`, `settle`, `backlog` are thread-safe and never block on the chain. `step()` runs one
     attempt of the head job in the calling thread (what the worker loops over; tests call it directly).
+    `step_hook` goes to `settlement.send_settlement` (its `after-settle` crash point; tests only).
     """
 
     def __init__(self, client, journal, *, retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S,
-                 log_every_s: float = LOG_EVERY_S, clock=time.monotonic) -> None:
+                 log_every_s: float = LOG_EVERY_S, clock=time.monotonic, step_hook=None) -> None:
         self.client = client
         self.journal = journal
+        self.step_hook = step_hook
         self.retry_first_s, self.retry_max_s = retry_first_s, retry_max_s
         self.clock = clock
         self._jobs: deque = deque()
@@ -235,7 +237,7 @@ class SettlementQueue:
             ensure_round_open(self.client, job.round_id, job.model_hash, job.seed)
             return
         open_for_settlement(self.client, job.intent)
-        settle_pending(self.client, self.journal, [job.intent])
+        settle_pending(self.client, self.journal, [job.intent], self.step_hook)
         self.settled_through, self.settled = job.round_id, self.settled + 1
 
     def _failed(self, job, exc: Exception) -> float:

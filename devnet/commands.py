@@ -4,8 +4,10 @@
     thinkmesh devnet status [--json]
     thinkmesh devnet down
     thinkmesh devnet join [--name NAME] [--strategy S] [--key-dir DIR]
+    thinkmesh devnet node-run --config FILE --cheat MODE            a cheating node (devnet/cheating_node.py)
+    thinkmesh devnet coordinator-run --config FILE [--crash-at P]   a coordinator that crashes (devnet/crashing_coordinator.py)
 
-Every subcommand takes `--state-dir` (default `$THINKMESH_HOME/devnet`, else `.thinkmesh/devnet`).
+`up`, `status`, `down` and `join` take `--state-dir` (default `$THINKMESH_HOME/devnet`, else `.thinkmesh/devnet`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from thinkmesh.devnet import cheating_node, crashing_coordinator
 from thinkmesh.devnet.layout import default_cache_dir, default_state_dir
 
 
@@ -30,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     _state_dir_argument(up)
     up.add_argument("--nodes", type=int, default=4, help="honest nodes, strategies cycling grpo, dapo, gspo, dr_grpo, rloo")
-    up.add_argument("--cheater", metavar="MODE", default=None, help="add one adversarial node (see node/cheats.py)")
+    up.add_argument("--cheater", metavar="MODE", default=None, help="add one adversarial node (see devnet/cheats.py)")
     up.add_argument("--rounds", type=int, default=None, help="stop after R rounds (settled on chain) and print a summary")
     up.add_argument("--json", action="store_true", help="with --rounds: the last stdout line is a JSON summary")
     up.add_argument("--fresh", action="store_true", help="discard the saved chain, keys and checkpoints first")
@@ -61,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="your own key dir (`thinkmesh keys new`); password from THINKMESH_KEY_PASSWORD")
     join.add_argument("--prepare-only", action="store_true", help="fund, register and write the config; do not run")
     join.set_defaults(handler=join_command)
+
+    cheating_node.register(commands)
+    crashing_coordinator.register(commands)
 
 
 def _state_dir_argument(parser: argparse.ArgumentParser) -> None:

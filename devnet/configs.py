@@ -9,7 +9,6 @@ written (`exclude_unset`), so each file reads as "the devnet's choices over the 
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def coordinator_config(
 def node_config(
     *, coordinator_peer_id: str, bootstrap: list[str], base_model: Path, data_dir: Path, key_dir: Path,
     password_file: Path | None, strategy: str, port_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
-    cheat: str | None = None, console: bool = False,
+    console: bool = False,
 ):
     from thinkmesh.node.config import NodeConfig
 
@@ -96,20 +95,15 @@ def node_config(
     }  # fmt: skip
     if chain is not None:
         values["chain"] = chain.section()
-    if cheat is not None:
-        require_cheat_mode(cheat)
-        values["cheat"] = cheat
     return _validated(NodeConfig, values, "node")
 
 
 def require_cheat_mode(mode: str) -> None:
-    """`DevnetError` listing the modes the node daemon accepts, unless `mode` is one."""
-    from thinkmesh.node.config import NodeConfig
+    """`DevnetError` listing the modes a running node can cheat in (`devnet node-run --cheat`), unless `mode` is one."""
+    from thinkmesh.devnet.cheats import NODE_CHEAT_MODES
 
-    (modes, _none) = typing.get_args(NodeConfig.model_fields["cheat"].annotation)
-    known = typing.get_args(modes)
-    if mode not in known:
-        raise DevnetError(f"--cheater: expected one of {', '.join(known)}, got {mode!r}")
+    if mode not in NODE_CHEAT_MODES:
+        raise DevnetError(f"--cheater: expected one of {', '.join(NODE_CHEAT_MODES)}, got {mode!r}")
 
 
 def write_config(config: BaseModel, path: Path) -> Path:

@@ -184,10 +184,11 @@ def start_roles(
         config = configs.node_config(
             coordinator_peer_id=state.coordinator_peer_id, bootstrap=bootstrap, base_model=model,
             data_dir=layout.data_dir(node.name), key_dir=layout.key_dir(node.name), password_file=layout.password_file,
-            strategy=node.strategy, port_file=layout.port_file(node.name), plan=plan, chain=endpoint, cheat=node.cheater,
+            strategy=node.strategy, port_file=layout.port_file(node.name), plan=plan, chain=endpoint,
         )  # fmt: skip
-        start_role(group, layout, node.name,
-                   ["node", "run", "--config", str(configs.write_config(config, layout.config_file(node.name)))])
+        path = str(configs.write_config(config, layout.config_file(node.name)))
+        start_role(group, layout, node.name, ["node", "run", "--config", path] if node.cheater is None
+                   else ["devnet", "node-run", "--config", path, "--cheat", node.cheater])
     dashboard_url = None
     if with_dashboard:
         start_role(group, layout, "dashboard", [

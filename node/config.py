@@ -116,10 +116,6 @@ class NodeConfig(_Section):
     memory: MemoryConfig = MemoryConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     chain: ChainConfig | None = Field(None, validate_default=True)
-    # Adversarial mode for tests and the devnet (node/cheats.py); copy-peer needs another node's
-    # contribution, which a node of the star never sees, so it is verification-level only.
-    cheat: Literal["fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient",
-                   "replay", "off-policy", "crafted-samples", "partial-gradient"] | None = None
 
     @field_validator("chain")
     @classmethod

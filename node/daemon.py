@@ -13,8 +13,9 @@ the coordinator's head) hash differs from the one it holds, and it persists what
 (checked again on load), so a restarted node catches up from where it was.
 
 The round's work is `contribution_step.honest_contribution` (node/train_step.py's rollouts and gradient,
-exactly what the coordinator's verifier recomputes); with `cheat` set, `cheats.apply_cheat` turns
-it into that mode's contribution. With `[chain]`, the node registers itself before its first round.
+exactly what the coordinator's verifier recomputes), sent as it is. Tests and the devnet may plug in a
+`ContributionHook` (node/contribution_hook.py) that replaces it; `thinkmesh node run` plugs in none.
+With `[chain]`, the node registers itself before its first round.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from thinkmesh.node.base_cache import base_path, load_base, save_base
 from thinkmesh.node.config import NodeConfig
+from thinkmesh.node.contribution_hook import ContributionHook
 from thinkmesh.node.p2p_client import (
     CoordinatorUnreachable,
     FetchedModel,
@@ -85,13 +87,15 @@ LEGACY_IDENTITY_FILE = "p2p_identity.key"  # where versions before the memfd kep
 
 
 class NodeDaemon:
-    def __init__(self, config: NodeConfig, identity: NodeIdentity, keys=None):
-        """`keys` (the keystore's `UnlockedKeys`) is needed only to register on chain."""
+    def __init__(self, config: NodeConfig, identity: NodeIdentity, keys=None, *,
+                 contribution_hook: ContributionHook | None = None):
+        """`keys` (the keystore's `UnlockedKeys`) is needed only to register on chain.
+        `contribution_hook`: tests and the devnet only (node/contribution_hook.py); None sends honest work."""
         self.config = config
         self.identity = identity
         self.keys = keys
-        self.reference_model = self.stale_model = None
-        self.last_contribution: Contribution | None = None
+        self.contribution_hook = contribution_hook
+        self.reference_model = None
         self.registration: dict | None = None
         self.coordinator_key = public_key_from_peer_id(config.coordinator_peer_id)
         self.strategy = config.strategy.spec()
@@ -223,8 +227,8 @@ class NodeDaemon:
             raise ManifestError("the coordinator's model has another architecture than base_model"
                                 + (" and adapter" if self.adapter is not None else ""))
         tensors = load_state_dict(manifest, chunks)
-        if self.config.cheat == "stale-model" and manifest.model_hash != self.model_hash:
-            self.stale_model = copy.deepcopy(self.model)  # the version this one replaces
+        if self.contribution_hook is not None and manifest.model_hash != self.model_hash:
+            self.contribution_hook.model_replaced(self.model)  # the version this one replaces
         assign_parameters(self.model, tensors, trainable_only=self.adapter is not None)
         if self.adapter is None:
             self.base_hash = manifest.model_hash  # the plain weights are this version
@@ -271,7 +275,6 @@ class NodeDaemon:
                                         coordinator_key=self.coordinator_key)
 
     def _work(self, announcement: RoundAnnouncement) -> tuple[dict, Contribution]:
-        from thinkmesh.node.cheats import CheatInputs, apply_cheat
         from thinkmesh.node.contribution_step import honest_contribution
         from thinkmesh.node.memory_fit import MemoryFit
 
@@ -287,25 +290,13 @@ class NodeDaemon:
                         _sampling_values(strategy), _sampling_values(self.strategy))
         honest = honest_contribution(self.model, self.tokenizer, announcement, self.identity, strategy,
                                      self.config.round.compression, self.reference_model, self.memory_fit)
-        contribution = honest
-        mode = self.config.cheat
-        ready = {"stale-model": self.stale_model is not None, "replay": self.last_contribution is not None}
-        if mode is not None and ready.get(mode, True):
-            contribution = apply_cheat(mode, CheatInputs(
-                announcement=announcement, identity=self.identity, honest=honest, model=self.model,
-                tokenizer=self.tokenizer, stale_model=self.stale_model, old=self.last_contribution,
-                seed=announcement.round_id,
-            ))
-            if contribution is honest:
-                logger.info("round %d: %s changes nothing this round; sending honest work", announcement.round_id, mode)
-            else:
-                logger.warning("round %d: sending a %s contribution (cheat mode)", announcement.round_id, mode)
-        elif mode is not None:
-            logger.info("round %d: %s has nothing to cheat with yet; sending honest work", announcement.round_id, mode)
-        self.last_contribution = honest
+        hook = self.contribution_hook
+        contribution = honest if hook is None else hook.replace_contribution(
+            announcement, honest, identity=self.identity, model=self.model, tokenizer=self.tokenizer)
         samples = contribution.samples
         summary = {"samples": len(samples), "mean_reward": sum(total_reward(s.rewards) for s in samples) / len(samples),
-                   "work_s": round(time.perf_counter() - started, 3), "cheat": mode if contribution is not honest else None,
+                   "work_s": round(time.perf_counter() - started, 3),
+                   "contribution_hook": hook.name if contribution is not honest else None,
                    "rollout_batch": self.memory_fit.rollout_batch, "micro_batch": self.memory_fit.micro_batch}
         return summary, contribution
 
@@ -517,7 +508,8 @@ class NodeDaemon:
                                                               "target_modules": list(self.adapter.target_modules)},
                 "counters": self.counters, "last_receipt": self.last_receipt, "history": list(self.history),
                 "memory": None if self.memory_fit is None else self.memory_fit.status(),
-                "cheat": self.config.cheat, "chain": self.registration,
+                "contribution_hook": None if self.contribution_hook is None else self.contribution_hook.name,
+                "chain": self.registration,
                 "p2p": self.p2p_watch.status() if self.p2p_watch else None,
                 "uptime_s": round(time.time() - self.started, 1)}
 

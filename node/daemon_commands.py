@@ -20,12 +20,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--config", required=True, help="node TOML file")
     run.add_argument("--rpc", help="EVM JSON-RPC URL; fills [chain] rpc_url")
     run.add_argument("--ledger", help="ThinkMeshLedger address; fills [chain] ledger (bootstrap peers are read there)")
-    run.add_argument("--cheat", metavar="MODE", default=None,
-                     help="adversarial node for tests and the devnet (node/cheats.py); overrides the config's `cheat`")
     run.set_defaults(handler=run_node)
 
 
-def run_node(args: argparse.Namespace) -> int:
+def run_node(args: argparse.Namespace, contribution_hook=None) -> int:
+    """Runs the node until stopped. `contribution_hook` (node/contribution_hook.py) is for the devnet's
+    and the tests' entrypoints (`thinkmesh devnet node-run`); `node run` passes none."""
     from thinkmesh.node.bootstrap import complete_network
     from thinkmesh.node.config import load_node_config
     from thinkmesh.node.daemon import NodeDaemon
@@ -34,20 +34,11 @@ def run_node(args: argparse.Namespace) -> int:
     from thinkmesh.protocol.process_lifecycle import run_until_stopped
 
     config = load_node_config(args.config, rpc_url=getattr(args, "rpc", None), ledger=getattr(args, "ledger", None))
-    if getattr(args, "cheat", None):
-        from pydantic import ValidationError
-
-        from thinkmesh.node.cheats import CheatError
-
-        try:
-            config = type(config).model_validate({**config.model_dump(exclude_unset=True), "cheat": args.cheat})
-        except ValidationError as exc:
-            raise CheatError(f"--cheat: {exc.errors()[0]['msg']}, got {args.cheat!r}") from None
     password_file = str(config.identity.password_file) if config.identity.password_file else None
     keys = unlock_keys(config.identity.key_dir, resolve_password(password_file))
     install_json_log(config.data_dir / "node.log.jsonl")
     config = complete_network(config)
 
-    run_until_stopped(NodeDaemon(config, keys.identity, keys).run)
+    run_until_stopped(NodeDaemon(config, keys.identity, keys, contribution_hook=contribution_hook).run)
     return 0
 

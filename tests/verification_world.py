@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkmesh.node.cheats import CheatInputs, honest_contribution
+from thinkmesh.devnet.cheats import CheatInputs, honest_contribution
 from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config
 from thinkmesh.node.tokenizer import build_tokenizer, vocabulary
 from thinkmesh.protocol.gradient_codec import decode_gradient

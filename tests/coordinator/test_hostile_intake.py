@@ -22,7 +22,7 @@ from thinkmesh.coordinator.intake import ContributionIntake
 from thinkmesh.coordinator.p2p_service import CoordinatorService
 from thinkmesh.coordinator.stream_guard import StreamLimits
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier, round_dir
-from thinkmesh.node.cheats import resign
+from thinkmesh.devnet.cheats import resign
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.encoding import decode_record, encode_record
 from thinkmesh.protocol.evidence import read_evidence, rerun_evidence

@@ -19,7 +19,7 @@ from thinkmesh.coordinator.settlement import (
 )
 from thinkmesh.protocol.payout import SCORE_FLOOR, contribution_score, payout_for, verified_prompts
 from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
-from thinkmesh.node.cheats import CHEAT_MODES, apply_cheat
+from thinkmesh.devnet.cheats import CHEAT_MODES, apply_cheat
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.evidence import evidence_hash, read_evidence, rerun_evidence
 from thinkmesh.protocol.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens

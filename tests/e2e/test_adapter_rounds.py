@@ -61,7 +61,7 @@ class AdapterMesh(PaidMesh):
             if special == "other-base":
                 path.write_text(path.read_text().replace(f'base_model = "{self.base}"', f'base_model = "{self.other_base}"'))
             elif special:
-                argv += ["--cheat", special]
+                argv = ["devnet", "node-run", "--config", str(path), "--cheat", special]
             self.start(name, argv)
 
 

@@ -160,16 +160,18 @@ stake = "20"
                                             start_new_session=True, cwd=self.root)
 
     def start_coordinator(self, rounds: int, crash_at: str | None = None, min_peers: int | None = None) -> None:
-        env = {"THINKMESH_COORDINATOR_CRASH_AT": crash_at} if crash_at else {}
-        config = self.coordinator_config(rounds, min_peers)
-        self.start("coordinator", ["coordinator", "run", "--config", str(config)], env)
+        """`crash_at` (POINT@ROUND): the coordinator dies there, through devnet/crashing_coordinator.py."""
+        config = str(self.coordinator_config(rounds, min_peers))
+        self.start("coordinator", ["coordinator", "run", "--config", config] if crash_at is None
+                   else ["devnet", "coordinator-run", "--config", config, "--crash-at", crash_at])
 
     def start_nodes(self) -> None:
         wait_for(lambda: (self.root / "coordinator.maddrs").exists(), 120, "the coordinator's multiaddrs")
         for name, preset, compression in self.honest:
             self.start(name, ["node", "run", "--config", str(self.node_config(name, preset, compression))])
         for name, mode in self.cheaters.items():
-            self.start(name, ["node", "run", "--config", str(self.node_config(name, *CHEATER_PRESET)), "--cheat", mode])
+            self.start(name, ["devnet", "node-run", "--config", str(self.node_config(name, *CHEATER_PRESET)),
+                              "--cheat", mode])
 
     def restart_nodes(self) -> None:
         """Nodes are restarted with the coordinator: go-libp2p backs off dialing a peer whose
@@ -310,7 +312,7 @@ def test_one_cheater_per_remaining_mode_each_rejected_for_its_own_reason_slashed
         rounds = get_status(tmp_path / "coordinator.port")["rounds"]
         intents = assert_journal_is_on_chain(mesh, rounds=2)
         cheated_in = {name: {h["round_id"] for h in get_status(tmp_path / f"node-{name}.port")["history"]
-                             if h.get("cheat") == mode} for name, mode in cheaters.items()}
+                             if h.get("contribution_hook") == mode} for name, mode in cheaters.items()}
         assert all(cheated_in.values()), f"a mode never cheated, so it went untested: {cheated_in}"
         assert cheated_in["cheat-replay"] == cheated_in["cheat-stale-model"] == {2}
         peer_of = {name: mesh.keys[name].identity.peer_id for name in mesh.keys}

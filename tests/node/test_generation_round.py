@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from thinkmesh.node.cheats import CheatInputs, apply_cheat, resign
+from thinkmesh.devnet.cheats import CheatInputs, apply_cheat, resign
 from thinkmesh.node.contribution_step import honest_contribution
 from thinkmesh.node.model_dir import load_model, load_tokenizer
 from thinkmesh.protocol.generation import ROUND_KIND_GENERATION, accepted_trace_indices, trace_accepted

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from thinkmesh.coordinator.aggregation import apply_update
-from thinkmesh.node.cheats import CheatInputs, apply_cheat, honest_contribution
+from thinkmesh.devnet.cheats import CheatInputs, apply_cheat, honest_contribution
 from thinkmesh.protocol.adapters import (
     QWEN2_LINEAR,
     AdapterSpec,

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.node.cheats import apply_cheat
+from thinkmesh.devnet.cheats import apply_cheat
 from thinkmesh.protocol.encoding import encode_message
 from thinkmesh.protocol.errors import ProtocolError
 from thinkmesh.protocol.evidence import (

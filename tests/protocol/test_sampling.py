@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.verification_world import world
-from thinkmesh.node.cheats import apply_cheat, resign
+from thinkmesh.devnet.cheats import apply_cheat, resign
 from thinkmesh.protocol.audit import AuditPolicy, audit_plan, audited_parameter_names
 from thinkmesh.protocol.messages import RoundTerms
 from thinkmesh.protocol.sampling import (

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.verification_world import world
-from thinkmesh.node.cheats import resign
+from thinkmesh.devnet.cheats import resign
 from thinkmesh.protocol.audit import (
     GRADIENT_FULL,
     GRADIENT_NONE,

@@ -1,4 +1,7 @@
-"""Adversarial nodes, for tests, the devnet (`--cheat MODE`) and `bench/verify.py`.
+"""Adversarial contributions, for tests, the devnet (`devnet node-run --cheat MODE`) and `bench/verify.py`.
+
+Test-only code, kept out of the daemons: a running node cheats only through the contribution hook
+that `devnet/cheating_node.py` plugs in (node/contribution_hook.py).
 
 Each mode turns honest work into the contribution a *competent* cheater would send: it is
 re-signed with the cheater's own key, bound to the current round, its Merkle root recomputed, and
@@ -48,6 +51,9 @@ CHEAT_MODES = (
     "fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient", "copy-peer", "replay",
     "off-policy", "crafted-samples", "partial-gradient",
 )
+# What a running node can send: copy-peer needs another node's contribution, which a node of the
+# star never sees, so it is verification-level only (tests/protocol, bench/verify.py).
+NODE_CHEAT_MODES = tuple(mode for mode in CHEAT_MODES if mode != "copy-peer")
 OFF_POLICY_TEMPERATURE = 1.3
 MADE_UP_LOGPROB = math.log(0.9)  # "the model was confident": what a lazy forger writes
 
@@ -279,4 +285,4 @@ def changes_nothing(cheated: Contribution, honest: Contribution) -> bool:
             and cheated.gradient == honest.gradient)
 
 
-__all__ = ["CHEAT_MODES", "CheatError", "CheatInputs", "apply_cheat", "changes_nothing", "honest_contribution", "resign"]
+__all__ = ["CHEAT_MODES", "NODE_CHEAT_MODES", "CheatError", "CheatInputs", "apply_cheat", "changes_nothing", "honest_contribution", "resign"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.node.cheats import CHEAT_MODES, CheatError, apply_cheat
+from thinkmesh.devnet.cheats import CHEAT_MODES, CheatError, apply_cheat
 from thinkmesh.protocol.audit import AuditPolicy
 from thinkmesh.protocol.messages import samples_root, verify_message
 from thinkmesh.protocol.verification import (
