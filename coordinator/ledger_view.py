@@ -145,7 +145,7 @@ def _peer_id(node: NodeRecord) -> str:
 
 def _reason_name(code: int) -> str:
     try:
-        return SlashReason(code).name.lower().replace("_", "-")
+        return SlashReason(code).verdict_reason
     except ValueError:
         return f"code-{code}"
 

@@ -23,6 +23,7 @@ from web3.logs import DISCARD
 
 from thinkmesh.protocol import chain_settlement
 from thinkmesh.protocol.chain_abi import LEDGER_CONTRACT, TOKEN_CONTRACT, RevertDecoder, load_artifact
+from thinkmesh.protocol.hashing import keccak256
 from thinkmesh.protocol.chain_errors import (
     ChainError,
     ChainIdMismatchError,
@@ -51,7 +52,7 @@ from thinkmesh.protocol.ledger import (
 )
 
 RPC_TIMEOUT_S = 10.0
-COORDINATOR_ROLE = Web3.keccak(text="COORDINATOR_ROLE")
+COORDINATOR_ROLE = keccak256(b"COORDINATOR_ROLE")
 DEFAULT_ADMIN_ROLE = b"\x00" * 32
 
 

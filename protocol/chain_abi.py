@@ -15,9 +15,10 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
 from thinkmesh.protocol.chain_errors import ArtifactError
+from thinkmesh.protocol.hashing import keccak256
 
 LEDGER_CONTRACT = "ThinkMeshLedger"
 TOKEN_CONTRACT = "ThinkMeshToken"
@@ -74,7 +75,7 @@ def canonical_type(param: Mapping[str, Any]) -> str:
 def selector(entry: Mapping[str, Any]) -> bytes:
     """The 4-byte selector of an ABI function or error entry."""
     types = ",".join(canonical_type(param) for param in entry["inputs"])
-    return keccak(text=f"{entry['name']}({types})")[:4]
+    return keccak256(f"{entry['name']}({types})".encode())[:4]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from thinkmesh.protocol.hashing import keccak256
 from web3.exceptions import ContractLogicError, Web3RPCError
 
 from thinkmesh.protocol.chain_errors import ChainError, ContractRevertError, SettlementConflictError
@@ -54,7 +54,7 @@ _TOO_BIG = ("exceeds allowance", "exceeds block gas limit", "out of gas", "gas l
 def awards_digest(awards: Sequence[Award], digest: bytes = ZERO_DIGEST) -> bytes:
     """The contract's fold over credited awards, in the order given (canonical order for a round)."""
     for award in awards:
-        digest = keccak(abi_encode(["bytes32", AWARD_TYPE], [digest, award.as_abi()]))
+        digest = keccak256(abi_encode(["bytes32", AWARD_TYPE], [digest, award.as_abi()]))
     return digest
 
 
@@ -63,7 +63,7 @@ def parted_settlement_hash(
 ) -> bytes:
     """The settlement hash a round settled in parts stores (awards in canonical order)."""
     digest = awards_digest(canonical_awards(awards))
-    return keccak(abi_encode(["uint64", "bytes32", "bytes32", "bytes32", STATS_TYPE],
+    return keccak256(abi_encode(["uint64", "bytes32", "bytes32", "bytes32", STATS_TYPE],
                              [round_id, hash32(seed, "round seed"), hash32(traces_root, "traces root"), digest,
                               stats.as_abi()]))
 

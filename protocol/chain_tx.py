@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from thinkmesh.protocol.hashing import keccak256
 from web3 import Web3
 from web3.exceptions import (
     ContractLogicError,
@@ -177,7 +177,7 @@ class TransactionSender:
     def _resend_outstanding(self, action: str) -> None:
         """Re-broadcasts earlier transactions that never got a receipt, so a new one queues behind them."""
         for nonce, raw in sorted(self.nonces.outstanding.items()):
-            if self._receipt(keccak(raw)) is not None:
+            if self._receipt(keccak256(raw)) is not None:
                 self.nonces.outstanding.pop(nonce)
                 continue
             try:
@@ -185,7 +185,7 @@ class TransactionSender:
             except RpcUnreachableError:
                 raise
             except ChainError as exc:  # taken by another transaction, or refused: it can never be mined
-                logger.warning("dropped unconfirmed transaction 0x%s (nonce %d): %s", keccak(raw).hex(), nonce, exc)
+                logger.warning("dropped unconfirmed transaction 0x%s (nonce %d): %s", keccak256(raw).hex(), nonce, exc)
 
     def _submit(self, action: str, raw: bytes, nonce: int) -> None:
         """Hands `raw` to the node; repeats the same bytes when the answer was lost."""
@@ -197,7 +197,7 @@ class TransactionSender:
                 if attempt + 1 == self._send_attempts:
                     raise RpcUnreachableError(
                         self._url, f"{exc.__class__.__name__} sending {action} (nonce {nonce}, "
-                        f"0x{keccak(raw).hex()}); it may have been received and will be re-sent first next time"
+                        f"0x{keccak256(raw).hex()}); it may have been received and will be re-sent first next time"
                     ) from exc
                 time.sleep(SEND_BACKOFF_S * 2**attempt)
 
@@ -210,7 +210,7 @@ class TransactionSender:
             if any(marker in lowered for marker in _ALREADY_KNOWN_MARKERS):
                 return  # this exact transaction is already in the pool
             if any(marker in lowered for marker in _NONCE_CLASH_MARKERS):
-                if self._is_ours_known(keccak(raw)):
+                if self._is_ours_known(keccak256(raw)):
                     return  # our own earlier send of these bytes was mined or pooled
                 self.nonces.outstanding.pop(nonce, None)
                 chain_nonce = self._web3.eth.get_transaction_count(self._account.address, "pending")
@@ -220,7 +220,7 @@ class TransactionSender:
 
     def _confirm(self, action: str, raw: bytes, nonce: int) -> Any:
         """The receipt of `raw`; between waits the same bytes are re-sent (a node may have dropped them)."""
-        tx_hash = keccak(raw)
+        tx_hash = keccak256(raw)
         slice_s = self._receipt_timeout_s / self._receipt_waits
         for wait in range(self._receipt_waits):
             if wait:

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eth_abi import encode as abi_encode
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import is_address, to_checksum_address
+
+from thinkmesh.protocol.hashing import keccak256
 
 from thinkmesh.protocol.chain_errors import LedgerRecordError
 from thinkmesh.protocol.errors import SignatureError
@@ -206,7 +208,7 @@ def binding_bytes(binding: IdentityBinding) -> bytes:
 
 def seed_commitment(seed: bytes) -> bytes:
     """What `openRound` records and `settleRound` checks: keccak256(abi.encodePacked(bytes32 seed))."""
-    return keccak(hash32(seed, "round seed"))
+    return keccak256(hash32(seed, "round seed"))
 
 
 def settlement_payload(
@@ -229,7 +231,7 @@ def settlement_hash(
     round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
 ) -> bytes:
     """The hash the contract stores for a settlement: keccak256 of `settlement_payload`."""
-    return keccak(settlement_payload(round_id, seed, traces_root, awards, stats))
+    return keccak256(settlement_payload(round_id, seed, traces_root, awards, stats))
 
 
 # ---------------------------------------------------------------------- views of chain state
