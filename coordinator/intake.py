@@ -10,9 +10,10 @@ round's state changes in one place only:
    the registry's last read -> unknown-node (the service first awaits a registry read when
    `registry_wait` says one may admit the key); a node that already has a verdict, or an upload
    in flight, this round -> duplicate.
-2. `decode` (pure, may run in a worker thread): canonical `Contribution` bytes, header/body
+2. `decode` (no I/O, may run in a worker thread): canonical `Contribution` bytes, header/body
    agreement, signature by the node key, announced round and model, a strategy within the
-   round's terms, an accepted compression, and *every* gradient tensor decoded (the model's
+   round's terms (without a verifier; with one, its model-free `off-terms` check refuses and
+   slashes it), an accepted compression, and *every* gradient tensor decoded (the model's
    names and shapes, within size, finite). Only then the `verify` hook (the coordinator's
    `ContributionVerifier`) re-scores it: a contribution intake would refuse never reaches the
    verifier, so no verifier state ever comes from one. A failing verdict becomes a
@@ -304,7 +305,7 @@ class ContributionIntake:
         try:
             strategy = validate_strategy(contribution.strategy)
             violation = terms_violation(strategy, current.terms or round_terms(announcement))
-            if violation is not None:
+            if violation is not None and self.verify is None:  # else the verifier's off-terms: slashable, and cheap
                 return RefusalReason.MALFORMED, violation
             if contribution.gradient.compression not in self.compressions:
                 return RefusalReason.MALFORMED, f"compression {contribution.gradient.compression!r} is not accepted"

@@ -239,7 +239,7 @@ def binding_from_json(doc: dict) -> IdentityBinding:
 
 
 def resolve_password(password_file: str | None, confirm: bool = False) -> str:
-    """THINKMESH_KEY_PASSWORD, else the password file, else an interactive prompt."""
+    """The password file when one is given, else THINKMESH_KEY_PASSWORD, else an interactive prompt."""
     if password_file:
         try:
             return Path(password_file).read_text().rstrip("\n")

@@ -236,7 +236,7 @@ def test_a_bad_tensor_outside_the_probe_is_refused_before_verification_and_the_h
     w = world()
     side = coordinator_side(tmp_path)
     honest = w.honest[0]
-    name = sorted(w.shapes)[0]  # the embedding: never a probe tensor
+    name = sorted(w.shapes)[0]  # intake checks every tensor before the verifier, whichever the probe draws
     shape = (w.shapes[name][0] + 1, *w.shapes[name][1:])
     gradient = poisoned_gradient(honest, name, nan=poison == "nan", shape=shape if poison == "oversized" else None)
     bad = resign(honest, w.nodes[0], gradient=gradient)
@@ -305,6 +305,28 @@ def test_a_verdict_refused_as_late_is_dropped_and_the_node_s_hashes_stay_free(tm
     assert side.verifier.pending == {} and side.verifier.current.samples == {}
     assert not outcome.verified.evidence_path.exists()
     assert not side.verifier.archive.path(2, w.nodes[0].public_key).exists()
+
+
+def test_a_group_size_of_the_node_s_choosing_is_refused_as_off_terms_and_slashable(tmp_path):
+    """The paid-512x attack: one cheap sample repeated per prompt under a group size the node
+    declared. At 1024 the byte bound refuses it from the header; at 64 (one-token samples) it fits,
+    reaches the verifier, and is refused there as off-terms with full evidence: slashable."""
+    w = world()
+    side = coordinator_side(tmp_path)
+    honest = w.honest[0]
+    group = honest.strategy.group_size
+    first = [honest.samples[i] for i in range(0, len(honest.samples), group)]
+    short = [dataclasses.replace(s, completion_ids=s.completion_ids[:1], logprobs=s.logprobs[:1]) for s in first]
+    def inflated(size):
+        return resign(honest, w.nodes[0], strategy=dataclasses.replace(honest.strategy, group_size=size),
+                      samples=tuple(s for s in short for _ in range(size)))
+
+    assert asyncio.run(send(side.service, w.nodes[0], encode_message(inflated(1024)))).reason == "oversized"
+    receipt = asyncio.run(send(side.service, w.nodes[0], encode_message(inflated(64))))
+    assert not receipt.accepted and receipt.detail.startswith("verification: off-terms"), receipt
+    rejected = side.intake.current.rejected[honest.node_key]
+    assert rejected.verified.slashable and not rejected.verified.short
+    assert keccak256(rejected.verified.evidence_path.read_bytes()) == rejected.verified.evidence_hash
 
 
 def test_an_unslashable_verdict_gets_a_short_record_not_an_evidence_file(tmp_path):
