@@ -142,9 +142,20 @@ def check_line(line: dict) -> tuple[int, bytes, list[bytes]]:
     return int(line["round_id"]), item, proof
 
 
+def verify_line(client, roots: dict[int, bytes], line: dict) -> tuple[int, bytes, bool]:
+    """(round, trace hash, verified) of one exported line: `check_line`, then the proof through the
+    contract's `verifyTrace` and locally against the round's settled `tracesRoot` (cached in `roots`).
+    Raises TracesError for a line whose hashes do not match its content."""
+    from thinkmesh.protocol.merkle import verify_proof
+
+    round_id, item, proof = check_line(line)
+    if round_id not in roots:
+        roots[round_id] = client.round(round_id).traces_root
+    return round_id, item, client.verify_trace(round_id, item, proof) and verify_proof(roots[round_id], item, proof)
+
+
 def verify_traces(args: argparse.Namespace) -> int:
     from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.merkle import verify_proof
 
     client = LedgerClient.connect(args.rpc, discover_deployment(args.rpc, args.ledger))
     roots: dict[int, bytes] = {}
@@ -157,13 +168,11 @@ def verify_traces(args: argparse.Namespace) -> int:
         if not raw.strip():
             continue
         try:
-            round_id, item, proof = check_line(json.loads(raw))
+            round_id, item, ok = verify_line(client, roots, json.loads(raw))
         except (TracesError, ValueError) as exc:
             failures.append(f"line {number}: {exc}")
             continue
-        if round_id not in roots:
-            roots[round_id] = client.round(round_id).traces_root
-        if client.verify_trace(round_id, item, proof) and verify_proof(roots[round_id], item, proof):
+        if ok:
             verified += 1
         else:
             failures.append(f"line {number}: round {round_id} trace 0x{item.hex()[:16]} is not under the settled root")

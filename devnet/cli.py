@@ -16,6 +16,7 @@ from importlib import metadata
 from thinkmesh.coordinator import commands as coordinator_commands
 from thinkmesh.coordinator import traces_commands
 from thinkmesh.devnet import commands as devnet_commands
+from thinkmesh.devnet import distill_commands
 from thinkmesh.node import commands as node_commands
 from thinkmesh.node.serve import commands as serve_commands
 from thinkmesh.protocol import commands as protocol_commands
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     roles = (protocol_commands, evidence_commands, node_commands, serve_commands, coordinator_commands, traces_commands,
-             devnet_commands)
+             distill_commands, devnet_commands)
     for role in roles:
         role.register(subparsers)
     return parser

@@ -206,6 +206,43 @@ def sft_batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int)
     return out.loss
 
 
+def sft_train(model, data: list[tuple[list[int], list[int]]], pad_id: int, *, epochs: int, batch_size: int, lr: float,
+              weight_decay: float, seed: int, progress: bool = True, desc: str = "coldstart") -> list[float]:
+    """SFT of `model` (in train mode) on encoded examples; returns the per-step losses.
+
+    AdamW; the lr peaks after a 5% warmup and decays on a cosine to 10% by the end; gradients
+    clipped to norm 1; `length_bucketed_batches` each epoch. Deterministic given `seed` (the global
+    RNG is forked, so the caller's random state is untouched). The cold start and `thinkmesh
+    distill` both train through this loop.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    total_steps = math.ceil(len(data) / batch_size) * epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, total_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))),
+    )
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]), tqdm(total=total_steps, desc=desc, disable=not progress) as bar:
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            for batch in length_bucketed_batches(data, batch_size, generator):
+                loss = sft_batch_loss(model, batch, pad_id)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                losses.append(float(loss.item()))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.update(1)
+    return losses
+
+
 def run_coldstart(
     source: str | Path,
     settings: ColdStartSettings = ColdStartSettings(),
@@ -214,9 +251,6 @@ def run_coldstart(
     progress: bool = True,
 ) -> ColdStartResult:
     """SFTs the model at `source` and writes it to `out` (default: in place), unless cached."""
-    import torch
-    from tqdm.auto import tqdm
-
     source = Path(source)
     out = Path(out) if out is not None else source
     hit = cached_result(source, out, settings)
@@ -228,29 +262,8 @@ def run_coldstart(
     tokenizer = load_tokenizer(source)
     model = load_model(source, device=device, dtype="float32").train()
     data = encode_examples(tokenizer, sft_examples(settings))
-    generator = torch.Generator().manual_seed(settings.seed)
-    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = max(1, total_steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))),
-    )
-    losses = []
-    with torch.random.fork_rng(devices=[]), tqdm(total=total_steps, desc="coldstart", disable=not progress) as bar:
-        torch.manual_seed(settings.seed)
-        for _ in range(settings.epochs):
-            for batch in length_bucketed_batches(data, settings.batch_size, generator):
-                loss = sft_batch_loss(model, batch, tokenizer.pad_token_id)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                losses.append(float(loss.item()))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                bar.update(1)
+    losses = sft_train(model, data, tokenizer.pad_token_id, epochs=settings.epochs, batch_size=settings.batch_size,
+                       lr=settings.lr, weight_decay=settings.weight_decay, seed=settings.seed, progress=progress)
     final_loss = sum(losses[-10:]) / len(losses[-10:])
     model.eval()
     marker = {"key": key, "settings": asdict(settings), "partition": PARTITION_ID, "base_weights_sha256": base_hash,
