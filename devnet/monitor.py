@@ -115,7 +115,7 @@ class RoundWatcher:
 def describe_round(record: dict, evaluation: dict | None) -> str:
     """One line for a closed round from the coordinator's round record."""
     contributors = record.get("contributors", [])
-    refused = len(record.get("refusals", []))
+    refused = record.get("refusals_total", len(record.get("refusals", [])))  # the list is bounded; the count is not
     rejected = record.get("rejected", [])  # failed verification: these are the slashed ones
     strategies = ",".join(sorted({c.get("strategy", "?") for c in contributors})) or "-"
     reasons = ",".join(sorted({r.get("reason", "?") for r in rejected}))
