@@ -165,16 +165,17 @@ def test_three_nodes_three_rounds_with_a_node_killed_mid_round(tmp_path):
             mesh.start_node(name, compression)
         peer = {name: mesh.keys[name].identity.peer_id for name in STRATEGIES}
 
-        # Round 1: everyone contributes; the round closes as soon as all three arrived.
+        # Round 1: everyone contributes. The gspo node is killed the moment its round-1 work is
+        # accepted: a round's work takes well under a second here, so waiting for round 1 to close
+        # first would race its round-2 upload. The coordinator still expects it in round 2 (it
+        # took part in round 1), so round 2 closes at its deadline without it.
+        victim = "gspo"
+        wait_for(lambda: (s := mesh.status(victim)) and any(h["round_id"] == 1 for h in s["history"]), 180,
+                 "the victim's round-1 work to be accepted", poll=0.05)
+        mesh.kill(victim)
         first = wait_for(lambda: (s := mesh.status("coordinator")) and len(s["rounds"]) >= 1 and s, 180,
                          "round 1 to close")["rounds"][0]
         assert {c["peer_id"] for c in first["contributors"]} == set(peer.values()), first
-
-        # Round 2: kill the gspo node while it works; the round closes at its deadline without it.
-        victim = "gspo"
-        wait_for(lambda: (s := mesh.status(victim)) and s["phase"] in ("rollout", "uploading", "syncing")
-                 and any(h["round_id"] == 1 for h in s["history"]), 60, "the victim to start round 2")
-        mesh.kill(victim)
         second = wait_for(lambda: (s := mesh.status("coordinator")) and len(s["rounds"]) >= 2 and s, 90,
                           "round 2 to close")["rounds"][1]
         assert second["closed_by"] == "deadline"
