@@ -46,7 +46,7 @@ devnet: install
 selfcheck: install
 	$(BIN)/thinkmesh selfcheck
 
-# Only after editing contracts/src: the built ABI and bytecode are committed under protocol/abi/.
+# Only after editing contracts/src: the built ABI and bytecode are committed under protocol/chain/abi/.
 contracts: contracts/node_modules/.installed
 	npm run --silent build --prefix contracts
 

@@ -1,7 +1,7 @@
 """Does distilling a strong teacher make a small student reason better than RL on the student alone?
 
 DeepSeek-R1's distillation claim, in miniature on linear-1 and a CPU. Four models, all scored by
-the coordinator's held-out rule (`protocol.evaluation`, greedy, problems no stage trains on):
+the coordinator's held-out rule (`protocol.rules.evaluation`, greedy, problems no stage trains on):
 
 - **teacher**: the tiny model (1.6M) cold-started on `--teacher-examples` generated chains of
   thought from a perfect generator (cached across runs under the work dir), or `--teacher DIR`;
@@ -9,7 +9,7 @@ the coordinator's held-out rule (`protocol.evaluation`, greedy, problems no stag
   cold start, from the network's imperfect teacher that stops one step short in half of its
   demonstrations (`--student-slip-rate`, as the devnet's cold start);
 - **student distilled**: that student after `thinkmesh distill`'s rejection sampling from the teacher
-  and SFT on the kept examples (`node/distill.py`); its wall-clock, sampling included, is the budget
+  and SFT on the kept examples (`node/local/distill.py`); its wall-clock, sampling included, is the budget
 - **student RL only**: the same cold-started student after `train local` (dapo) for the same
   wall-clock (plus the seconds of the step-0 evaluation `train local` runs inside its budget).
 
@@ -65,15 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from thinkmesh.devnet.model_cache import ModelRecipe, ensure_model
-    from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-    from thinkmesh.node.distill import (
+    from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+    from thinkmesh.node.local.distill import (
         STUDENT_ARCHITECTURES, RejectionSettings, StudentSettings, init_student, rejection_sample, train_student,
     )
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.tiny_model import TinyModelSpec
-    from thinkmesh.node.train_local import LocalTrainConfig, train_local
-    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
-    from thinkmesh.protocol.tasks import PARTITION_ID, TaskSpec
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.tiny_model import TinyModelSpec
+    from thinkmesh.node.local.train_local import LocalTrainConfig, train_local
+    from thinkmesh.protocol.rules.evaluation import EvalSettings, evaluate
+    from thinkmesh.protocol.rules.tasks import PARTITION_ID, TaskSpec
 
     hf_logging.disable_progress_bar()
     if args.threads:

@@ -15,11 +15,11 @@ import sys
 import time
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient, deploy
-from thinkmesh.protocol.chain_abi import LEDGER_CONTRACT, load_artifact
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import Award, SlashReason, seed_commitment, tokens
-from thinkmesh.protocol.merkle import MerkleTree
+from thinkmesh.protocol.chain.client import LedgerClient, deploy
+from thinkmesh.protocol.chain.artifacts import LEDGER_CONTRACT, load_artifact
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import Award, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.rules.merkle import MerkleTree
 
 MARGINAL_GAS_BAR = 30_000
 NODE_COUNTS = (1, 10, 100)

@@ -3,7 +3,7 @@
 Each round: the coordinator's announcement (signed, the devnet's round seed rule, the round's terms),
 each node's `honest_contribution` under its own key (its prompts and sample streams are the
 protocol's for that key), the gradient decoded as the intake decodes it, the coordinator's
-`aggregate` and `apply_update` with its AdamW, and `protocol.evaluation` for held-out figures.
+`aggregate` and `apply_update` with its AdamW, and `protocol.rules.evaluation` for held-out figures.
 What is left out is the wire, the verifier and the chain: they change who is admitted and paid,
 not the update an honest network makes. Nodes run one after another on one model (a contribution
 leaves the weights untouched), so a round's wall time grows with nodes while its update does not
@@ -20,24 +20,18 @@ from pathlib import Path
 
 import torch
 
-from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
-from thinkmesh.node.contribution_step import honest_contribution
-from thinkmesh.protocol.adapters import trainable_named_parameters, trainable_shapes
-from thinkmesh.protocol.gradient_codec import decode_gradient
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, sign_message
-from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name
-from thinkmesh.protocol.tasks import TaskSpec
-from thinkmesh.protocol.terms import RoundTerms, strategy_under_terms
+from thinkmesh.coordinator.work.aggregation import WeightedGradient, aggregate, apply_update
+from thinkmesh.node.work.contribution_step import honest_contribution
+from thinkmesh.protocol.rules.adapters import trainable_named_parameters, trainable_shapes
+from thinkmesh.protocol.rules.gradient_codec import decode_gradient
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, sign_message
+from thinkmesh.protocol.rules.seeds import round_seed
+from thinkmesh.protocol.rules.strategies import StrategySpec, strategy_from_name
+from thinkmesh.protocol.rules.tasks import TaskSpec
+from thinkmesh.protocol.rules.terms import RoundTerms, strategy_under_terms
 
 CHAIN_ID, RUN_ID = 31337, "bench-inprocess"
-ROUND_SEED_DOMAIN = b"thinkmesh/round-seed/v1"  # coordinator.daemon.round_seed's rule
-
-
-def round_seed(seed_text: str, round_id: int) -> bytes:
-    return hashlib.sha256(ROUND_SEED_DOMAIN + seed_text.encode() + round_id.to_bytes(8, "big")).digest()
-
-
 def node_identity(trial: int, index: int) -> NodeIdentity:
     """Node `index` of trial `trial`: fixed keys, so n nodes of a trial include the first n-1's."""
     return NodeIdentity.from_seed(hashlib.sha256(f"bench-inprocess/{trial}/{index}".encode()).digest())
@@ -72,7 +66,7 @@ class InProcessMesh:
         params = [p for _, p in trainable_named_parameters(self.model)]
         self.optimizer = torch.optim.AdamW(params, lr=self.settings.lr, betas=(0.9, 0.999), weight_decay=0.0)
         self.shapes = trainable_shapes(self.model)
-        # The KL reference of a beta > 0 strategy is the base, frozen (as node/daemon.py keeps it).
+        # The KL reference of a beta > 0 strategy is the base, frozen (as node/work/daemon.py keeps it).
         needs_reference = any(strategy.beta > 0 for _, strategy in self.nodes)
         self.reference = copy.deepcopy(self.model).requires_grad_(False) if needs_reference else None
 
@@ -119,6 +113,6 @@ def strategy_for(name: str, settings: MeshSettings) -> StrategySpec:
 
 
 def load(model_dir: Path):
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
 
     return load_model(model_dir).eval(), load_tokenizer(model_dir)

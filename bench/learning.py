@@ -2,7 +2,7 @@
 
 Builds the tiny model (`thinkmesh model init`), cold-starts it (cached across runs), then runs
 `train local` for a wall-clock budget and reports held-out accuracy before and after, by the
-coordinator's rule (`protocol.evaluation`). Held-out problems are the public partition's
+coordinator's rule (`protocol.rules.evaluation`). Held-out problems are the public partition's
 (`tasks.is_heldout`): neither the cold start nor RL ever draws one. The curve is greedy (evaluated
 inside the RL budget); the cold-started and final models are also scored with `--eval-samples`
 samples per problem at T = 1 from the public evaluation streams (sampled accuracy, pass@k), outside
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-    from thinkmesh.node.tiny_model import init_model_dir
-    from thinkmesh.node.train_local import METRICS_FILE, LocalTrainConfig, train_local
-    from thinkmesh.protocol.tasks import PARTITION_ID
+    from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+    from thinkmesh.node.model.tiny_model import init_model_dir
+    from thinkmesh.node.local.train_local import METRICS_FILE, LocalTrainConfig, train_local
+    from thinkmesh.protocol.rules.tasks import PARTITION_ID
 
     from transformers.utils import logging as hf_logging
 
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     evals = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines() if '"eval"' in line]
     curve = [[e["step"], round(e["elapsed_s"] / 60, 2), e["accuracy"]] for e in evals]
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.train_local import CHECKPOINT_DIR, eval_settings
-    from thinkmesh.protocol.evaluation import evaluate
-    from thinkmesh.protocol.tasks import TaskSpec
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.local.train_local import CHECKPOINT_DIR, eval_settings
+    from thinkmesh.protocol.rules.evaluation import evaluate
+    from thinkmesh.protocol.rules.tasks import TaskSpec
 
     sampled = dataclasses.replace(eval_settings(config, config.strategy_spec().max_new_tokens), samples=args.eval_samples)
     final_dir = run / CHECKPOINT_DIR if (run / CHECKPOINT_DIR).is_dir() else tuned

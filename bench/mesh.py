@@ -83,8 +83,8 @@ def workload(model: str) -> Workload:
     template, 2 prompts of 32 tokens per node (linear-1 answers take ~25 tokens)."""
     from thinkmesh.devnet.model_cache import ModelRecipe
     from thinkmesh.devnet.profiles import PROFILES
-    from thinkmesh.node.coldstart import ColdStartSettings
-    from thinkmesh.node.tiny_model import TinyModelSpec
+    from thinkmesh.node.local.coldstart import ColdStartSettings
+    from thinkmesh.node.model.tiny_model import TinyModelSpec
 
     if model == "tiny":
         profile = PROFILES["tiny"]
@@ -203,13 +203,13 @@ console = false
     timeline = Timeline()
     try:
         log = open(root / "coordinator.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", "coordinator", "run", "--config",
+        procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", "coordinator", "run", "--config",
                                        str(root / "coordinator.toml")], env=env, stdout=log, stderr=log,
                                       start_new_session=True))
         _wait(lambda: (root / "maddrs").exists(), 180)
         maddrs = [m for m in (root / "maddrs").read_text().split() if m]
-        from thinkmesh.protocol.identity import peer_id_from_public_key
-        from thinkmesh.protocol.keystore import read_binding
+        from thinkmesh.protocol.rules.identity import peer_id_from_public_key
+        from thinkmesh.protocol.keys.keystore import read_binding
 
         coordinator_peer = peer_id_from_public_key(read_binding(keys["coordinator"]).ed25519_public_key)
         for name in STRATEGIES:
@@ -234,7 +234,7 @@ port_file = "{root / (name + '.port')}"
 console = false
 """)
             log = open(root / f"{name}.log", "ab")
-            procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", "node", "run",
+            procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", "node", "run",
                                            "--config", str(root / f"{name}.toml")], env=env, stdout=log, stderr=log,
                                           start_new_session=True))
 
@@ -266,7 +266,7 @@ console = false
 def run_local(root: Path, base: Path, rounds: int, eval_prompts: int, work: Workload) -> dict:
     """`thinkmesh train local` on the mesh's total work: one step per round, all nodes' prompts."""
     run_dir = root / "local"
-    argv = [sys.executable, "-m", "thinkmesh.devnet.cli", "train", "local", "--model", str(base),
+    argv = [sys.executable, "-m", "thinkmesh.protocol.cli.main", "train", "local", "--model", str(base),
             "--run-dir", str(run_dir), "--task", TASK, "--difficulty", str(DIFFICULTY), "--template", work.template,
             "--strategy", "grpo", "--steps", str(rounds), "--prompts-per-step", str(work.prompts * len(STRATEGIES)),
             "--group-size", str(work.group), "--max-new-tokens", str(work.max_tokens), "--lr", str(work.lr), "--warmup-steps", "1",
@@ -313,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     from thinkmesh.devnet.layout import default_cache_dir
     from thinkmesh.devnet.model_cache import ensure_model
-    from thinkmesh.protocol.keystore import create_keys
+    from thinkmesh.protocol.keys.keystore import create_keys
 
     work = workload(args.model)
     if args.lr is not None:
@@ -370,8 +370,8 @@ def codec_bytes_ratio() -> dict[str, float]:
     whichever `--model` the mesh ran."""
     import torch
 
-    from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config
-    from thinkmesh.protocol.gradient_codec import encode_gradient
+    from thinkmesh.node.model.tiny_model import TinyModelSpec, qwen2_config
+    from thinkmesh.protocol.rules.gradient_codec import encode_gradient
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)

@@ -15,17 +15,17 @@ import os
 import platform
 import time
 
-from thinkmesh.protocol.hashing import keccak256
+from thinkmesh.protocol.rules.hashing import keccak256
 
-from thinkmesh.protocol.encoding import encode_message
-from thinkmesh.protocol.identity import NodeIdentity, SigningDomain, verify_signature
-from thinkmesh.protocol.merkle import merkle_root
-from thinkmesh.protocol.messages import (
+from thinkmesh.protocol.rules.encoding import encode_message
+from thinkmesh.protocol.rules.identity import NodeIdentity, SigningDomain, verify_signature
+from thinkmesh.protocol.rules.merkle import merkle_root
+from thinkmesh.protocol.rules.messages import (
     Contribution, GradientPayload, Sample, TensorBlob, decode_message, sample_hash, samples_root,
     sign_message,
 )
-from thinkmesh.protocol.rewards import RewardBreakdown
-from thinkmesh.protocol.strategies import PRESETS
+from thinkmesh.protocol.rules.rewards import RewardBreakdown
+from thinkmesh.protocol.rules.strategies import PRESETS
 
 
 def best_of(repeats: int, fn) -> float:

@@ -1,7 +1,7 @@
 """How much learning signal does one GRPO step carry on this model? (docs/learning.md)
 
 Three measurements on a cold-started model, none of them training it:
-- headroom: the held-out evaluation (`protocol.evaluation`): greedy accuracy, sample accuracy and
+- headroom: the held-out evaluation (`protocol.rules.evaluation`): greedy accuracy, sample accuracy and
   pass@G at T = 1;
 - gradient signal: the cosine similarity between the strategy's gradients on independent
   batches of fresh prompts, per batch size. Reading cos = s / (s + v / n) (s: squared signal,
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.train_step import collect_rollouts, policy_gradient
-    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
-    from thinkmesh.protocol.strategies import strategy_from_name
-    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
+    from thinkmesh.protocol.rules.evaluation import EvalSettings, evaluate
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
+    from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -67,7 +67,7 @@ def _wait(predicate, timeout: float, what: str, procs: dict):
 
 
 def model_dir(shape: str, cache: Path) -> Path:
-    from thinkmesh.node.tiny_model import ARCHITECTURES, init_model_dir
+    from thinkmesh.node.model.tiny_model import ARCHITECTURES, init_model_dir
 
     directory = cache / shape
     if not (directory / "config.json").exists():
@@ -76,11 +76,11 @@ def model_dir(shape: str, cache: Path) -> Path:
 
 
 def run_shape(shape: str, base: Path, root: Path, rank: int, max_new_tokens: int) -> dict:
-    from thinkmesh.coordinator.settlement import SettlementJournal
+    from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
     from thinkmesh.devnet.anvil import Anvil
-    from thinkmesh.protocol.chain import LedgerClient, deploy
-    from thinkmesh.protocol.keystore import create_keys
-    from thinkmesh.protocol.ledger import tokens
+    from thinkmesh.protocol.chain.client import LedgerClient, deploy
+    from thinkmesh.protocol.keys.keystore import create_keys
+    from thinkmesh.protocol.chain.ledger import tokens
 
     root.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
@@ -131,7 +131,7 @@ alpha = {2.0 * rank}
 
         def start(name: str, argv: list[str]) -> None:
             log = open(root / f"{name}.log", "ab")
-            procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", *argv], env=env, stdout=log,
+            procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", *argv], env=env, stdout=log,
                                            stderr=log, start_new_session=True, cwd=root)
 
         try:
@@ -195,7 +195,7 @@ console = false
     # A version whose update was zero (all-equal rewards in every group) keeps its hash and moves no
     # bytes; the figure is what a changed adapter version moves: its manifest's fp32 bytes, or the
     # measured wire bytes of a fetch where one happened (zlib-compressed), whichever is larger.
-    from thinkmesh.protocol.adapters import lora_parameter_count
+    from thinkmesh.protocol.rules.adapters import lora_parameter_count
 
     config = json.loads((base / "config.json").read_text())
     adapter_bytes = 4 * lora_parameter_count(config, rank, tuple(status["adapter"]["target_modules"]))

@@ -8,7 +8,7 @@ too noisy to improve it (docs/learning.md: gradients of independent 16-prompt ba
 0.007). Every configuration runs the same per-node batch (dapo, --prompts x --group samples) in a
 mesh simulated in one process from the real parts (bench/inprocess_mesh.py: `honest_contribution`
 per node key, the coordinator's `aggregate` and `apply_update` with AdamW at --lr), and is scored
-by `protocol/evaluation.py` on held-out problems after the last round (--eval-every-round: each). Per round, not per second: on
+by `protocol/rules/evaluation.py` on held-out problems after the last round (--eval-every-round: each). Per round, not per second: on
 a real network every node brings its own GPU.
 
 Trials: seed s fixes the round seeds and the node keys; n nodes use keys 0..n-1 of their trial, so
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from inprocess_mesh import InProcessMesh, MeshSettings, load, node_identity, strategy_for
     from thinkmesh.devnet.model_cache import ModelRecipe, ensure_model
-    from thinkmesh.node.coldstart import ColdStartSettings
-    from thinkmesh.node.tiny_model import TinyModelSpec
-    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
+    from thinkmesh.node.local.coldstart import ColdStartSettings
+    from thinkmesh.node.model.tiny_model import TinyModelSpec
+    from thinkmesh.protocol.rules.evaluation import EvalSettings, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

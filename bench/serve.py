@@ -38,7 +38,7 @@ PROMPT = "User: What is 12+30? Think step by step.\nAssistant:"
 
 
 def start_server(model_dir: Path, args, home: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "thinkmesh.devnet.cli", "serve", "--model", str(model_dir), "--port", "0",
+    command = [sys.executable, "-m", "thinkmesh.protocol.cli.main", "serve", "--model", str(model_dir), "--port", "0",
                "--device", args.device, "--threads", str(args.threads), "--max-batch", "16",
                "--max-tokens-limit", str(args.max_tokens), "--identity", str(home / "serve.key")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -123,9 +123,9 @@ def reference_level(model, tokenizer, batch: int, repeats: int, max_tokens: int,
 
 def engine_level(model, tokenizer, batch: int, repeats: int, max_tokens: int) -> dict:
     """The rollout engine alone (what the server runs), for where the server's time goes."""
-    from thinkmesh.protocol.receipts import receipt_row_key
-    from thinkmesh.protocol.rollout import SamplingSettings, generate
-    from thinkmesh.protocol.sampling import stop_rule_for
+    from thinkmesh.protocol.rules.receipts import receipt_row_key
+    from thinkmesh.protocol.rules.rollout import SamplingSettings, generate
+    from thinkmesh.protocol.rules.sampling import stop_rule_for
 
     prompt = tokenizer(PROMPT)["input_ids"]
     settings, stop = SamplingSettings(1.0, 1.0, max_tokens), stop_rule_for(tokenizer, ())
@@ -155,8 +155,8 @@ def main() -> None:
 
     import torch
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.tiny_model import init_model_dir
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.tiny_model import init_model_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as work:
         work = Path(work)

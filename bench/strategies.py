@@ -5,7 +5,7 @@
 One node per strategy, in a mesh simulated in one process from the real parts
 (bench/inprocess_mesh.py), on the devnet's `tiny` model (its recipe and cache: devnet/profiles.py)
 at the devnet's lr. Every round, before the step, each contribution's value is computed by the
-protocol's rule (`protocol/contribution_value.py`: the change in expected reward on the round's
+protocol's rule (`protocol/rules/contribution_value.py`: the change in expected reward on the round's
 public validation batch from that contribution's update alone, the coordinator's computation), then
 the round's aggregate is applied, as on the devnet.
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from thinkmesh.devnet.layout import default_cache_dir
     from thinkmesh.devnet.model_cache import ensure_model
     from thinkmesh.devnet.profiles import PROFILES
-    from thinkmesh.protocol.contribution_value import ValueSettings, contribution_values, mean_and_interval
+    from thinkmesh.protocol.rules.contribution_value import ValueSettings, contribution_values, mean_and_interval
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,22 +36,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.verifi
 
 import torch  # noqa: E402
 
-import thinkmesh.coordinator.verifier as coordinator_verifier  # noqa: E402
-import thinkmesh.node.contribution_step as contribution_step  # noqa: E402
-import thinkmesh.protocol.verification as verification  # noqa: E402
+import thinkmesh.coordinator.work.verifier as coordinator_verifier  # noqa: E402
+import thinkmesh.node.work.contribution_step as contribution_step  # noqa: E402
+import thinkmesh.protocol.rules.verification as verification  # noqa: E402
 from bench.verify_accuracy import accuracy_with_and_without_cheater  # noqa: E402
 from tests.verification_world import EOS_BOOST, announce, one_step_later, terms_of  # noqa: E402
-from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier  # noqa: E402
+from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier  # noqa: E402
 from thinkmesh.devnet.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
-from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
-from thinkmesh.node.tokenizer import build_tokenizer, vocabulary  # noqa: E402
-from thinkmesh.protocol.audit import AuditPolicy, rescore_logprobs  # noqa: E402
-from thinkmesh.protocol.sampling import SAMPLING_TOLERANCE_BF16, SAMPLING_TOLERANCE_FP32  # noqa: E402
-from thinkmesh.protocol.audit_economics import detection_probability  # noqa: E402
-from thinkmesh.protocol.gradient_codec import decode_gradient  # noqa: E402
-from thinkmesh.protocol.identity import NodeIdentity  # noqa: E402
-from thinkmesh.protocol.strategies import strategy_from_name  # noqa: E402
-from thinkmesh.protocol.verification import (  # noqa: E402
+from thinkmesh.node.model.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
+from thinkmesh.node.model.tokenizer import build_tokenizer, vocabulary  # noqa: E402
+from thinkmesh.protocol.rules.audit import AuditPolicy, rescore_logprobs  # noqa: E402
+from thinkmesh.protocol.rules.sampling import SAMPLING_TOLERANCE_BF16, SAMPLING_TOLERANCE_FP32  # noqa: E402
+from thinkmesh.protocol.rules.audit_economics import detection_probability  # noqa: E402
+from thinkmesh.protocol.rules.gradient_codec import decode_gradient  # noqa: E402
+from thinkmesh.protocol.rules.identity import NodeIdentity  # noqa: E402
+from thinkmesh.protocol.rules.strategies import strategy_from_name  # noqa: E402
+from thinkmesh.protocol.rules.verification import (  # noqa: E402
     VerificationContext,
     verify_contribution,
     with_seen,

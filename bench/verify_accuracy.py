@@ -27,7 +27,7 @@ On the first trial also:
 - cheater unverified: the same cheat folded in unchecked, for scale (what verification prevents).
 
 Held-out accuracy is greedy, on `--heldout` distinct held-out linear-1 problems, which no round
-draws (`protocol.evaluation`, the coordinator's rule);
+draws (`protocol.rules.evaluation`, the coordinator's rule);
 its binomial standard error sqrt(p (1 - p) / n) is reported next to the across-trial spread.
 """
 
@@ -66,20 +66,20 @@ def _mean_and_error(values: list[float]) -> dict:
 def accuracy_with_and_without_cheater(rounds: int = 4, heldout: int = 128, prompts_per_node: int = 4,
                                       cache_dir: Path = REPO / ".thinkmesh" / "bench-verify", trials: int = 4) -> dict:
     """The bench's accuracy fields (see the module docstring); one torch thread throughout."""
-    from thinkmesh.coordinator.aggregation import WeightedGradient, aggregate, apply_update
+    from thinkmesh.coordinator.work.aggregation import WeightedGradient, aggregate, apply_update
     from thinkmesh.devnet.profiles import PROFILES
     from thinkmesh.devnet.model_cache import ensure_model
     from thinkmesh.devnet.cheats import CheatInputs, apply_cheat, honest_contribution
-    from thinkmesh.node.model_dir import load_model
-    from thinkmesh.protocol.evaluation import EvalSettings, evaluate
-    from thinkmesh.protocol.gradient_codec import decode_gradient
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.messages import RoundAnnouncement, sign_message
-    from thinkmesh.protocol.model_manifest import model_hash
-    from thinkmesh.protocol.scoring import load_tokenizer
-    from thinkmesh.protocol.strategies import strategy_from_name
-    from thinkmesh.protocol.tasks import TaskSpec
-    from thinkmesh.protocol.verification import VerificationContext, verify_contribution, with_seen
+    from thinkmesh.node.model.model_dir import load_model
+    from thinkmesh.protocol.rules.evaluation import EvalSettings, evaluate
+    from thinkmesh.protocol.rules.gradient_codec import decode_gradient
+    from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.rules.messages import RoundAnnouncement, sign_message
+    from thinkmesh.protocol.rules.model_manifest import model_hash
+    from thinkmesh.protocol.rules.scoring import load_tokenizer
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
+    from thinkmesh.protocol.rules.tasks import TaskSpec
+    from thinkmesh.protocol.rules.verification import VerificationContext, verify_contribution, with_seen
     from tests.verification_world import terms_of
 
     torch.set_num_threads(1)

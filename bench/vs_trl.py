@@ -23,8 +23,8 @@ from pathlib import Path
 
 
 def build_model(work: Path, task: str, difficulty: int, examples: int) -> Path:
-    from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-    from thinkmesh.node.tiny_model import init_model_dir
+    from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+    from thinkmesh.node.model.tiny_model import init_model_dir
 
     base, tuned = work / "base", work / f"coldstart-{task}-{difficulty}"
     if not (base / "config.json").is_file():
@@ -37,9 +37,9 @@ def build_model(work: Path, task: str, difficulty: int, examples: int) -> Path:
 def run_ours(args, model_dir: Path, tasks_by_step) -> dict:
     import torch
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.train_step import collect_rollouts, policy_gradient
-    from thinkmesh.protocol.strategies import strategy_from_name
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
 
     model, tokenizer = load_model(model_dir, args.device), load_tokenizer(model_dir)
     spec = dataclasses.replace(strategy_from_name("dapo"), group_size=args.group_size,
@@ -73,9 +73,9 @@ def run_trl(args, model_dir: Path, tasks_by_step) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.protocol.rewards import score_completion, total_reward
-    from thinkmesh.protocol.tasks import render_prompt
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.protocol.rules.rewards import score_completion, total_reward
+    from thinkmesh.protocol.rules.tasks import render_prompt
 
     model, tokenizer = load_model(model_dir, args.device), load_tokenizer(model_dir)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("</answer>")]
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import trl
 
-    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+    from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
     from transformers.utils import logging as hf_logging
 

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from thinkmesh.protocol.config_files import load_config
-from thinkmesh.protocol.errors import EncodingError
-from thinkmesh.protocol.messages import COMPRESSIONS, MiB, RoundTerms
+from thinkmesh.protocol.runtime.config_files import load_config
+from thinkmesh.protocol.rules.errors import EncodingError
+from thinkmesh.protocol.rules.messages import COMPRESSIONS, MiB, RoundTerms
 
 
 class _Section(BaseModel):
@@ -46,13 +46,13 @@ class RoundConfig(_Section):
     start_delay_s: float = Field(0.0, ge=0)  # wait before the first announcement
     min_peers: int = Field(0, ge=0)  # before the first announcement, wait for this many p2p peers
     template: Literal["r1", "r1-compact"] = "r1"  # the prompt template announced to nodes (protocol.tasks.TEMPLATES): the base model's SFT one
-    # The round's terms (protocol/terms.py): each a small allowed set a node's strategy must take its
+    # The round's terms (protocol/rules/terms.py): each a small allowed set a node's strategy must take its
     # sampling values from; they bound the work, the pay and the bytes of every contribution.
     temperatures: list[float] = Field([1.0], min_length=1, max_length=8)
     top_ps: list[float] = Field([1.0], min_length=1, max_length=8)
     group_sizes: list[int] = Field([8], min_length=1, max_length=8)
     max_new_tokens: list[int] = Field([512], min_length=1, max_length=8)
-    # Generation rounds (protocol/generation.py: samples only, no gradient, no model step; the correct,
+    # Generation rounds (protocol/rules/generation.py: samples only, no gradient, no model step; the correct,
     # well-formed traces are paid and published): round r is one when r is in `generation_rounds`, or
     # when `generation_every` = N > 0 and r % N == 0 (rounds N, 2N, ...: N = 1 makes them all).
     generation_every: int = Field(0, ge=0)
@@ -93,7 +93,7 @@ class AggregationConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    """Adapter rounds (protocol/adapters.py): `base_model` stays frozen, pinned by its hash, and a
+    """Adapter rounds (protocol/rules/adapters.py): `base_model` stays frozen, pinned by its hash, and a
     LoRA adapter is what rounds train, verify and sync. Without this section rounds move the whole
     model (fine for small models; a node refuses a round whose gradient would not fit the wire)."""
 
@@ -108,7 +108,7 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(32, ge=1)
     seed: str = "thinkmesh-heldout"
     template: Literal["r1", "r1-compact"] | None = None  # default: the round's template, so the eval asks what training asks
-    # Contribution values (protocol/contribution_value.py): a validation batch of value_prompts x
+    # Contribution values (protocol/rules/contribution_value.py): a validation batch of value_prompts x
     # value_group completions per round, each accepted update scored on it alone; 0 prompts: off.
     value_prompts: int = Field(8, ge=0)
     value_group: int = Field(4, ge=2)
@@ -125,7 +125,7 @@ class ChainConfig(_Section):
     from_block: int = Field(0, ge=0)  # with `ledger` only: the deployment block, for event scans
     private_key_env: str | None = None
     reward_per_prompt: str = "0.08"  # tokens per verified prompt (a group) at score 1.0
-    reward_per_trace: str = "0.02"  # generation rounds: tokens per accepted trace (protocol/payout.py)
+    reward_per_trace: str = "0.02"  # generation rounds: tokens per accepted trace (protocol/rules/payout.py)
     slash_amount: str = "5"  # tokens slashed per failed contribution (capped at the stake)
     evidence_dir: Path | None = None  # default: <data_dir>/evidence
     publish_bootstrap: bool = True  # keep this coordinator's multiaddrs in the ledger's bootstrap list

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkmesh.devnet.ports import free_port
-from thinkmesh.protocol.chain_errors import ChainError
+from thinkmesh.protocol.chain.errors import ChainError
 
 DEFAULT_CHAIN_ID = 31337
 START_TIMEOUT_S = 30.0

@@ -1,5 +1,5 @@
 """A node that cheats, for the devnet and the end-to-end tests: the production node daemon with a
-`CheatHook` plugged into its contribution hook (node/contribution_hook.py).
+`CheatHook` plugged into its contribution hook (node/work/contribution_hook.py).
 
     thinkmesh devnet node-run --config node.toml --cheat MODE
 
@@ -17,8 +17,8 @@ import argparse
 import copy
 import logging
 
-from thinkmesh.node.contribution_hook import ContributionHook
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement
+from thinkmesh.node.work.contribution_hook import ContributionHook
+from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_cheating_node(args: argparse.Namespace) -> int:
-    from thinkmesh.node.daemon_commands import run_node
+    from thinkmesh.node.ops.daemon_commands import run_node
 
     return run_node(args, contribution_hook=CheatHook(args.cheat))

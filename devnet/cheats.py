@@ -1,7 +1,7 @@
 """Adversarial contributions, for tests, the devnet (`devnet node-run --cheat MODE`) and `bench/verify.py`.
 
 Test-only code, kept out of the daemons: a running node cheats only through the contribution hook
-that `devnet/cheating_node.py` plugs in (node/contribution_hook.py).
+that `devnet/cheating_node.py` plugs in (node/work/contribution_hook.py).
 
 Each mode turns honest work into the contribution a *competent* cheater would send: it is
 re-signed with the cheater's own key, bound to the current round, its Merkle root recomputed, and
@@ -35,17 +35,17 @@ from dataclasses import dataclass
 
 import torch
 
-from thinkmesh.node.contribution_step import honest_contribution, samples_and_gradients
-from thinkmesh.protocol.adapters import trainable_shapes
-from thinkmesh.protocol.audit import audited_parameter_names, recompute_gradient, rescore_logprobs
-from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.gradient_codec import decode_gradient, encode_gradient
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
-from thinkmesh.protocol.rewards import reference_completion, score_completion
-from thinkmesh.protocol.scoring import completion_text
-from thinkmesh.protocol.strategies import StrategySpec
-from thinkmesh.protocol.verification import CLAIMED_REWARD_OVERLONG_BUFFER, node_tasks, prompt_ids_for
+from thinkmesh.node.work.contribution_step import honest_contribution, samples_and_gradients
+from thinkmesh.protocol.rules.adapters import trainable_shapes
+from thinkmesh.protocol.rules.audit import audited_parameter_names, recompute_gradient, rescore_logprobs
+from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.rules.gradient_codec import decode_gradient, encode_gradient
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
+from thinkmesh.protocol.rules.rewards import reference_completion, score_completion
+from thinkmesh.protocol.rules.scoring import completion_text
+from thinkmesh.protocol.rules.strategies import StrategySpec
+from thinkmesh.protocol.rules.verification import CLAIMED_REWARD_OVERLONG_BUFFER, node_tasks, prompt_ids_for
 
 CHEAT_MODES = (
     "fake-rewards", "stale-model", "made-up-logprobs", "random-gradient", "scaled-gradient", "copy-peer", "replay",

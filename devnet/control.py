@@ -63,9 +63,9 @@ def read_status(layout: DevnetLayout) -> DevnetStatus:
 def chain_summary(layout: DevnetLayout, state: DevnetState):
     """The ledger's per-node summary (a `DevnetSummary`), or None when the chain is not reachable."""
     from thinkmesh.devnet.summary import read_summary
-    from thinkmesh.protocol.chain import LedgerClient
-    from thinkmesh.protocol.chain_errors import ChainError
-    from thinkmesh.protocol.ledger import Deployment
+    from thinkmesh.protocol.chain.client import LedgerClient
+    from thinkmesh.protocol.chain.errors import ChainError
+    from thinkmesh.protocol.chain.ledger import Deployment
 
     deployment = Deployment.load(layout.deployment_file)
     try:

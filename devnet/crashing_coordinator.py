@@ -1,5 +1,5 @@
 """A coordinator that dies at a chosen settlement step, for the crash tests: the production
-coordinator with a `CrashAt` plugged into its settlement hook (coordinator/settlement.py's crash points).
+coordinator with a `CrashAt` plugged into its settlement hook (coordinator/settlement/round_settlement.py's crash points).
 
     thinkmesh devnet coordinator-run --config coordinator.toml --crash-at before-settle@1
 
@@ -33,8 +33,8 @@ class CrashAt:
     @classmethod
     def parse(cls, text: str) -> CrashAt:
         """`POINT` or `POINT@ROUND`, POINT one of settlement.SETTLEMENT_STEPS."""
-        from thinkmesh.coordinator.settlement import SETTLEMENT_STEPS
-        from thinkmesh.protocol.errors import ProtocolError
+        from thinkmesh.coordinator.settlement.round_settlement import SETTLEMENT_STEPS
+        from thinkmesh.protocol.rules.errors import ProtocolError
 
         point, at, round_text = text.partition("@")
         if point not in SETTLEMENT_STEPS or (at and not round_text.isdigit()):
@@ -66,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_crashing_coordinator(args: argparse.Namespace) -> int:
-    from thinkmesh.coordinator.commands import run_coordinator
+    from thinkmesh.coordinator.ops.commands import run_coordinator
 
     hook = CrashAt.parse(args.crash_at) if args.crash_at else None
     return run_coordinator(args, settlement_hook=hook)

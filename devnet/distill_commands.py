@@ -1,10 +1,10 @@
-"""`thinkmesh distill`: a dataset of correct reasoning, then SFT of a smaller student (node/distill.py).
+"""`thinkmesh distill`: a dataset of correct reasoning, then SFT of a smaller student (node/local/distill.py).
 
     thinkmesh distill --teacher DIR --student-arch mini --out DIR          rejection sampling from a teacher
     thinkmesh distill --rpc URL --ledger ADDR --data-dir DIR --rounds A..B --student-arch mini --out DIR
 
 The second form takes the accepted traces of settled rounds (training or generation rounds) from a
-coordinator's data directory, the records `traces export` writes (`coordinator.traces_commands.
+coordinator's data directory, the records `traces export` writes (`coordinator.ops.traces_commands.
 trace_lines`), checks every one against the chain with `traces verify`'s own check
 (`traces_commands.verify_line`: the contract's `verifyTrace` and the round's settled `tracesRoot`)
 and refuses to train if any fails; the dataset keeps each line whole, so `thinkmesh traces verify
@@ -71,7 +71,7 @@ def distill_command(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from thinkmesh.node.distill import (
+    from thinkmesh.node.local.distill import (
         DistillError, RejectionSettings, StudentSettings, init_student, rejection_sample, train_student,
     )
 
@@ -118,13 +118,13 @@ def verified_traces_dataset(rpc_url: str, ledger: str, data_dir: Path, rounds: s
                             evidence_dir: Path | None = None, keep: str = KEEP_CORRECT, client=None):
     """The accepted traces of `rounds`, every one verified against the chain (module docstring);
     raises DistillError naming the first that is not under its round's settled root."""
-    from thinkmesh.coordinator.traces_commands import parse_rounds, trace_lines, verify_line
-    from thinkmesh.node.distill import SOURCE_TRACES, Dataset, DistillError
-    from thinkmesh.node.model_dir import load_tokenizer
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.generation import trace_accepted
-    from thinkmesh.protocol.rewards import RewardBreakdown
-    from thinkmesh.protocol.tasks import PARTITION_ID
+    from thinkmesh.coordinator.ops.traces_commands import parse_rounds, trace_lines, verify_line
+    from thinkmesh.node.local.distill import SOURCE_TRACES, Dataset, DistillError
+    from thinkmesh.node.model.model_dir import load_tokenizer
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
+    from thinkmesh.protocol.rules.generation import trace_accepted
+    from thinkmesh.protocol.rules.rewards import RewardBreakdown
+    from thinkmesh.protocol.rules.tasks import PARTITION_ID
 
     if client is None:
         client = LedgerClient.connect(rpc_url, discover_deployment(rpc_url, ledger))

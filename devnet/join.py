@@ -7,10 +7,10 @@ and then becomes `thinkmesh node run --config FILE` in the foreground. The confi
 whole recipe for joining by hand, which it prints first.
 
 The node counts in the devnet's rounds like its own nodes (a round waits for every node expected
-in it: coordinator/round_close.py), and `devnet down` stops it too: before it becomes the node,
+in it: coordinator/work/round_close.py), and `devnet down` stops it too: before it becomes the node,
 `join` records its pid in the state dir (`control.record_joined`). With `--key-dir`, the key
 password comes from THINKMESH_KEY_PASSWORD, which the node keeps to itself: the DHT process and
-p2pd it starts get an environment without it (protocol/process_lifecycle.py).
+p2pd it starts get an environment without it (protocol/runtime/process_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ class JoinPlan:
 
     @property
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "thinkmesh.devnet.cli", "node", "run", "--config", str(self.config_file)]
+        return [sys.executable, "-m", "thinkmesh.protocol.cli.main", "node", "run", "--config", str(self.config_file)]
 
 
 def prepare_join(layout: DevnetLayout, name: str, strategy: str, key_dir: Path | None = None) -> JoinPlan:
     """Funds, registers and configures node `name`; with `key_dir`, uses those keys (THINKMESH_KEY_PASSWORD)."""
-    from thinkmesh.protocol.chain import LedgerClient
-    from thinkmesh.protocol.keystore import resolve_password, unlock_keys
-    from thinkmesh.protocol.ledger import Deployment
+    from thinkmesh.protocol.chain.client import LedgerClient
+    from thinkmesh.protocol.keys.keystore import resolve_password, unlock_keys
+    from thinkmesh.protocol.chain.ledger import Deployment
 
     if strategy not in STRATEGY_CYCLE:
         raise DevnetError(f"--strategy: expected one of {', '.join(STRATEGY_CYCLE)}, got {strategy!r}")

@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from thinkmesh.node.coldstart import MARKER_FILE, ColdStartSettings
-from thinkmesh.node.tiny_model import TinyModelSpec
-from thinkmesh.protocol.tasks import PARTITION_ID
+from thinkmesh.node.local.coldstart import MARKER_FILE, ColdStartSettings
+from thinkmesh.node.model.tiny_model import TinyModelSpec
+from thinkmesh.protocol.rules.tasks import PARTITION_ID
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def ensure_model(recipe: ModelRecipe, cache_dir: Path, *, progress: bool = False
 
 
 def _build(recipe: ModelRecipe, directory: Path, progress: bool) -> None:
-    from thinkmesh.node.coldstart import run_coldstart
-    from thinkmesh.node.tiny_model import init_model_dir
+    from thinkmesh.node.local.coldstart import run_coldstart
+    from thinkmesh.node.model.tiny_model import init_model_dir
 
     init_model_dir(directory, recipe.spec, seed=recipe.init_seed)
     run_coldstart(directory, recipe.coldstart, progress=progress)

@@ -89,7 +89,7 @@ class RoundWatcher:
         return lines
 
     def _settlement_lines(self) -> list[str]:
-        from thinkmesh.protocol.chain_errors import ChainError
+        from thinkmesh.protocol.chain.errors import ChainError
 
         try:
             records = self.ledger.events.settlements()

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.dht_process import zombie
-from thinkmesh.protocol.process_lifecycle import scrubbed_environment
+from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.p2p.dht_process import zombie
+from thinkmesh.protocol.runtime.process_lifecycle import scrubbed_environment
 
 logger = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # per child, within RESTART_WINDOW_S

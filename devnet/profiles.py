@@ -2,7 +2,7 @@
 
 Both are sized for a CPU laptop. `tiny` (about 1.6M parameters, the default) is cold-started on
 24,000 generated chains of thought from a teacher that stops one step short in half of them
-(node/coldstart.py), so the network has something to learn that shows within minutes: the
+(node/local/coldstart.py), so the network has something to learn that shows within minutes: the
 dashboard's held-out accuracy (problems no stage trains on: `tasks.is_heldout`) climbs as the
 mesh's GRPO updates teach the model to finish its reasoning (docs/learning.md). `micro` (about
 50k parameters) trades that for a round of a few seconds and a cold start well under a minute.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from thinkmesh.devnet.model_cache import ModelRecipe
 from thinkmesh.devnet.processes import DevnetError
-from thinkmesh.node.coldstart import ColdStartSettings
-from thinkmesh.node.tiny_model import TinyModelSpec
+from thinkmesh.node.local.coldstart import ColdStartSettings
+from thinkmesh.node.model.tiny_model import TinyModelSpec
 
 STRATEGY_CYCLE = ("grpo", "dapo", "gspo", "dr_grpo", "rloo")
 
@@ -34,7 +34,7 @@ class DevnetProfile:
     eval_max_new_tokens: int
     task_family: str = "arithmetic"
     lr: float = 1e-3  # the coordinator's AdamW step on the aggregated gradient
-    adapter_rank: int = 0  # > 0: adapter rounds, a LoRA of this rank on every linear layer (protocol/adapters.py)
+    adapter_rank: int = 0  # > 0: adapter rounds, a LoRA of this rank on every linear layer (protocol/rules/adapters.py)
 
     def with_adapter(self, rank: int | None) -> DevnetProfile:
         """Adapter rounds at LoRA rank `rank` (None: unchanged). The step size is 10x the full

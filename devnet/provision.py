@@ -16,8 +16,8 @@ from thinkmesh.devnet.anvil import DevAccount
 from thinkmesh.devnet.chain import DevChain
 from thinkmesh.devnet.layout import DevnetLayout
 from thinkmesh.devnet.processes import DevnetError
-from thinkmesh.protocol.keystore import UnlockedKeys, create_keys, unlock_keys
-from thinkmesh.protocol.ledger import Deployment, NodeStatus, tokens
+from thinkmesh.protocol.keys.keystore import UnlockedKeys, create_keys, unlock_keys
+from thinkmesh.protocol.chain.ledger import Deployment, NodeStatus, tokens
 
 UNBONDING_DELAY_S = 3_600
 MIN_STAKE = tokens(10)
@@ -48,7 +48,7 @@ def ensure_keys(layout: DevnetLayout, name: str) -> UnlockedKeys:
 
 
 def admin_client(chain: DevChain, deployment: Deployment):
-    from thinkmesh.protocol.chain import LedgerClient
+    from thinkmesh.protocol.chain.client import LedgerClient
 
     return LedgerClient.connect(chain.rpc_url, deployment, private_key=chain.faucet.private_key)
 
@@ -59,8 +59,8 @@ def deploy_or_reuse(chain: DevChain, layout: DevnetLayout, coordinator_address: 
     A new ledger names the coordinator's own EVM account as its coordinator, so the coordinator
     settles rounds with its own key; the faucet is admin and token minter.
     """
-    from thinkmesh.protocol.chain import LedgerClient, deploy
-    from thinkmesh.protocol.chain_errors import ChainError
+    from thinkmesh.protocol.chain.client import LedgerClient, deploy
+    from thinkmesh.protocol.chain.errors import ChainError
 
     if layout.deployment_file.is_file() and chain.resumed:
         saved = Deployment.load(layout.deployment_file)
@@ -95,7 +95,7 @@ def ensure_pool(chain: DevChain, deployment: Deployment) -> int:
 
 def ensure_gas(chain: DevChain, address: str, amount_wei: int = GAS_ETH_WEI) -> None:
     """Sends ETH from the faucet when `address` holds less than half of `amount_wei`."""
-    from thinkmesh.protocol.chain import connect_web3
+    from thinkmesh.protocol.chain.client import connect_web3
 
     web3 = connect_web3(chain.rpc_url, expected_chain_id=chain.chain_id)
     if web3.eth.get_balance(address) >= amount_wei // 2:
@@ -122,7 +122,7 @@ def ensure_registered(
     stake: int = NODE_STAKE, endpoint: str = "",
 ) -> Registration:
     """Funds `keys`' account (gas and tokens) and registers it with `stake`, unless it is registered already."""
-    from thinkmesh.protocol.chain import LedgerClient
+    from thinkmesh.protocol.chain.client import LedgerClient
 
     ensure_gas(chain, keys.evm_address)
     node = LedgerClient.connect(chain.rpc_url, deployment, private_key=private_key_hex(keys))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from thinkmesh.devnet.layout import NodeEntry
-from thinkmesh.protocol.ledger import TOKEN_DECIMALS
+from thinkmesh.protocol.chain.ledger import TOKEN_DECIMALS
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def format_tokens(amount: int) -> str:
 
 
 def read_summary(client, nodes: Sequence[NodeEntry], rounds: int) -> DevnetSummary:
-    """Sums each node's events on `client`'s ledger (a `protocol.chain.LedgerClient`, read-only is enough)."""
+    """Sums each node's events on `client`'s ledger (a `protocol.chain.client.LedgerClient`, read-only is enough)."""
     compensations = client.events.compensations()
     slashes = client.events.slashes()
     claims = reward_claims(client)

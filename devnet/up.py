@@ -10,7 +10,7 @@ after `--rounds R`, or when anvil dies; in every case no child outlives this pro
 A role that dies (the coordinator, a node, the dashboard) is reported with its cause and started
 again (`ProcessGroup.revive`, a few times at most): the coordinator resumes from its checkpoint and
 the nodes find it again. The coordinator closes a round early only once every node expected in
-it has arrived (coordinator/round_close.py), so the devnet's `close_when` is a floor of one, not a
+it has arrived (coordinator/work/round_close.py), so the devnet's `close_when` is a floor of one, not a
 node count: a node added by `devnet join` counts, and nobody's work is cut off as late.
 """
 
@@ -229,7 +229,7 @@ def round_plan(options: UpOptions, node_count: int, first_round: int) -> configs
 
 def completed_rounds(layout: DevnetLayout) -> int:
     """Rounds an earlier `up` already ran: the coordinator's checkpoint says which round comes next."""
-    from thinkmesh.coordinator.checkpoint import load_checkpoint
+    from thinkmesh.coordinator.work.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(layout.data_dir("coordinator"), configs.RUN_ID)
     return 0 if checkpoint is None else checkpoint.next_round - 1
@@ -286,7 +286,7 @@ def say_joined(names: list[str], say: Callable[[str], None]) -> None:
 
 
 def start_role(group: ProcessGroup, layout: DevnetLayout, name: str, argv: list[str]) -> ManagedProcess:
-    command = [sys.executable, "-m", "thinkmesh.devnet.cli", *argv]
+    command = [sys.executable, "-m", "thinkmesh.protocol.cli.main", *argv]
     # Every anvil is chain 31337 with the same dev accounts: account locks stay within this devnet.
     env = {**CHILD_ENV, "THINKMESH_LOCK_DIR": os.environ.get("THINKMESH_LOCK_DIR", str(layout.root / "locks"))}
     process = group.start(ManagedProcess(name, command, layout.log_file(name), env=env))
@@ -304,7 +304,7 @@ def refuse_if_running(layout: DevnetLayout) -> None:
 
 
 def dashboard_command_exists() -> bool:
-    from thinkmesh.devnet.cli import build_parser
+    from thinkmesh.protocol.cli.main import build_parser
 
     import argparse
 
@@ -336,7 +336,7 @@ def banner(state: DevnetState, layout: DevnetLayout) -> str:
 
 
 def _reader(chain: DevChain, deployment):
-    from thinkmesh.protocol.chain import LedgerClient
+    from thinkmesh.protocol.chain.client import LedgerClient
 
     return LedgerClient.connect(chain.rpc_url, deployment)
 

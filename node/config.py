@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from thinkmesh.protocol.config_files import load_config
-from thinkmesh.protocol.strategies import StrategySpec, strategy_from_name, validate_strategy
+from thinkmesh.protocol.runtime.config_files import load_config
+from thinkmesh.protocol.rules.strategies import StrategySpec, strategy_from_name, validate_strategy
 
 
 class _Section(BaseModel):
@@ -25,7 +25,7 @@ class IdentityConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    # The coordinator's multiaddrs (bootstrap); empty: read from the ledger of `[chain]` (node/bootstrap.py)
+    # The coordinator's multiaddrs (bootstrap); empty: read from the ledger of `[chain]` (node/work/bootstrap.py)
     initial_peers: list[str] = []
     host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
     announce_maddrs: list[str] = []
@@ -64,7 +64,7 @@ class RoundConfig(_Section):
     compression: Literal["none", "fp16", "uniform8", "blockwise8"] = "blockwise8"
     upload_timeout_s: float = Field(120.0, gt=0)
     # The coordinator's intake limit (its [intake] max_contribution_bytes; 64 MiB by default): a round
-    # whose contribution would be larger is refused before any work (protocol/wire_budget.py).
+    # whose contribution would be larger is refused before any work (protocol/rules/wire_budget.py).
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
@@ -82,7 +82,7 @@ class ChainConfig(_Section):
 
 class MemoryConfig(_Section):
     """Batch sizes in sequences (0: planned from the model and free memory on the first round, see
-    node/memory_fit.py); an out-of-memory error halves them either way."""
+    node/model/memory_fit.py); an out-of-memory error halves them either way."""
 
     rollout_batch: int = Field(0, ge=0)
     micro_batch: int = Field(0, ge=0)

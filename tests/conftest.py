@@ -4,7 +4,7 @@ torch's default of one thread per core makes small tensor work tens of times slo
 test's own subprocesses (nodes, a coordinator, anvil) compete for the same two cores; the
 daemons pin themselves to one thread for the same reason (`torch_threads` in their configs).
 
-Account locks (protocol/account_lock.py) go to a directory of this run: every anvil is chain
+Account locks (protocol/keys/account_lock.py) go to a directory of this run: every anvil is chain
 31337 with the same dev accounts, so a shared ~/.thinkmesh/locks would make two test runs, or a
 test run and a devnet, refuse each other. Subprocesses inherit the variable.
 """

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from thinkmesh.devnet.cheats import CheatInputs, honest_contribution
-from thinkmesh.node.tiny_model import TinyModelSpec, qwen2_config
-from thinkmesh.node.tokenizer import build_tokenizer, vocabulary
-from thinkmesh.protocol.gradient_codec import decode_gradient
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import Contribution, RoundAnnouncement, RoundTerms, sign_message
-from thinkmesh.protocol.model_manifest import model_hash as manifest_model_hash
-from thinkmesh.protocol.strategies import strategy_from_name
-from thinkmesh.protocol.tasks import TaskSpec
-from thinkmesh.protocol.verification import VerificationContext
+from thinkmesh.node.model.tiny_model import TinyModelSpec, qwen2_config
+from thinkmesh.node.model.tokenizer import build_tokenizer, vocabulary
+from thinkmesh.protocol.rules.gradient_codec import decode_gradient
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, RoundTerms, sign_message
+from thinkmesh.protocol.rules.model_manifest import model_hash as manifest_model_hash
+from thinkmesh.protocol.rules.strategies import strategy_from_name
+from thinkmesh.protocol.rules.tasks import TaskSpec
+from thinkmesh.protocol.rules.verification import VerificationContext
 
 SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, max_positions=256)
 # DAPO's length shaping (overlong_buffer = max_new_tokens - 1, applied inside strategy_loss) makes

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Compiles contracts/src with the pinned solc-js and writes one JSON artifact per deployable
-// contract to protocol/abi/<Contract>.json, where the Python chain client loads them.
+// contract to protocol/chain/abi/<Contract>.json, where the Python chain client loads them.
 //
 // Each artifact records `sourcesHash`: sha256 over every file under src/ and this script
 // (sorted by relative path; each entry is `path \0 bytes \0`). tests/contracts/test_artifacts.py
@@ -15,7 +15,7 @@ const solc = require('solc');
 
 const CONTRACTS_DIR = path.resolve(__dirname, '..');
 const SRC_DIR = path.join(CONTRACTS_DIR, 'src');
-const OUT_DIR = path.resolve(CONTRACTS_DIR, '..', 'protocol', 'abi');
+const OUT_DIR = path.resolve(CONTRACTS_DIR, '..', 'protocol', 'chain', 'abi');
 const DEPLOYABLE = ['ThinkMeshLedger', 'ThinkMeshToken'];
 const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },

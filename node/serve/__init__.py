@@ -1,7 +1,7 @@
 """`thinkmesh serve`: an OpenAI-compatible API whose every answer anyone can re-check.
 
     engine.py          ServeEngine: the bounded job queue and the worker thread that runs the
-                       rollout engine (`protocol.rollout.generate`), batched, streaming its steps
+                       rollout engine (`protocol.rules.rollout.generate`), batched, streaming its steps
     openai_schema.py   request validation (errors name the field), chat prompts, answer text,
                        response and chunk bodies
     app.py             ServeApp / ServeServer: the aiohttp routes, server-sent events, receipts
@@ -11,5 +11,5 @@
     commands.py        the three subcommands (heavy imports inside the handlers)
 
 The receipt itself (its fields, encoding, signature, stream keys and re-check) is a protocol rule:
-`thinkmesh.protocol.receipts`. Nothing here imports `thinkmesh.coordinator`.
+`thinkmesh.protocol.rules.receipts`. Nothing here imports `thinkmesh.coordinator`.
 """

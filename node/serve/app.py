@@ -3,7 +3,7 @@
 Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent
 events with `stream: true`, in OpenAI's chunk format, ending with `data: [DONE]`), and `GET /health`.
 
-Each answer carries `thinkmesh_receipt` (`protocol/receipts.py`): in the JSON body, or in the last
+Each answer carries `thinkmesh_receipt` (`protocol/rules/receipts.py`): in the JSON body, or in the last
 chunk of a stream (`choices: []`, with `usage`). Its rows draw from `receipt_row_key(seed, row)`,
 where the seed is the client's `seed` (as `public_seed`) or 32 random bytes the receipt publishes.
 
@@ -28,8 +28,8 @@ from thinkmesh.node.serve.openai_schema import (
     ParsedRequest, RequestError, ServeLimits, TextStream, answer_text, chunk_body, chunk_choice, error_body,
     parse_request, response_body, usage,
 )
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.receipts import (
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.receipts import (
     InferenceReceipt, ReceiptChoice, public_seed, receipt_row_key, receipt_to_json, sign_receipt,
 )
 

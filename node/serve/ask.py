@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from thinkmesh.node.serve.openai_schema import answer_text, render_chat
-from thinkmesh.protocol.errors import ProtocolError, SignatureError
-from thinkmesh.protocol.messages import verify_message
-from thinkmesh.protocol.receipts import (
+from thinkmesh.protocol.rules.errors import ProtocolError, SignatureError
+from thinkmesh.protocol.rules.messages import verify_message
+from thinkmesh.protocol.rules.receipts import (
     InferenceReceipt, ServerAnnouncement, public_seed, receipt_from_json, recheck_receipt,
 )
-from thinkmesh.protocol.sampling import stop_rule_for
+from thinkmesh.protocol.rules.sampling import stop_rule_for
 
 
 class AskError(ProtocolError):

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _hex_bytes(text: str, what: str, size: int) -> bytes:
-    from thinkmesh.protocol.errors import ProtocolError
+    from thinkmesh.protocol.rules.errors import ProtocolError
 
     try:
         value = bytes.fromhex(text.removeprefix("0x"))
@@ -84,7 +84,7 @@ def _hex_bytes(text: str, what: str, size: int) -> bytes:
 
 def load_identity(path: str | None):
     """The server key from its seed file, made (mode 0600) when missing."""
-    from thinkmesh.protocol.identity import NodeIdentity
+    from thinkmesh.protocol.rules.identity import NodeIdentity
 
     path = Path(path) if path else Path(os.environ.get("THINKMESH_HOME", Path.home() / ".thinkmesh")) / SERVE_IDENTITY_FILE
     if path.exists():
@@ -118,7 +118,7 @@ async def _serve(args: argparse.Namespace, identity) -> int:
     from thinkmesh.node.serve.app import ServeServer
     from thinkmesh.node.serve.engine import ServeEngine, load_served_model
     from thinkmesh.node.serve.openai_schema import ServeLimits
-    from thinkmesh.node.model_dir import resolve_device
+    from thinkmesh.node.model.model_dir import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +162,7 @@ async def _serve(args: argparse.Namespace, identity) -> int:
 
 # ---- verify-receipt ------------------------------------------------------------------------
 def verify_receipt_command(args: argparse.Namespace) -> int:
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
     from thinkmesh.node.serve.receipts_check import check_receipt_file, format_check
 
     server_key = _hex_bytes(args.server_key, "--server-key", 32) if args.server_key else None
@@ -180,7 +180,7 @@ def verify_receipt_command(args: argparse.Namespace) -> int:
 # ---- ask -----------------------------------------------------------------------------------
 def ask_command(args: argparse.Namespace) -> int:
     from thinkmesh.node.serve.ask import AskSettings
-    from thinkmesh.protocol.errors import ProtocolError
+    from thinkmesh.protocol.rules.errors import ProtocolError
 
     model_hash = _hex_bytes(args.model_hash, "--model-hash", 32)
     if not 0 <= args.verify_share <= 1:
@@ -219,10 +219,10 @@ async def _ask(args: argparse.Namespace, model_hash: bytes, settings):
 
 
 def _local_model(directory: str, device: str, model_hash: bytes):
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
     from thinkmesh.node.serve.ask import LocalModel
-    from thinkmesh.protocol.errors import ProtocolError
-    from thinkmesh.protocol.receipts import served_model_hash
+    from thinkmesh.protocol.rules.errors import ProtocolError
+    from thinkmesh.protocol.rules.receipts import served_model_hash
 
     model = load_model(directory, device, "float32")
     actual = served_model_hash(model)

@@ -2,7 +2,7 @@
 
 Layout: one DHT key per model, `serve_key(model_hash)`; under it one subkey per server (its
 32-byte public key) whose value is the canonical bytes of its signed `ServerAnnouncement`
-(`protocol/receipts.py`: key, model hash, URL, expiry), stored with the announcement's expiry. A
+(`protocol/rules/receipts.py`: key, model hash, URL, expiry), stored with the announcement's expiry. A
 server re-stores its record every third of its lifetime (`ServerAnnouncer`), so a server that
 stops drops out of the DHT within one lifetime.
 
@@ -29,11 +29,11 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils.serializer import MSGPackSerializer
 
-from thinkmesh.protocol.dht_records import CheckingValidator, RecordCheck
-from thinkmesh.protocol.encoding import decode_message, encode_message
-from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.receipts import ServerAnnouncement, check_announcement, sign_announcement
+from thinkmesh.protocol.p2p.dht_records import CheckingValidator, RecordCheck
+from thinkmesh.protocol.rules.encoding import decode_message, encode_message
+from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.receipts import ServerAnnouncement, check_announcement, sign_announcement
 
 logger = logging.getLogger(__name__)
 

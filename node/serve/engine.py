@@ -1,6 +1,6 @@
 """The serving engine: a bounded queue of generation jobs and one worker thread that runs them.
 
-Generation is the rollout engine's (`thinkmesh.protocol.rollout.generate`), unchanged: every token is
+Generation is the rollout engine's (`thinkmesh.protocol.rules.rollout.generate`), unchanged: every token is
 drawn by its `sample_next_token` from the job's public streams, so what a receipt states is what
 the engine did. The worker sees the engine's progress through `_StepTap`, a transparent wrapper of
 the model: `generate` feeds each step's tokens back in as the next forward's input, so the tap reads
@@ -15,7 +15,7 @@ the next batch. A batch waits up to `batch_window_s` for as many rows as the pre
 clients answered together send again together, a few milliseconds apart, and would otherwise
 split into alternating batches, each waiting out the other. Batches are
 static: a request that arrives while a batch runs waits for it to end (joining rows mid-batch
-would need the rollout engine to take new rows between steps). Rows do not depend on their neighbours (per-row streams, see protocol/rollout.py), so
+would need the rollout engine to take new rows between steps). Rows do not depend on their neighbours (per-row streams, see protocol/rules/rollout.py), so
 batching changes no answer beyond float-order noise, which the re-check's tolerance absorbs.
 
 Lifecycle: `start()` spawns the worker, which first loads the model (`state` "loading", then
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from thinkmesh.protocol.rollout import Completion, SamplingSettings, StopRule, generate
-from thinkmesh.protocol.prefix_scoring import cache_keyword
-from thinkmesh.protocol.sampling import text_stopped
+from thinkmesh.protocol.rules.rollout import Completion, SamplingSettings, StopRule, generate
+from thinkmesh.protocol.rules.prefix_scoring import cache_keyword
+from thinkmesh.protocol.rules.sampling import text_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def load_served_model(directory, device: str = "cpu", dtype: str = "float32", na
     to the compute `dtype`; a receipt names that dtype so the re-check knows its tolerance."""
     from pathlib import Path
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer, torch_dtype
-    from thinkmesh.protocol.receipts import served_model_hash
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer, torch_dtype
+    from thinkmesh.protocol.rules.receipts import served_model_hash
 
     model = load_model(directory, device, "float32")
     model_hash = served_model_hash(model)

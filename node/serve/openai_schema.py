@@ -19,9 +19,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from thinkmesh.protocol.rollout import SamplingSettings
-from thinkmesh.protocol.sampling import StopRule, stop_rule_for
-from thinkmesh.protocol.scoring import completion_text
+from thinkmesh.protocol.rules.rollout import SamplingSettings
+from thinkmesh.protocol.rules.sampling import StopRule, stop_rule_for
+from thinkmesh.protocol.rules.scoring import completion_text
 
 MAX_STOP_STRINGS = 4
 CHAT_ROLES = ("system", "developer", "user", "assistant")

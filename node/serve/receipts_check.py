@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thinkmesh.node.serve.openai_schema import answer_text
-from thinkmesh.protocol.errors import ProtocolError
-from thinkmesh.protocol.receipts import (
+from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.rules.receipts import (
     InferenceReceipt, ReceiptCheck, ReceiptError, public_seed, receipt_from_json, recheck_receipt, served_model_hash,
 )
 

@@ -16,9 +16,9 @@ import pytest
 from tests.anvil_required import require_anvil
 
 from thinkmesh.devnet.anvil import Anvil, DevAccount
-from thinkmesh.protocol.chain import LedgerClient, deploy
-from thinkmesh.protocol.identity import IdentityBinding, NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import Deployment, tokens
+from thinkmesh.protocol.chain.client import LedgerClient, deploy
+from thinkmesh.protocol.rules.identity import IdentityBinding, NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import Deployment, tokens
 
 UNBONDING_DELAY_S = 3_600
 MIN_STAKE = tokens(10)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkmesh.protocol.chain_abi import ARTIFACT_NAMES, LEDGER_CONTRACT, load_artifact, selector
+from thinkmesh.protocol.chain.artifacts import ARTIFACT_NAMES, LEDGER_CONTRACT, load_artifact, selector
 
 CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "contracts"
 EXPORT_SCRIPT = "tools/export-artifacts.js"
@@ -30,7 +30,7 @@ def contract_sources_hash(contracts_dir: Path = CONTRACTS_DIR) -> str:
 def test_artifact_is_fresh_against_the_sources(name: str) -> None:
     artifact = load_artifact(name)
     assert artifact.sources_hash == contract_sources_hash(), (
-        f"protocol/abi/{name}.json is stale against contracts/src: run `npm run build --prefix contracts`"
+        f"protocol/chain/abi/{name}.json is stale against contracts/src: run `npm run build --prefix contracts`"
     )
     assert len(artifact.bytecode) > 1_000
 

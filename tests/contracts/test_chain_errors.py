@@ -8,15 +8,15 @@ import pytest
 
 from thinkmesh.devnet.anvil import Anvil
 from thinkmesh.devnet.ports import free_port
-from thinkmesh.protocol.chain import LedgerClient, connect_web3
-from thinkmesh.protocol.chain_errors import (
+from thinkmesh.protocol.chain.client import LedgerClient, connect_web3
+from thinkmesh.protocol.chain.errors import (
     ChainError,
     ChainIdMismatchError,
     ContractMissingError,
     ContractRevertError,
     RpcUnreachableError,
 )
-from thinkmesh.protocol.ledger import Award, Deployment, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.ledger import Award, Deployment, SlashReason, seed_commitment, tokens
 
 from .conftest import MIN_STAKE, Actors
 

@@ -8,10 +8,10 @@ import base58
 import pytest
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient
-from thinkmesh.protocol.chain_errors import ChainError, ContractRevertError
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.ledger import (
+from thinkmesh.protocol.chain.client import LedgerClient
+from thinkmesh.protocol.chain.errors import ChainError, ContractRevertError
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.chain.ledger import (
     Award,
     Deployment,
     NodeStatus,
@@ -21,7 +21,7 @@ from thinkmesh.protocol.ledger import (
     settlement_hash,
     tokens,
 )
-from thinkmesh.protocol.merkle import MerkleTree
+from thinkmesh.protocol.rules.merkle import MerkleTree
 
 from .conftest import MIN_STAKE, POOL, UNBONDING_DELAY_S, Actors
 
@@ -176,7 +176,7 @@ def test_bootstrap_peers_are_added_and_removed(actors: Actors) -> None:
 
 
 def test_a_restarted_coordinator_replaces_only_its_own_stale_bootstrap_entries(actors: Actors) -> None:
-    from thinkmesh.protocol.bootstrap_list import reconcile_bootstrap_peers
+    from thinkmesh.protocol.chain.bootstrap_list import reconcile_bootstrap_peers
 
     coordinator = actors.coordinator
     relay = "/ip4/10.0.0.9/tcp/4001/p2p/QmRelay"

@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient
-from thinkmesh.protocol.chain_errors import ChainError
-from thinkmesh.protocol.chain_events import LedgerEvents
-from thinkmesh.protocol.ledger import Deployment, seed_commitment
+from thinkmesh.protocol.chain.client import LedgerClient
+from thinkmesh.protocol.chain.errors import ChainError
+from thinkmesh.protocol.chain.events import LedgerEvents
+from thinkmesh.protocol.chain.ledger import Deployment, seed_commitment
 
 from .conftest import Actors
 

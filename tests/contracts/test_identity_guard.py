@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from tests.contracts.conftest import MIN_STAKE, Actors
-from tests.protocol.test_account_lock import hold_in_another_process
+from tests.protocol.keys.test_account_lock import hold_in_another_process
 from thinkmesh.devnet.anvil import Anvil
 from thinkmesh.node.config import ChainConfig, IdentityConfig, NetworkConfig, NodeConfig
-from thinkmesh.node.daemon import NodeDaemon
-from thinkmesh.protocol.chain_errors import AccountInUseError, IdentityMismatchError
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.identity_guard import check_identity_owner
-from thinkmesh.protocol.keystore import UnlockedKeys
-from thinkmesh.protocol.ledger import Deployment, NodeStatus
+from thinkmesh.node.work.daemon import NodeDaemon
+from thinkmesh.protocol.chain.errors import AccountInUseError, IdentityMismatchError
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.keys.identity_guard import check_identity_owner
+from thinkmesh.protocol.keys.keystore import UnlockedKeys
+from thinkmesh.protocol.chain.ledger import Deployment, NodeStatus
 
 
 def keys_of(private_key: str, tag: int) -> UnlockedKeys:

@@ -9,9 +9,9 @@ from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_utils import keccak
 
-from thinkmesh.protocol.chain_errors import LedgerRecordError
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import (
+from thinkmesh.protocol.chain.errors import LedgerRecordError
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import (
     SETTLE_ARGUMENT_TYPES,
     Award,
     Deployment,
@@ -133,11 +133,12 @@ def test_deployment_round_trips_through_json(tmp_path) -> None:  # type: ignore[
 
 
 def test_slash_reasons_cover_every_failing_verdict_reason_in_order() -> None:
-    from thinkmesh.protocol.verification import REASONS
+    from thinkmesh.protocol.rules.slashing import UnknownReasonError
+    from thinkmesh.protocol.rules.verification import REASONS
 
     assert [reason.verdict_reason for reason in SlashReason] == list(REASONS)
     assert SlashReason.from_verdict_reason("reward-mismatch") == SlashReason.REWARD_MISMATCH
-    with pytest.raises(LedgerRecordError, match="slashable verdict reason"):
+    with pytest.raises(UnknownReasonError, match="slashable verdict reason"):
         SlashReason.from_verdict_reason("ok")
 
 

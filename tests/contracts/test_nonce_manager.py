@@ -11,12 +11,12 @@ from eth_account import Account
 from eth_utils import keccak
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient
-from thinkmesh.protocol.chain_abi import RevertDecoder
-from thinkmesh.protocol.chain_errors import NonceClashError, TransactionFailedError
-from thinkmesh.protocol.chain_tx import TransactionSender
-from thinkmesh.protocol.ledger import Deployment
-from thinkmesh.protocol.nonce_manager import AccountNonces, account_nonces
+from thinkmesh.protocol.chain.client import LedgerClient
+from thinkmesh.protocol.chain.artifacts import RevertDecoder
+from thinkmesh.protocol.chain.errors import NonceClashError, TransactionFailedError
+from thinkmesh.protocol.chain.transactions import TransactionSender
+from thinkmesh.protocol.chain.ledger import Deployment
+from thinkmesh.protocol.chain.nonce_manager import AccountNonces, account_nonces
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_send_whose_answer_was_lost_is_resent_as_the_same_transaction(
         return result
 
     monkeypatch.setattr(admin.web3.eth, "send_raw_transaction", lossy_send)
-    monkeypatch.setattr("thinkmesh.protocol.chain_tx.SEND_BACKOFF_S", 0.01)
+    monkeypatch.setattr("thinkmesh.protocol.chain.transactions.SEND_BACKOFF_S", 0.01)
     before = nonce_of(admin)
     result, receipt = sender.transact("mint", mint_one(admin, anvil.accounts[6].address))
     assert len(sent) == 2 and sent[0] == sent[1], "the retry must resend the identical signed bytes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
-from thinkmesh.protocol.chain_abi import RevertDecoder, selector
+from thinkmesh.protocol.chain.artifacts import RevertDecoder, selector
 
 
 def _data(signature: str, types: list[str], values: list[object]) -> bytes:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-from thinkmesh.protocol.chain_errors import ChainError, ContractMissingError, LedgerRecordError
-from thinkmesh.protocol.ledger import Award, Deployment, RoundStats, seed_commitment, settlement_hash, tokens
+from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
+from thinkmesh.protocol.chain.errors import ChainError, ContractMissingError, LedgerRecordError
+from thinkmesh.protocol.chain.ledger import Award, Deployment, RoundStats, seed_commitment, settlement_hash, tokens
 
 from .conftest import Actors
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient
-from thinkmesh.protocol.ledger import Award, Deployment, seed_commitment, tokens
+from thinkmesh.protocol.chain.client import LedgerClient
+from thinkmesh.protocol.chain.ledger import Award, Deployment, seed_commitment, tokens
 
 from .conftest import MIN_STAKE, Actors, identity_binding
 

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain_errors import SettlementConflictError
-from thinkmesh.protocol.chain_tx import TransactionSender
-from thinkmesh.protocol.ledger import Award, RoundStats, RoundStatus, seed_commitment, settlement_hash, tokens
+from thinkmesh.protocol.chain.errors import SettlementConflictError
+from thinkmesh.protocol.chain.transactions import TransactionSender
+from thinkmesh.protocol.chain.ledger import Award, RoundStats, RoundStatus, seed_commitment, settlement_hash, tokens
 
 from .conftest import MIN_STAKE, Actors
 

@@ -14,11 +14,11 @@ import pytest
 from eth_account import Account
 
 from thinkmesh.devnet.anvil import Anvil
-from thinkmesh.protocol.chain import LedgerClient
-from thinkmesh.protocol.chain_errors import ContractRevertError, SettlementConflictError
-from thinkmesh.protocol.chain_settlement import awards_digest, parted_settlement_hash
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import Award, Deployment, RoundStats, RoundStatus, canonical_awards, seed_commitment, tokens
+from thinkmesh.protocol.chain.client import LedgerClient
+from thinkmesh.protocol.chain.errors import ContractRevertError, SettlementConflictError
+from thinkmesh.protocol.chain.settlement import awards_digest, parted_settlement_hash
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import Award, Deployment, RoundStats, RoundStatus, canonical_awards, seed_commitment, tokens
 
 from .conftest import MIN_STAKE, Actors
 

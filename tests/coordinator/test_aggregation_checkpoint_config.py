@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkmesh.coordinator.aggregation import AggregationError, WeightedGradient, aggregate, global_norm
-from thinkmesh.coordinator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from thinkmesh.coordinator.work.aggregation import AggregationError, WeightedGradient, aggregate, global_norm
+from thinkmesh.coordinator.work.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from thinkmesh.coordinator.config import load_coordinator_config
-from thinkmesh.protocol.config_files import ConfigError
-from thinkmesh.protocol.messages import ZERO_HASH, encode_message
-from thinkmesh.protocol.model_manifest import build_manifest
+from thinkmesh.protocol.runtime.config_files import ConfigError
+from thinkmesh.protocol.rules.messages import ZERO_HASH, encode_message
+from thinkmesh.protocol.rules.model_manifest import build_manifest
 
 
 def grad(value: float) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ def test_the_round_template_is_checked_and_the_eval_follows_it_unless_set(tmp_pa
     import pydantic
 
     from thinkmesh.coordinator.config import CoordinatorConfig
-    from thinkmesh.protocol.tasks import TEMPLATES
+    from thinkmesh.protocol.rules.tasks import TEMPLATES
 
     assert set(TEMPLATES) == {"r1", "r1-compact"}, "the config's Literal lists every protocol template"
     base = {"base_model": str(tmp_path), "data_dir": str(tmp_path), "identity": {"key_dir": str(tmp_path)}}

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import thinkmesh.coordinator.chain_connection as chain_connection
-from thinkmesh.coordinator.chain_connection import RegistryCache
-from thinkmesh.protocol.chain_errors import RpcUnreachableError
+import thinkmesh.coordinator.settlement.chain_connection as chain_connection
+from thinkmesh.coordinator.settlement.chain_connection import RegistryCache
+from thinkmesh.protocol.chain.errors import RpcUnreachableError
 
 pytestmark = pytest.mark.timeout(30)
 ALICE = {b"\xa1" * 32: "0x" + "a1" * 20}

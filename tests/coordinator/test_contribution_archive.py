@@ -8,12 +8,12 @@ import os
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
-from thinkmesh.protocol.audit import AuditPolicy
-from thinkmesh.protocol.encoding import decode_message, encode_message
-from thinkmesh.protocol.errors import EncodingError
-from thinkmesh.protocol.evidence import read_evidence, rerun_evidence
-from thinkmesh.protocol.messages import Contribution
+from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier
+from thinkmesh.protocol.rules.audit import AuditPolicy
+from thinkmesh.protocol.rules.encoding import decode_message, encode_message
+from thinkmesh.protocol.rules.errors import EncodingError
+from thinkmesh.protocol.rules.evidence import read_evidence, rerun_evidence
+from thinkmesh.protocol.rules.messages import Contribution
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,12 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from eth_account import Account
 
-import thinkmesh.coordinator.dashboard as dashboard_module
-from thinkmesh.coordinator.dashboard import Dashboard
-from thinkmesh.coordinator.ledger_view import build_summary
-from thinkmesh.protocol.hashing import keccak256
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import NodeRegistration, SlashRecord, binding_bytes
+import thinkmesh.coordinator.dashboard.server as dashboard_module
+from thinkmesh.coordinator.dashboard.server import Dashboard
+from thinkmesh.coordinator.dashboard.ledger_view import build_summary
+from thinkmesh.protocol.rules.hashing import keccak256
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import NodeRegistration, SlashRecord, binding_bytes
 
 from tests.coordinator.test_ledger_view import KEYS, SNAPSHOT
 

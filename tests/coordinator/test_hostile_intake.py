@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.coordinator.intake import ContributionIntake
-from thinkmesh.coordinator.p2p_service import CoordinatorService
-from thinkmesh.coordinator.stream_guard import StreamLimits
-from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier, round_dir
+from thinkmesh.coordinator.work.intake import ContributionIntake
+from thinkmesh.coordinator.work.p2p_service import CoordinatorService
+from thinkmesh.coordinator.work.stream_guard import StreamLimits
+from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier, round_dir
 from thinkmesh.devnet.cheats import resign
-from thinkmesh.protocol.audit import AuditPolicy
-from thinkmesh.protocol.encoding import decode_record, encode_record
-from thinkmesh.protocol.evidence import read_evidence, rerun_evidence
-from thinkmesh.protocol.hashing import keccak256
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import GradientPayload, MiB, Sample, TensorBlob, encode_message
-from thinkmesh.protocol.transport import CONTROL_FRAME_BYTES, Receipt, RefusalReason, UploadHeader, body_frames
+from thinkmesh.protocol.rules.audit import AuditPolicy
+from thinkmesh.protocol.rules.encoding import decode_record, encode_record
+from thinkmesh.protocol.rules.evidence import read_evidence, rerun_evidence
+from thinkmesh.protocol.rules.hashing import keccak256
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import GradientPayload, MiB, Sample, TensorBlob, encode_message
+from thinkmesh.protocol.p2p.transport import CONTROL_FRAME_BYTES, Receipt, RefusalReason, UploadHeader, body_frames
 
 pytestmark = pytest.mark.timeout(180)
 FAST = StreamLimits(header_timeout_s=0.5, frame_timeout_s=0.5, slot_wait_s=1.0, registry_wait_s=5.0)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from thinkmesh.coordinator.intake import (
+from thinkmesh.coordinator.work.intake import (
     DETAIL_CHARS,
     KEPT_PER_REASON,
     KEPT_REFUSALS,
@@ -20,16 +20,16 @@ from thinkmesh.coordinator.intake import (
     RefusalLog,
     clip_text,
 )
-from thinkmesh.coordinator.intake_bounds import (
+from thinkmesh.coordinator.work.intake_bounds import (
     ENVELOPE_BYTES,
     contribution_byte_bound,
     gradient_byte_bound,
     round_terms,
     samples_byte_bound,
 )
-from thinkmesh.protocol.gradient_codec import encode_gradient
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import (
+from thinkmesh.protocol.rules.gradient_codec import encode_gradient
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import (
     Contribution,
     RoundAnnouncement,
     Sample,
@@ -38,10 +38,10 @@ from thinkmesh.protocol.messages import (
     sign_message,
     unsigned_payload_hash,
 )
-from thinkmesh.protocol.rewards import RewardBreakdown
-from thinkmesh.protocol.strategies import MAX_GROUP_SIZE, MAX_NEW_TOKENS_LIMIT, strategy_from_name
-from thinkmesh.protocol.tasks import TaskSpec
-from thinkmesh.protocol.transport import RefusalReason, UploadHeader
+from thinkmesh.protocol.rules.rewards import RewardBreakdown
+from thinkmesh.protocol.rules.strategies import MAX_GROUP_SIZE, MAX_NEW_TOKENS_LIMIT, strategy_from_name
+from thinkmesh.protocol.rules.tasks import TaskSpec
+from thinkmesh.protocol.p2p.transport import RefusalReason, UploadHeader
 
 CHAIN, RUN = 31337, "intake-test"
 SHAPES = {"a.weight": (4, 3), "b.bias": (3,)}

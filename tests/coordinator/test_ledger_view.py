@@ -1,8 +1,8 @@
 """The dashboard's arithmetic, on a hand-made ledger history."""
 
-from thinkmesh.coordinator.ledger_view import LedgerSnapshot, build_summary
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.ledger import (
+from thinkmesh.coordinator.dashboard.ledger_view import LedgerSnapshot, build_summary
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.chain.ledger import (
     ClaimRecord,
     Compensation,
     NodeRecord,

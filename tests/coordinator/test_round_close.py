@@ -1,8 +1,8 @@
-"""The early close rule (coordinator/round_close.py), round by round as the devnet lives it: no
+"""The early close rule (coordinator/work/round_close.py), round by round as the devnet lives it: no
 node that is expected is ever cut off, a node that joins is expected from the round after it
 connected, a node that left or went quiet stops holding rounds open."""
 
-from thinkmesh.coordinator.round_close import ACTIVE_ROUNDS, Attendance, UploadLog, expected_nodes, may_close_early
+from thinkmesh.coordinator.work.round_close import ACTIVE_ROUNDS, Attendance, UploadLog, expected_nodes, may_close_early
 
 A, B, C, GUEST = "peer-a", "peer-b", "peer-c", "peer-guest"
 

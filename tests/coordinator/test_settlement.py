@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.coordinator.settlement import (
+from thinkmesh.coordinator.settlement.round_settlement import (
     RoundSettler,
     SettlementIntent,
     SettlementJournal,
@@ -17,17 +17,17 @@ from thinkmesh.coordinator.settlement import (
     read_registry,
     send_settlement,
 )
-from thinkmesh.protocol.payout import SCORE_FLOOR, contribution_score, payout_for, verified_prompts
-from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
+from thinkmesh.protocol.rules.payout import SCORE_FLOOR, contribution_score, payout_for, verified_prompts
+from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.devnet.cheats import CHEAT_MODES, apply_cheat
-from thinkmesh.protocol.audit import AuditPolicy
-from thinkmesh.protocol.evidence import evidence_hash, read_evidence, rerun_evidence
-from thinkmesh.protocol.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens
-from thinkmesh.protocol.merkle import verify_proof
-from thinkmesh.protocol.messages import Sample, sample_hash
-from thinkmesh.protocol.rewards import RewardBreakdown
-from thinkmesh.protocol.traces import contribution_traces, leaf_trace_hash, traces_tree
-from thinkmesh.protocol.verification import REASON_OK, REASON_REPLAY, gradient_digest
+from thinkmesh.protocol.rules.audit import AuditPolicy
+from thinkmesh.protocol.rules.evidence import evidence_hash, read_evidence, rerun_evidence
+from thinkmesh.protocol.chain.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.rules.merkle import verify_proof
+from thinkmesh.protocol.rules.messages import Sample, sample_hash
+from thinkmesh.protocol.rules.rewards import RewardBreakdown
+from thinkmesh.protocol.rules.traces import contribution_traces, leaf_trace_hash, traces_tree
+from thinkmesh.protocol.rules.verification import REASON_OK, REASON_REPLAY, gradient_digest
 
 pytestmark = pytest.mark.timeout(300)
 REWARD_PER_PROMPT = tokens("0.01")
@@ -164,8 +164,8 @@ def chain():
 
 @pytest.mark.timeout(180)
 def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
-    from thinkmesh.protocol.chain import LedgerClient, deploy
-    from thinkmesh.protocol.identity import bind_identity
+    from thinkmesh.protocol.chain.client import LedgerClient, deploy
+    from thinkmesh.protocol.rules.identity import bind_identity
 
     w = world()
     admin, *accounts = chain.accounts

@@ -14,10 +14,10 @@ import socket
 import pytest
 
 from tests.anvil_required import require_anvil
-from thinkmesh.coordinator.settlement import RoundSettler, SettlementIntent, SettlementJournal, fsync_directory
-from thinkmesh.coordinator.settlement_queue import OpenJob, SettleJob, SettlementQueue
-from thinkmesh.protocol.chain_errors import ContractRevertError, RpcUnreachableError
-from thinkmesh.protocol.ledger import Award, RoundStats, RoundStatus, settlement_hash, tokens
+from thinkmesh.coordinator.settlement.round_settlement import RoundSettler, SettlementIntent, SettlementJournal, fsync_directory
+from thinkmesh.coordinator.settlement.retry_queue import OpenJob, SettleJob, SettlementQueue
+from thinkmesh.protocol.chain.errors import ContractRevertError, RpcUnreachableError
+from thinkmesh.protocol.chain.ledger import Award, RoundStats, RoundStatus, settlement_hash, tokens
 
 pytestmark = pytest.mark.timeout(90)
 MODEL = b"\x3d" * 32
@@ -76,7 +76,7 @@ def test_failures_are_logged_rate_limited_saying_what_was_expected_and_what_came
     queue.settle(intent_for(7))
     paused = ContractRevertError("settleRound", "EnforcedPause", {}, b"")
     queue.fail_next = [paused] * 30 + [RpcUnreachableError("http://127.0.0.1:1", "timed out")]
-    with caplog.at_level(logging.WARNING, logger="thinkmesh.coordinator.settlement_queue"):
+    with caplog.at_level(logging.WARNING, logger="thinkmesh.coordinator.settlement.retry_queue"):
         for _ in range(30):
             queue.step()
             clock.now += 1.0
@@ -94,7 +94,7 @@ def test_failures_are_logged_rate_limited_saying_what_was_expected_and_what_came
 
 
 def test_the_journal_fsyncs_its_directory_after_each_rename_and_unlink(tmp_path, monkeypatch) -> None:
-    import thinkmesh.coordinator.settlement as settlement
+    import thinkmesh.coordinator.settlement.round_settlement as settlement
 
     synced = []
     monkeypatch.setattr(settlement, "fsync_directory", lambda directory: synced.append(directory))
@@ -123,8 +123,8 @@ def chain():
 @pytest.fixture
 def ledger(chain):
     """A fresh ledger with two registered nodes; (coordinator client, admin client, node addresses, pool)."""
-    from thinkmesh.protocol.chain import LedgerClient, deploy
-    from thinkmesh.protocol.identity import NodeIdentity, bind_identity
+    from thinkmesh.protocol.chain.client import LedgerClient, deploy
+    from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 
     admin, coordinator_account, *nodes = chain.accounts
     deployment = deploy(chain.rpc_url, admin.private_key, unbonding_delay_s=60, min_stake=tokens(1),
@@ -182,7 +182,7 @@ def test_a_paused_ledger_and_a_short_pool_queue_rounds_that_then_settle_once_in_
 
 
 def test_recover_with_the_chain_away_queues_and_a_later_start_settles(tmp_path, chain, ledger) -> None:
-    from thinkmesh.protocol.chain import LedgerClient
+    from thinkmesh.protocol.chain.client import LedgerClient
 
     coordinator, _, nodes = ledger
     journal = SettlementJournal(tmp_path / "settlement")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkmesh.coordinator.stream_guard import RateLimitedLog, StreamTable
+from thinkmesh.coordinator.work.stream_guard import RateLimitedLog, StreamTable
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_rate_limited_log_counts_what_it_suppresses(caplog):
 
 SERVER = r"""
 import asyncio, json, logging, resource, sys, time
-from thinkmesh.coordinator.stream_guard import RateLimitedLog, guard_accept_errors
+from thinkmesh.coordinator.work.stream_guard import RateLimitedLog, guard_accept_errors
 
 path, guarded, seconds = sys.argv[1], sys.argv[2] == "guarded", float(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))

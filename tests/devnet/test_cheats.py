@@ -6,9 +6,9 @@ import pytest
 
 from tests.verification_world import world
 from thinkmesh.devnet.cheats import CHEAT_MODES, CheatError, apply_cheat
-from thinkmesh.protocol.audit import AuditPolicy
-from thinkmesh.protocol.messages import samples_root, verify_message
-from thinkmesh.protocol.verification import (
+from thinkmesh.protocol.rules.audit import AuditPolicy
+from thinkmesh.protocol.rules.messages import samples_root, verify_message
+from thinkmesh.protocol.rules.verification import (
     REASON_GRADIENT_MISMATCH,
     REASON_LOGPROB_MISMATCH,
     REASON_OK,
@@ -95,7 +95,7 @@ def test_a_cheat_that_changes_nothing_sends_the_honest_contribution_itself():
 
     import torch
 
-    from thinkmesh.protocol.gradient_codec import encode_gradient
+    from thinkmesh.protocol.rules.gradient_codec import encode_gradient
 
     w = world()
     inputs = w.cheat_inputs()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from tests.verification_world import world
-from thinkmesh.coordinator.settlement import SETTLEMENT_STEPS, RoundSettler, SettlementJournal
+from thinkmesh.coordinator.settlement.round_settlement import SETTLEMENT_STEPS, RoundSettler, SettlementJournal
 from thinkmesh.devnet.cheating_node import CheatHook
 from thinkmesh.devnet.cheats import CheatError
 from thinkmesh.devnet.crashing_coordinator import CrashAt
 from thinkmesh.node.config import NodeConfig
-from thinkmesh.node.contribution_hook import ContributionHook
-from thinkmesh.protocol.errors import ProtocolError
+from thinkmesh.node.work.contribution_hook import ContributionHook
+from thinkmesh.protocol.rules.errors import ProtocolError
 
 pytestmark = pytest.mark.timeout(240)
 

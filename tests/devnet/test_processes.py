@@ -116,7 +116,7 @@ def test_a_joined_record_whose_pid_now_names_another_process_is_left_alone(tmp_p
 
 
 def test_secret_variables_are_told_from_ordinary_ones():
-    from thinkmesh.protocol.process_lifecycle import is_secret_variable
+    from thinkmesh.protocol.runtime.process_lifecycle import is_secret_variable
 
     for name in ("THINKMESH_KEY_PASSWORD", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "THINKMESH_NODE__CHAIN__PRIVATE_KEY",
                  "OPENAI_API_KEY", "WALLET_MNEMONIC"):
@@ -130,7 +130,7 @@ def test_a_forked_child_does_not_inherit_the_key_password(monkeypatch):
     """hivemind forks its DHT process, which starts p2pd with a copy of its environment."""
     import multiprocessing
 
-    from thinkmesh.protocol.process_lifecycle import install_child_hooks
+    from thinkmesh.protocol.runtime.process_lifecycle import install_child_hooks
 
     monkeypatch.setenv("THINKMESH_KEY_PASSWORD", "hunter2")
     install_child_hooks()

@@ -16,7 +16,7 @@ def boost_eos(directory: Path, factor: float = 12.0) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from thinkmesh.node.tokenizer import vocabulary
+    from thinkmesh.node.model.tokenizer import vocabulary
 
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from tests.e2e.models import boost_eos
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.test_settlement import PASSWORD, PaidMesh, anvil  # noqa: F401 (the fixture)
-from thinkmesh.devnet.cli import main as cli
+from thinkmesh.protocol.cli.main import main as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,9 +32,9 @@ RANK = 2
 class AdapterMesh(PaidMesh):
     def __init__(self, root, anvil):
         super().__init__(root, anvil, cheat={})
-        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
-        from thinkmesh.protocol.keystore import create_keys
-        from thinkmesh.protocol.ledger import tokens
+        from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.protocol.keys.keystore import create_keys
+        from thinkmesh.protocol.chain.ledger import tokens
 
         self.other_base = root / "other-base"  # same architecture and tokenizer, other weights
         init_model_dir(self.other_base, TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -67,8 +67,8 @@ class AdapterMesh(PaidMesh):
 
 @pytest.mark.timeout(300)
 def test_adapter_rounds_settle_slash_a_cheater_and_sync_only_adapters(tmp_path, anvil):  # noqa: F811
-    from thinkmesh.protocol.adapters import lora_parameter_count
-    from thinkmesh.protocol.ledger import SlashReason
+    from thinkmesh.protocol.rules.adapters import lora_parameter_count
+    from thinkmesh.protocol.chain.ledger import SlashReason
 
     mesh = AdapterMesh(tmp_path, anvil)
     try:

@@ -37,7 +37,7 @@ class RestartMesh(Mesh):
         return path
 
     def start_coordinator(self, rounds: int, deadline_s: float, port: int = 0) -> None:
-        self.start("coordinator", ["-m", "thinkmesh.devnet.cli", "coordinator", "run", "--config",
+        self.start("coordinator", ["-m", "thinkmesh.protocol.cli.main", "coordinator", "run", "--config",
                                    str(self.coordinator_config(rounds, deadline_s, port))])
 
 

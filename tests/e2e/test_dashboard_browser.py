@@ -19,9 +19,9 @@ import pytest
 from thinkmesh.devnet.anvil import Anvil, AnvilError, find_anvil_binary
 from thinkmesh.devnet.ports import free_port, port_open
 from thinkmesh.devnet.processes import wait_for
-from thinkmesh.protocol.chain import LedgerClient, deploy
-from thinkmesh.protocol.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.ledger import Award, RoundStats, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.client import LedgerClient, deploy
+from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
+from thinkmesh.protocol.chain.ledger import Award, RoundStats, SlashReason, seed_commitment, tokens
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 STRATEGIES = ("dapo", "grpo", "gspo")
@@ -83,7 +83,7 @@ def test_dashboard_shows_every_node_and_a_reward_curve_without_console_errors(tm
         coordinator, addresses = _make_history(anvil)
         port = free_port()
         dashboard = subprocess.Popen(
-            [sys.executable, "-m", "thinkmesh.devnet.cli", "dashboard", "--rpc", anvil.rpc_url,
+            [sys.executable, "-m", "thinkmesh.protocol.cli.main", "dashboard", "--rpc", anvil.rpc_url,
              "--ledger", coordinator.deployment.ledger, "--port", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )

@@ -23,7 +23,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTH
 
 
 def thinkmesh(*args: str) -> list[str]:
-    return [sys.executable, "-m", "thinkmesh.devnet.cli", *args]
+    return [sys.executable, "-m", "thinkmesh.protocol.cli.main", *args]
 
 
 def free_base_port() -> int:

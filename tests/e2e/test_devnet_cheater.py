@@ -56,7 +56,7 @@ def test_up_with_a_random_gradient_cheater_slashes_it_and_pays_the_honest_nodes(
         assert len(closed) == ROUNDS and all("1 rejected (gradient-mismatch)" in line for line in closed), closed
 
         from thinkmesh.devnet.anvil import Anvil
-        from thinkmesh.protocol.ledger import Deployment
+        from thinkmesh.protocol.chain.ledger import Deployment
 
         state = DevnetState.load(layout)
         deployment = Deployment.load(layout.deployment_file)
@@ -113,9 +113,9 @@ def _resume_then_status_and_down(state_dir, layout: DevnetLayout, model_cache, s
 def _assert_summary_is_the_chain(rpc_url: str, deployment, layout: DevnetLayout, summary: dict) -> None:
     """Each summary figure recomputed from the ledger's events and node records, and the coordinator's
     settlement journal agreeing with both."""
-    from thinkmesh.coordinator.settlement import SettlementJournal
-    from thinkmesh.protocol.chain import LedgerClient
-    from thinkmesh.protocol.ledger import SlashReason
+    from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
+    from thinkmesh.protocol.chain.client import LedgerClient
+    from thinkmesh.protocol.chain.ledger import SlashReason
 
     client = LedgerClient.connect(rpc_url, deployment)
     registered = {r.node: r for r in client.events.registrations()}
@@ -151,7 +151,7 @@ def _assert_summary_is_the_chain(rpc_url: str, deployment, layout: DevnetLayout,
 
 
 def _assert_dashboard_api_is_the_summary(rpc_url: str, deployment, layout: DevnetLayout, tmp_path, summary: dict) -> None:
-    from thinkmesh.protocol.ledger import TOKEN_DECIMALS
+    from thinkmesh.protocol.chain.ledger import TOKEN_DECIMALS
 
     port = free_base_port()
     log = open(tmp_path / "dashboard.log", "wb")

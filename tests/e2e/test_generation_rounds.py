@@ -18,7 +18,7 @@ import pytest
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.test_settlement import PaidMesh, anvil  # noqa: F401 (the fixture)
-from thinkmesh.devnet.cli import main as cli
+from thinkmesh.protocol.cli.main import main as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,8 +29,8 @@ GROUP, TOKENS, PROMPTS = 8, 32, 3
 
 class GenerationMesh(PaidMesh):
     def __init__(self, root, anvil):
-        from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+        from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
 
         super().__init__(root, anvil, cheat=CHEATERS, honest=HONEST, group_sizes={n: GROUP for n in ("alice", "bob", *CHEATERS)})
         micro = root / "micro-model"  # a model that is right sometimes: tests/node/conftest.py's cold start
@@ -59,9 +59,9 @@ class GenerationMesh(PaidMesh):
 
 @pytest.mark.timeout(240)
 def test_a_generation_round_pays_correct_traces_and_slashes_false_claims_and_off_policy_samples(tmp_path, anvil):  # noqa: F811
-    from thinkmesh.protocol.generation import trace_accepted
-    from thinkmesh.protocol.ledger import SlashReason, tokens
-    from thinkmesh.protocol.rewards import RewardBreakdown
+    from thinkmesh.protocol.rules.generation import trace_accepted
+    from thinkmesh.protocol.chain.ledger import SlashReason, tokens
+    from thinkmesh.protocol.rules.rewards import RewardBreakdown
 
     mesh = GenerationMesh(tmp_path, anvil)
     try:

@@ -10,7 +10,7 @@ The test process then starts eight p2pd peers and, all at once:
 - 10 streams that open and never send a header;
 - a registered key that announces its contribution, sends 60% of it and holds;
 - and the three registered, honest nodes, uploading with the node's own client
-  (`node.p2p_client.upload_contribution`).
+  (`node.work.p2p_client.upload_contribution`).
 
 Every honest upload must be accepted before the round's deadline; every hostile stream refused
 or closed; the coordinator's resident memory may grow by at most `RSS_GROWTH_BOUND` over its
@@ -80,13 +80,13 @@ async def serve(directory: Path) -> None:
 
     from tests.verification_world import world
     from thinkmesh.coordinator.config import IntakeConfig
-    from thinkmesh.coordinator.daemon import wire_intake
-    from thinkmesh.coordinator.p2p_service import CoordinatorService
-    from thinkmesh.coordinator.stream_guard import StreamLimits
-    from thinkmesh.coordinator.verifier import ContributionArchive, ContributionVerifier
-    from thinkmesh.protocol.audit import AuditPolicy
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.messages import encode_message, sign_message
+    from thinkmesh.coordinator.work.daemon import wire_intake
+    from thinkmesh.coordinator.work.p2p_service import CoordinatorService
+    from thinkmesh.coordinator.work.stream_guard import StreamLimits
+    from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier
+    from thinkmesh.protocol.rules.audit import AuditPolicy
+    from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.rules.messages import encode_message, sign_message
 
     records = _CountRecords()
     logging.getLogger().addHandler(records)
@@ -164,9 +164,9 @@ async def _hostile_upload(p2p, identity, coordinator: str, total_bytes: int, sen
     the receipt; says how the stream ended."""
     from hivemind.p2p import PeerID
 
-    from thinkmesh.protocol.errors import ProtocolError
-    from thinkmesh.protocol.transport import FRAME_BYTES, Receipt, UploadHeader, contribute_handler, read_record
-    from thinkmesh.protocol.transport import write_frame, write_record
+    from thinkmesh.protocol.rules.errors import ProtocolError
+    from thinkmesh.protocol.p2p.transport import FRAME_BYTES, Receipt, UploadHeader, contribute_handler, read_record
+    from thinkmesh.protocol.p2p.transport import write_frame, write_record
 
     _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(coordinator), contribute_handler(RUN))
     try:
@@ -195,7 +195,7 @@ async def _holder_upload(p2p, identity, coordinator: str, body: bytes) -> str:
     """A registered key's upload of 60% of a real body, then silence."""
     from hivemind.p2p import PeerID
 
-    from thinkmesh.protocol.transport import Receipt, UploadHeader, contribute_handler, read_record, write_record
+    from thinkmesh.protocol.p2p.transport import Receipt, UploadHeader, contribute_handler, read_record, write_record
 
     _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(coordinator), contribute_handler(RUN))
     try:
@@ -209,10 +209,10 @@ async def _holder_upload(p2p, identity, coordinator: str, body: bytes) -> str:
 
 
 async def _scenario(root: Path, info: dict) -> dict:
-    from thinkmesh.node.p2p_client import upload_contribution
-    from thinkmesh.protocol.encoding import decode_message
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.messages import Contribution, MiB
+    from thinkmesh.node.work.p2p_client import upload_contribution
+    from thinkmesh.protocol.rules.encoding import decode_message
+    from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.rules.messages import Contribution, MiB
 
     maddr = next(m for m in info["maddrs"] if "/tcp/" in m)
     maddr = maddr if "/p2p/" in maddr else f"{maddr}/p2p/{info['peer_id']}"

@@ -83,9 +83,9 @@ auto_register = false
 
 @pytest.mark.timeout(240)
 def test_a_node_joins_from_the_ledger_past_a_dead_bootstrap_peer(ledger, tmp_path):
-    from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.keystore import create_keys
+    from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
+    from thinkmesh.protocol.keys.keystore import create_keys
 
     _chain, deployed = ledger
     base = tmp_path / "base-model"
@@ -98,7 +98,7 @@ def test_a_node_joins_from_the_ledger_past_a_dead_bootstrap_peer(ledger, tmp_pat
 
     def start(name: str, argv: list[str]) -> None:
         log = open(tmp_path / f"{name}.log", "ab")
-        procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", *argv], env=env, stdout=log,
+        procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", *argv], env=env, stdout=log,
                                        stderr=log, start_new_session=True, cwd=tmp_path)
 
     try:

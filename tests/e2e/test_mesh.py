@@ -44,8 +44,8 @@ class Mesh:
     """Config files, keys and processes of one loopback mesh under `root`."""
 
     def __init__(self, root: Path):
-        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
-        from thinkmesh.protocol.keystore import create_keys
+        from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.protocol.keys.keystore import create_keys
 
         self.root = root
         self.base = root / "base-model"
@@ -123,11 +123,11 @@ console = false
                                             start_new_session=True, cwd=self.root)
 
     def start_coordinator(self, rounds: int, deadline_s: float) -> None:
-        self.start("coordinator", ["-m", "thinkmesh.devnet.cli", "coordinator", "run", "--config",
+        self.start("coordinator", ["-m", "thinkmesh.protocol.cli.main", "coordinator", "run", "--config",
                                    str(self.coordinator_config(rounds, deadline_s))])
 
     def start_node(self, name: str, compression: str) -> None:
-        self.start(name, ["-m", "thinkmesh.devnet.cli", "node", "run", "--config",
+        self.start(name, ["-m", "thinkmesh.protocol.cli.main", "node", "run", "--config",
                           str(self.node_config(name, compression))])
 
     def kill(self, name: str) -> None:

@@ -24,8 +24,8 @@ import pytest
 from thinkmesh.node.serve.ask import server_order
 from thinkmesh.node.serve.discovery import ServerAnnouncer, start_dht, wait_for_servers
 from thinkmesh.node.serve.engine import ServeEngine, load_served_model
-from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
-from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
+from thinkmesh.protocol.rules.identity import NodeIdentity
 
 from tests.node.serve.conftest import running_server
 
@@ -66,7 +66,7 @@ def test_ask_finds_both_servers_passes_over_the_liar_and_answers_from_the_honest
     honest_dir, other_dir = tmp_path / "honest", tmp_path / "other"
     init_model_dir(honest_dir, MICRO, seed=0)
     init_model_dir(other_dir, MICRO, seed=1)
-    cli = [sys.executable, "-m", "thinkmesh.devnet.cli"]
+    cli = [sys.executable, "-m", "thinkmesh.protocol.cli.main"]
     honest = subprocess.Popen(
         [*cli, "serve", "--model", str(honest_dir), "--port", "0", "--device", "cpu", "--threads", "1",
          "--identity", str(tmp_path / "honest.key"), "--announce", "--announce-ttl", "120"],

@@ -47,10 +47,10 @@ class PaidMesh:
 
     def __init__(self, root: Path, anvil, cheat: str | dict[str, str], group_sizes: dict[str, int] | None = None,
                  honest: tuple = HONEST):
-        from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
-        from thinkmesh.protocol.chain import LedgerClient, deploy
-        from thinkmesh.protocol.keystore import create_keys
-        from thinkmesh.protocol.ledger import tokens
+        from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
+        from thinkmesh.protocol.chain.client import LedgerClient, deploy
+        from thinkmesh.protocol.keys.keystore import create_keys
+        from thinkmesh.protocol.chain.ledger import tokens
 
         self.root, self.anvil = root, anvil
         self.cheaters = cheat if isinstance(cheat, dict) else {CHEATER[0]: cheat}  # name -> cheat mode
@@ -155,7 +155,7 @@ stake = "20"
 
     def start(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.root / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.devnet.cli", *argv],
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", *argv],
                                             env={**self.env, **(extra_env or {})}, stdout=log, stderr=log,
                                             start_new_session=True, cwd=self.root)
 
@@ -200,7 +200,7 @@ stake = "20"
         self.procs.clear()
 
     def journal(self):
-        from thinkmesh.coordinator.settlement import SettlementJournal
+        from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
 
         return SettlementJournal(self.root / "coordinator" / "settlement").load()
 
@@ -232,7 +232,7 @@ MODE_REJECTED_AS = {
 def assert_journal_is_on_chain(mesh: PaidMesh, rounds: int) -> list:
     """Each journaled round settled once, with the journal's payload; exactly the journal's awards and
     slashes on chain; every node's claimable and stake equal to the journal's sums."""
-    from thinkmesh.protocol.ledger import RoundStatus, settlement_hash, tokens
+    from thinkmesh.protocol.chain.ledger import RoundStatus, settlement_hash, tokens
 
     intents = mesh.journal()
     assert [(i.round_id, i.done) for i in intents] == [(r, True) for r in range(1, rounds + 1)]
@@ -267,8 +267,8 @@ def assert_journal_is_on_chain(mesh: PaidMesh, rounds: int) -> list:
 def assert_operator_view_and_traces(mesh: PaidMesh, tmp_path: Path, anvil, first_round) -> None:
     """`node rewards` / `node claim` for alice, and round 1's trace export verified against the chain's
     root (a tampered line fails), through the same handlers the CLI runs."""
-    from thinkmesh.coordinator.traces_commands import export_traces, verify_traces
-    from thinkmesh.node.operator_commands import _client, claim_rewards, rewards_report, show_rewards
+    from thinkmesh.coordinator.ops.traces_commands import export_traces, verify_traces
+    from thinkmesh.node.ops.operator_commands import _client, claim_rewards, rewards_report, show_rewards
 
     node_args = argparse.Namespace(config=tmp_path / "node-alice.toml", rpc=None, ledger=None, key_dir=None,
                                    password_file=None, json=True, to=None)
@@ -296,7 +296,7 @@ def test_one_cheater_per_remaining_mode_each_rejected_for_its_own_reason_slashed
     its own /status history says which rounds it cheated in, and those, and only those, must be
     rejected for its mode's reason, slashed with that reason code, and not paid. Then an honest
     operator's view and claim, and the trace dataset, through the handlers the CLI runs."""
-    from thinkmesh.protocol.ledger import SlashReason
+    from thinkmesh.protocol.chain.ledger import SlashReason
 
     monkeypatch.setenv("THINKMESH_KEY_PASSWORD", PASSWORD)
     cheaters = {f"cheat-{mode}": mode for mode in MODE_REJECTED_AS}

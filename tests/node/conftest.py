@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir
+from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
 
 MICRO_SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
 # Enough SFT for the micro model to use the R1 format always and be right ~15% of the time

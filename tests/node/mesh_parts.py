@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.anvil_required import require_anvil
 
-from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.rules.identity import NodeIdentity
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class Ledger:
 def anvil_ledger() -> Iterator[tuple[object, Ledger]]:
     """(the Anvil, a deployed ledger); skips without anvil installed, fails under CI."""
     from thinkmesh.devnet.anvil import Anvil
-    from thinkmesh.protocol.chain import deploy
-    from thinkmesh.protocol.ledger import tokens
+    from thinkmesh.protocol.chain.client import deploy
+    from thinkmesh.protocol.chain.ledger import tokens
 
     require_anvil()
     with Anvil(accounts=3) as chain:
@@ -47,9 +47,9 @@ async def serving_coordinator(tmp: Path, identity: NodeIdentity, run_id: str, ch
     import torch
     from hivemind.p2p import P2P
 
-    from thinkmesh.coordinator.p2p_service import CoordinatorService
-    from thinkmesh.protocol.messages import ZERO_HASH, sign_message
-    from thinkmesh.protocol.model_manifest import build_manifest
+    from thinkmesh.coordinator.work.p2p_service import CoordinatorService
+    from thinkmesh.protocol.rules.messages import ZERO_HASH, sign_message
+    from thinkmesh.protocol.rules.model_manifest import build_manifest
 
     key_file = tmp / f"{identity.peer_id}.key"
     key_file.write_bytes(identity.libp2p_private_key_bytes())

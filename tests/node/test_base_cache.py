@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from thinkmesh.node.base_cache import BASES_DIR, base_path, load_base, save_base
-from thinkmesh.node.daemon import NodeDaemon
-from thinkmesh.node.model_dir import load_model
-from thinkmesh.protocol.model_manifest import canonical_architecture, model_parameters, parameters_hash
+from thinkmesh.node.model.base_cache import BASES_DIR, base_path, load_base, save_base
+from thinkmesh.node.work.daemon import NodeDaemon
+from thinkmesh.node.model.model_dir import load_model
+from thinkmesh.protocol.rules.model_manifest import canonical_architecture, model_parameters, parameters_hash
 
 
 @pytest.fixture()

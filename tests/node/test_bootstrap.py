@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from tests.node.mesh_parts import anvil_ledger, closed_port, serving_coordinator
-from thinkmesh.node.bootstrap import (
+from thinkmesh.node.work.bootstrap import (
     BootstrapError,
     PeerProbe,
     ProbeFailure,
@@ -21,7 +21,7 @@ from thinkmesh.node.bootstrap import (
     read_ledger_bootstrap,
 )
 from thinkmesh.node.config import ChainConfig, NodeConfig
-from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.rules.identity import NodeIdentity
 
 RUN = "boot"
 CHAIN_ID = 31337
@@ -82,7 +82,7 @@ def test_probe_says_why_each_bad_address_fails(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_node_joins_through_the_live_peers_the_ledger_lists(ledger, tmp_path, caplog):
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
 
     chain, deployed = ledger
     client = LedgerClient.connect(deployed.rpc_url, discover_deployment(deployed.rpc_url, deployed.address),
@@ -99,7 +99,7 @@ def test_node_joins_through_the_live_peers_the_ledger_lists(ledger, tmp_path, ca
                 for multiaddr in (dead, live):
                     client.add_bootstrap_peer(multiaddr)
                 listed = read_ledger_bootstrap(config.chain)[1]
-                with caplog.at_level(logging.INFO, logger="thinkmesh.node.bootstrap"):
+                with caplog.at_level(logging.INFO, logger="thinkmesh.node.work.bootstrap"):
                     completed = await asyncio.to_thread(complete_network, config)
                 failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
                 client.remove_bootstrap_peer(live)
@@ -133,9 +133,9 @@ def test_configured_peers_and_coordinator_are_used_as_given(tmp_path):
 def test_a_node_rereads_the_coordinators_addresses_from_the_ledger(ledger, tmp_path, caplog):
     """A coordinator restarted on another port rewrites its ledger entries; a node that lost it
     replaces the coordinator's old multiaddrs with the listed ones and keeps its other peers."""
-    from thinkmesh.node.bootstrap import coordinator_addresses_from_ledger
-    from thinkmesh.node.daemon import NodeDaemon
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
+    from thinkmesh.node.work.bootstrap import coordinator_addresses_from_ledger
+    from thinkmesh.node.work.daemon import NodeDaemon
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
 
     chain, deployed = ledger
     client = LedgerClient.connect(deployed.rpc_url, discover_deployment(deployed.rpc_url, deployed.address),
@@ -152,7 +152,7 @@ def test_a_node_rereads_the_coordinators_addresses_from_the_ledger(ledger, tmp_p
         for multiaddr in (other, new):
             client.add_bootstrap_peer(multiaddr)
         assert coordinator_addresses_from_ledger(chain_config, COORDINATOR.peer_id) == (new,)
-        with caplog.at_level(logging.INFO, logger="thinkmesh.node.daemon"):
+        with caplog.at_level(logging.INFO, logger="thinkmesh.node.work.daemon"):
             assert asyncio.run(daemon._adopt_ledger_addresses()) is True
         assert daemon.config.network.initial_peers == [new, other]
         assert any(new in r.getMessage() for r in caplog.records)
@@ -160,14 +160,14 @@ def test_a_node_rereads_the_coordinators_addresses_from_the_ledger(ledger, tmp_p
     finally:
         chain.revert(snapshot)
     unreachable = ChainConfig(rpc_url=f"http://127.0.0.1:{closed_port()}", ledger=deployed.address)
-    with caplog.at_level(logging.WARNING, logger="thinkmesh.node.bootstrap"):
+    with caplog.at_level(logging.WARNING, logger="thinkmesh.node.work.bootstrap"):
         assert coordinator_addresses_from_ledger(unreachable, COORDINATOR.peer_id) == ()
     assert any("cannot re-read the ledger" in r.getMessage() for r in caplog.records)
 
 
 def test_a_lost_coordinator_is_looked_up_on_chain_at_most_every_ledger_reread_s(tmp_path, monkeypatch):
-    import thinkmesh.node.bootstrap as bootstrap
-    from thinkmesh.node.daemon import LEDGER_REREAD_S, NodeDaemon
+    import thinkmesh.node.work.bootstrap as bootstrap
+    from thinkmesh.node.work.daemon import LEDGER_REREAD_S, NodeDaemon
 
     old = f"/ip4/127.0.0.1/tcp/4001/p2p/{COORDINATOR.peer_id}"
     new = f"/ip4/127.0.0.1/tcp/4555/p2p/{COORDINATOR.peer_id}"

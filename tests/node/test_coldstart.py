@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from thinkmesh.node import coldstart as coldstart_module
-from thinkmesh.node.coldstart import MARKER_FILE, ColdStartSettings, run_coldstart, sft_examples
-from thinkmesh.node.model_dir import weights_sha256
-from thinkmesh.protocol.rewards import format_reward
-from thinkmesh.protocol.tasks import render_prompt
+from thinkmesh.node.local import coldstart as coldstart_module
+from thinkmesh.node.local.coldstart import MARKER_FILE, ColdStartSettings, run_coldstart, sft_examples
+from thinkmesh.node.model.model_dir import weights_sha256
+from thinkmesh.protocol.rules.rewards import format_reward
+from thinkmesh.protocol.rules.tasks import render_prompt
 
 SMALL = ColdStartSettings(families=("linear",), num_examples=48, batch_size=16, lr=3e-3)
 
@@ -76,8 +76,8 @@ def test_a_marker_without_the_saved_tokenizer_misses_the_cache(tmp_path, micro_m
 
 
 def test_examples_never_demonstrate_a_heldout_problem():
-    from thinkmesh.node.coldstart import sft_tasks
-    from thinkmesh.protocol.tasks import is_heldout
+    from thinkmesh.node.local.coldstart import sft_tasks
+    from thinkmesh.protocol.rules.tasks import is_heldout
 
     tasks = sft_tasks(ColdStartSettings(num_examples=600))
     assert {t.family for t in tasks} == {"arithmetic", "countdown", "linear"}
@@ -130,9 +130,9 @@ def test_a_slipping_teacher_stops_one_step_short_in_the_set_share_of_examples():
 
 
 def test_slip_rate_outside_zero_to_one_and_one_step_traces_are_refused():
-    from thinkmesh.node.coldstart import slipped_completion
-    from thinkmesh.protocol.errors import TaskError
-    from thinkmesh.protocol.tasks import Task
+    from thinkmesh.node.local.coldstart import slipped_completion
+    from thinkmesh.protocol.rules.errors import TaskError
+    from thinkmesh.protocol.rules.tasks import Task
 
     for rate in (-0.1, 1.0):
         with pytest.raises(TaskError, match="teacher_slip_rate"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from thinkmesh.devnet.cli import main
+from thinkmesh.protocol.cli.main import main
 
 
 @pytest.mark.timeout(120)

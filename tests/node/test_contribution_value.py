@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.protocol.contribution_value import ValueSettings, contribution_value, validation_batch
-from thinkmesh.protocol.scoring import completion_logprobs
-from thinkmesh.protocol.tasks import TaskSpec
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+from thinkmesh.protocol.rules.contribution_value import ValueSettings, contribution_value, validation_batch
+from thinkmesh.protocol.rules.scoring import completion_logprobs
+from thinkmesh.protocol.rules.tasks import TaskSpec
 
 SETTINGS = ValueSettings(prompts=4, group=4, max_new_tokens=16, template="r1-compact", step=1e-3)
 SEED = bytes(range(32))

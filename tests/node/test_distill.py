@@ -9,18 +9,18 @@ import json
 
 import pytest
 
-from thinkmesh.devnet.cli import main
-from thinkmesh.node.distill import (
+from thinkmesh.protocol.cli.main import main
+from thinkmesh.node.local.distill import (
     DATASET_FILE, DISTILL_STREAM_KEY, SUMMARY_FILE, Dataset, DistillError, RejectionSettings, distill_prompts,
     rejection_sample, spec_seed, teacher_hash, train_student,
 )
-from thinkmesh.node.model_dir import load_model, load_tokenizer, weights_sha256
-from thinkmesh.protocol.evaluation import heldout_tasks
-from thinkmesh.protocol.rewards import score_completion
-from thinkmesh.protocol.rollout import SamplingSettings, generate
-from thinkmesh.protocol.sampling import row_key, stop_rule_for
-from thinkmesh.protocol.scoring import completion_text, prompt_token_ids
-from thinkmesh.protocol.tasks import TaskSpec, is_heldout, render_prompt, trainable_task
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer, weights_sha256
+from thinkmesh.protocol.rules.evaluation import heldout_tasks
+from thinkmesh.protocol.rules.rewards import score_completion
+from thinkmesh.protocol.rules.rollout import SamplingSettings, generate
+from thinkmesh.protocol.rules.sampling import row_key, stop_rule_for
+from thinkmesh.protocol.rules.scoring import completion_text, prompt_token_ids
+from thinkmesh.protocol.rules.tasks import TaskSpec, is_heldout, render_prompt, trainable_task
 
 LINEAR = TaskSpec("linear", 1)
 
@@ -95,9 +95,9 @@ def _with_correct_first_sample(contribution, announcement, identity, round_id: i
     completion scored by the rules (accuracy 1, format 1), signed again by its node."""
     from tests.verification_world import STRATEGY, world
 
-    from thinkmesh.protocol.messages import Sample, samples_root, sign_message
-    from thinkmesh.protocol.rewards import reference_completion
-    from thinkmesh.protocol.verification import node_tasks
+    from thinkmesh.protocol.rules.messages import Sample, samples_root, sign_message
+    from thinkmesh.protocol.rules.rewards import reference_completion
+    from thinkmesh.protocol.rules.verification import node_tasks
 
     tokenizer = world().tokenizer
     task = node_tasks(announcement, contribution.node_key)[contribution.samples[0].prompt_index]
@@ -114,15 +114,15 @@ def _settle(data_dir, ledger, announcement, accepted) -> int:
     `data_dir`, opens and settles it on chain; returns how many traces its tree holds."""
     from tests.verification_world import world
 
-    from thinkmesh.coordinator.settlement import AcceptedEntry, SettlementIntent, SettlementJournal
-    from thinkmesh.coordinator.verifier import ContributionArchive, round_dir
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.evidence import build_evidence, write_evidence
-    from thinkmesh.protocol.generation import is_generation
-    from thinkmesh.protocol.ledger import RoundStats, seed_commitment
-    from thinkmesh.protocol.messages import sample_hash
-    from thinkmesh.protocol.traces import contribution_traces, traces_tree
-    from thinkmesh.protocol.verification import REASON_OK, VerificationReport
+    from thinkmesh.coordinator.settlement.round_settlement import AcceptedEntry, SettlementIntent, SettlementJournal
+    from thinkmesh.coordinator.work.verifier import ContributionArchive, round_dir
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
+    from thinkmesh.protocol.rules.evidence import build_evidence, write_evidence
+    from thinkmesh.protocol.rules.generation import is_generation
+    from thinkmesh.protocol.chain.ledger import RoundStats, seed_commitment
+    from thinkmesh.protocol.rules.messages import sample_hash
+    from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
+    from thinkmesh.protocol.rules.verification import REASON_OK, VerificationReport
 
     archive = ContributionArchive(data_dir / "contributions")
     for contribution in accepted:
@@ -156,13 +156,13 @@ def test_chain_traces_dataset_carries_round_and_proof_and_refuses_an_archive_the
     from tests.node.mesh_parts import anvil_ledger
     from tests.verification_world import world
 
-    from thinkmesh.coordinator.settlement import SettlementJournal
-    from thinkmesh.coordinator.traces_commands import verify_traces
-    from thinkmesh.coordinator.verifier import ContributionArchive
+    from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
+    from thinkmesh.coordinator.ops.traces_commands import verify_traces
+    from thinkmesh.coordinator.work.verifier import ContributionArchive
     from thinkmesh.devnet.distill_commands import verified_traces_dataset
-    from thinkmesh.protocol.generation import ROUND_KIND_GENERATION
-    from thinkmesh.protocol.messages import samples_root, sign_message
-    from thinkmesh.protocol.traces import contribution_traces, traces_tree
+    from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION
+    from thinkmesh.protocol.rules.messages import samples_root, sign_message
+    from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
 
     w = world()
     training = (_with_correct_first_sample(w.honest[0], w.round, w.nodes[0], 2), w.honest[1])

@@ -8,11 +8,11 @@ import socket
 import pytest
 
 from tests.node.mesh_parts import anvil_ledger, closed_port
-from thinkmesh.devnet.cli import main
+from thinkmesh.protocol.cli.main import main
 from thinkmesh.node.config import ChainConfig, NodeConfig
-from thinkmesh.node.doctor import check_device, check_disk, check_p2pd, check_ports
-from thinkmesh.node.doctor_chain import check_registration, check_rpc
-from thinkmesh.protocol.keystore import create_keys
+from thinkmesh.node.ops.doctor import check_device, check_disk, check_p2pd, check_ports
+from thinkmesh.node.ops.doctor_chain import check_registration, check_rpc
+from thinkmesh.protocol.keys.keystore import create_keys
 
 PASSWORD = "doctor-test-password"
 
@@ -106,8 +106,8 @@ def test_doctor_names_a_missing_p2pd_a_closed_bootstrap_port_and_a_wrong_chain_i
 
 @pytest.mark.timeout(60)
 def test_registration_stake_and_identity_against_the_ledger(ledger, tmp_path):
-    from thinkmesh.protocol.chain import LedgerClient, discover_deployment
-    from thinkmesh.protocol.ledger import tokens
+    from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
+    from thinkmesh.protocol.chain.ledger import tokens
 
     chain, deployed = ledger
     snapshot = chain.snapshot()

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from thinkmesh.protocol.evaluation import EvalSettings, evaluate, heldout_tasks
-from thinkmesh.protocol.tasks import TaskSpec, generate_task, is_heldout, node_task_seed, task_for_node
+from thinkmesh.protocol.rules.evaluation import EvalSettings, evaluate, heldout_tasks
+from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task, is_heldout, node_task_seed, task_for_node
 
 LINEAR_1 = TaskSpec("linear", 1)
 
@@ -20,10 +20,10 @@ def test_coordinators_onchain_figure_equals_train_locals_on_the_same_model_and_s
     the coordinator's default `[eval] seed`, template and tokens, are one figure, down to the
     fixed-point value `RoundMetrics` carries."""
     from thinkmesh.coordinator.config import EvalConfig
-    from thinkmesh.coordinator.daemon import Coordinator
-    from thinkmesh.coordinator.settlement import build_intent
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.train_local import METRICS_FILE, LocalTrainConfig, train_local
+    from thinkmesh.coordinator.work.daemon import Coordinator
+    from thinkmesh.coordinator.settlement.round_settlement import build_intent
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.local.train_local import METRICS_FILE, LocalTrainConfig, train_local
 
     config = LocalTrainConfig(model_dir=str(coldstarted_micro_dir), run_dir=str(tmp_path / "run"), task="linear",
                               steps=0, max_new_tokens=32, eval_tasks=24, eval_samples=4, strategy="grpo")
@@ -49,7 +49,7 @@ def test_coordinators_onchain_figure_equals_train_locals_on_the_same_model_and_s
 
 @pytest.mark.timeout(120)
 def test_evaluation_is_deterministic_and_its_figures_are_consistent(coldstarted_micro_dir):
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
 
     model, tokenizer = load_model(coldstarted_micro_dir).eval(), load_tokenizer(coldstarted_micro_dir)
     settings = EvalSettings(tasks=16, max_new_tokens=32, template="r1-compact", samples=4)
@@ -68,8 +68,8 @@ def test_no_evaluation_problem_appears_in_any_training_prompt_set_of_the_run():
     round prompts (`task_for_node`, several rounds and nodes), `train local`'s prompts, against
     every held-out problem the coordinator or `train local` can evaluate (all 150 of linear-1's)."""
     from thinkmesh.devnet.profiles import PROFILES
-    from thinkmesh.node.coldstart import sft_tasks
-    from thinkmesh.node.train_local import LocalTrainConfig, step_tasks
+    from thinkmesh.node.local.coldstart import sft_tasks
+    from thinkmesh.node.local.train_local import LocalTrainConfig, step_tasks
 
     evaluation = {task.question for task in heldout_tasks(LINEAR_1, 150)}
     assert evaluation == {task.question for task in heldout_tasks(LINEAR_1, 150, "another eval seed")}

@@ -9,17 +9,17 @@ import dataclasses
 import pytest
 
 from thinkmesh.devnet.cheats import CheatInputs, apply_cheat, resign
-from thinkmesh.node.contribution_step import honest_contribution
-from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.protocol.generation import ROUND_KIND_GENERATION, accepted_trace_indices, trace_accepted
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.messages import GradientPayload, RoundAnnouncement, TensorBlob, sign_message
-from thinkmesh.protocol.payout import generation_payout
-from thinkmesh.protocol.strategies import strategy_from_name
-from thinkmesh.protocol.tasks import TaskSpec
-from thinkmesh.protocol.terms import RoundTerms
-from thinkmesh.protocol.traces import contribution_traces
-from thinkmesh.protocol.verification import VerificationContext, verify_contribution
+from thinkmesh.node.work.contribution_step import honest_contribution
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION, accepted_trace_indices, trace_accepted
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.messages import GradientPayload, RoundAnnouncement, TensorBlob, sign_message
+from thinkmesh.protocol.rules.payout import generation_payout
+from thinkmesh.protocol.rules.strategies import strategy_from_name
+from thinkmesh.protocol.rules.tasks import TaskSpec
+from thinkmesh.protocol.rules.terms import RoundTerms
+from thinkmesh.protocol.rules.traces import contribution_traces
+from thinkmesh.protocol.rules.verification import VerificationContext, verify_contribution
 
 GROUP, TOKENS, PROMPTS = 8, 32, 4
 
@@ -80,7 +80,7 @@ def test_a_generation_contribution_with_a_gradient_is_malformed(setting):
 
 
 def test_empty_gradients_of_two_nodes_are_not_a_replay(setting):
-    from thinkmesh.protocol.verification import gradient_digest
+    from thinkmesh.protocol.rules.verification import gradient_digest
 
     model, tokenizer, announcement, _, honest = setting
     other = NodeIdentity.from_seed(b"o" * 32)

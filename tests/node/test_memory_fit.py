@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkmesh.node.memory_fit import (
+from thinkmesh.node.model.memory_fit import (
     MemoryFit,
     free_memory_bytes,
     is_out_of_memory,
@@ -29,8 +29,8 @@ GRADIENT_RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def engine(micro_model_dir):
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
     model, tokenizer = load_model(micro_model_dir), load_tokenizer(micro_model_dir)
     tasks = [generate_task(TaskSpec("linear", 1), b"fit", i) for i in range(3)]
@@ -39,7 +39,7 @@ def engine(micro_model_dir):
 
 def _varied_rewards(count: int, seed: int):
     """Rule rewards with spread inside every group but the last (all equal, so dynamic sampling drops it)."""
-    from thinkmesh.protocol.rewards import RewardBreakdown
+    from thinkmesh.protocol.rules.rewards import RewardBreakdown
 
     gen = torch.Generator().manual_seed(seed)
     values = torch.rand(count, generator=gen).tolist()
@@ -50,8 +50,8 @@ def _varied_rewards(count: int, seed: int):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "dr_grpo", "gspo", "rloo"])
 def test_micro_batched_gradient_equals_the_one_batch_gradient(engine, preset):
-    from thinkmesh.node.train_step import collect_rollouts, policy_gradient
-    from thinkmesh.protocol.strategies import strategy_from_name
+    from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
 
     model, tokenizer, tasks = engine
     spec = dataclasses.replace(strategy_from_name(preset), group_size=4, max_new_tokens=12)
@@ -89,8 +89,8 @@ def test_micro_batched_gradient_equals_the_one_batch_gradient(engine, preset):
 
 @pytest.mark.timeout(60)
 def test_rollouts_do_not_depend_on_the_rollout_batch(engine):
-    from thinkmesh.node.train_step import collect_rollouts
-    from thinkmesh.protocol.strategies import strategy_from_name
+    from thinkmesh.node.work.train_step import collect_rollouts
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
 
     model, tokenizer, tasks = engine
     spec = dataclasses.replace(strategy_from_name("dapo"), group_size=4, max_new_tokens=16, overlong_buffer=4)
@@ -167,10 +167,10 @@ def _contribution_under_address_limit(out: str, headroom_mb: int, prompts: int) 
     import resource
 
     from tests.verification_world import STRATEGY, announce, make_model
-    from thinkmesh.node.contribution_step import honest_contribution
-    from thinkmesh.node.tokenizer import build_tokenizer
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.messages import encode_message
+    from thinkmesh.node.work.contribution_step import honest_contribution
+    from thinkmesh.node.model.tokenizer import build_tokenizer
+    from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.rules.messages import encode_message
 
     torch.set_num_threads(1)
     model, tokenizer = make_model(), build_tokenizer()
@@ -191,13 +191,13 @@ def test_a_real_memory_limit_makes_the_node_halve_and_send_the_unlimited_contrib
     the whole batch fails at 8 MiB, 16 sequences fail too, 8 fit; 32 fit at 24 MiB), so torch's CPU allocator fails for real, the
     node halves the micro-batch, and the contribution equals the one computed without a limit."""
     from tests.verification_world import STRATEGY, announce, make_model
-    from thinkmesh.node.contribution_step import honest_contribution
-    from thinkmesh.node.tokenizer import build_tokenizer
-    from thinkmesh.protocol.gradient_codec import decode_gradient
-    from thinkmesh.protocol.identity import NodeIdentity
-    from thinkmesh.protocol.audit import AuditPolicy
-    from thinkmesh.protocol.messages import Contribution, decode_message
-    from thinkmesh.protocol.verification import REASON_OK, VerificationContext, verify_contribution
+    from thinkmesh.node.work.contribution_step import honest_contribution
+    from thinkmesh.node.model.tokenizer import build_tokenizer
+    from thinkmesh.protocol.rules.gradient_codec import decode_gradient
+    from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.rules.audit import AuditPolicy
+    from thinkmesh.protocol.rules.messages import Contribution, decode_message
+    from thinkmesh.protocol.rules.verification import REASON_OK, VerificationContext, verify_contribution
 
     prompts, out = 8, str(tmp_path / "contribution.bin")
     code = f"from tests.node.test_memory_fit import _contribution_under_address_limit as run; run({out!r}, 8, {prompts})"

@@ -30,9 +30,9 @@ def soak_daemon(tmp_path):
     """A `NodeDaemon` with its model and tokenizer in place, nothing started (no DHT, no chain)."""
     from tests.verification_world import make_model
     from thinkmesh.node.config import NodeConfig
-    from thinkmesh.node.daemon import NodeDaemon
-    from thinkmesh.node.tokenizer import build_tokenizer
-    from thinkmesh.protocol.identity import NodeIdentity
+    from thinkmesh.node.work.daemon import NodeDaemon
+    from thinkmesh.node.model.tokenizer import build_tokenizer
+    from thinkmesh.protocol.rules.identity import NodeIdentity
 
     coordinator = NodeIdentity.from_seed(b"\xc0" * 32)
     config = NodeConfig(
@@ -49,7 +49,7 @@ def soak_daemon(tmp_path):
 def one_round(daemon, coordinator, round_id: int) -> dict:
     """`take_part` without the network: `_work`, the upload's encoding, the history, /status."""
     from tests.verification_world import announce
-    from thinkmesh.protocol.messages import encode_message
+    from thinkmesh.protocol.rules.messages import encode_message
 
     announcement = announce(coordinator, daemon.model, round_id, round_id.to_bytes(32, "big"), prompts=2)
     summary, contribution = daemon._work(announcement)
@@ -61,7 +61,7 @@ def one_round(daemon, coordinator, round_id: int) -> dict:
 
 @pytest.mark.timeout(150)
 def test_fifty_rounds_of_node_work_keep_rss_flat(tmp_path):
-    from thinkmesh.node.daemon import HISTORY_LIMIT
+    from thinkmesh.node.work.daemon import HISTORY_LIMIT
 
     torch.set_num_threads(1)
     daemon, coordinator = soak_daemon(tmp_path)

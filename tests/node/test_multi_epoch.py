@@ -3,12 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.node.multi_epoch import multi_epoch_update
-from thinkmesh.node.train_step import collect_rollouts, policy_gradient
-from thinkmesh.protocol.rewards import RewardBreakdown
-from thinkmesh.protocol.strategies import strategy_from_name
-from thinkmesh.protocol.tasks import TaskSpec, generate_task
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+from thinkmesh.node.local.multi_epoch import multi_epoch_update
+from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
+from thinkmesh.protocol.rules.rewards import RewardBreakdown
+from thinkmesh.protocol.rules.strategies import strategy_from_name
+from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
 
 def _setup(model_dir, seed=0):

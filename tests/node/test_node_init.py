@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from thinkmesh.devnet.cli import main
-from thinkmesh.node import init_commands
+from thinkmesh.protocol.cli.main import main
+from thinkmesh.node.ops import init_commands
 from thinkmesh.node.config import load_node_config
-from thinkmesh.node.doctor_model import check_base_model, check_fit
-from thinkmesh.node.init_commands import MachineFacts, render_node_toml
-from thinkmesh.node.memory_fit import estimate_fit, parameter_count, sequence_cost
-from thinkmesh.node.tiny_model import ARCHITECTURES, qwen2_config
-from thinkmesh.protocol.adapters import lora_parameter_count
+from thinkmesh.node.ops.doctor_model import check_base_model, check_fit
+from thinkmesh.node.ops.init_commands import MachineFacts, render_node_toml
+from thinkmesh.node.model.memory_fit import estimate_fit, parameter_count, sequence_cost
+from thinkmesh.node.model.tiny_model import ARCHITECTURES, qwen2_config
+from thinkmesh.protocol.rules.adapters import lora_parameter_count
 
 GiB = 1 << 30
 LEDGER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

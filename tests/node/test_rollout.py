@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.protocol.rollout import FINISH_LENGTH, FINISH_STOP, SamplingSettings, StopRule, generate, stop_rule_for
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+from thinkmesh.protocol.rules.rollout import FINISH_LENGTH, FINISH_STOP, SamplingSettings, StopRule, generate, stop_rule_for
 
 PROMPTS = ["User: What is 12+30?\nAssistant:", "User: Solve 2*x+1=5 for x.\nAssistant:", "Q"]
 
@@ -66,7 +66,7 @@ def test_seeded_sampling_is_reproducible_and_logprobs_are_tempered(engine):
 
 
 def test_top_p_restricts_sampling_to_the_nucleus():
-    from thinkmesh.protocol.rollout import sample_next_token
+    from thinkmesh.protocol.rules.rollout import sample_next_token
 
     logits = torch.tensor([[5.0, 4.0, -5.0, -5.0]]).repeat(500, 1)
     tokens, logprobs = sample_next_token(logits, 1.0, 0.5, torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64))

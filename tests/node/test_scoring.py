@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from thinkmesh.node.model_dir import load_model, load_tokenizer
-from thinkmesh.protocol.rollout import SamplingSettings, StopRule, generate
-from thinkmesh.protocol.scoring import (
+from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+from thinkmesh.protocol.rules.rollout import SamplingSettings, StopRule, generate
+from thinkmesh.protocol.rules.scoring import (
     ScoringError, completion_logprobs, max_logprob_gap, prompt_token_ids, token_logprobs,
 )
 
@@ -51,7 +51,7 @@ def test_bad_inputs_are_scoring_errors(micro_model_dir, prompts, completions, te
 
 
 def test_bfloat16_rollouts_are_reproduced_within_the_bf16_tolerance(micro_model_dir):
-    from thinkmesh.protocol.scoring import SCORING_TOLERANCE_BF16
+    from thinkmesh.protocol.rules.scoring import SCORING_TOLERANCE_BF16
 
     model, tokenizer = load_model(micro_model_dir, dtype="bfloat16"), load_tokenizer(micro_model_dir)
     prompts = [prompt_token_ids(tokenizer, p) for p in PROMPTS for _ in range(4)]

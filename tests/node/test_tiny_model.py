@@ -1,8 +1,8 @@
 import torch
 from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
-from thinkmesh.node.model_dir import ModelDirError, load_model, load_tokenizer, save_model_atomically, weights_sha256
-from thinkmesh.node.tiny_model import TinyModelSpec, init_model_dir, qwen2_config
+from thinkmesh.node.model.model_dir import ModelDirError, load_model, load_tokenizer, save_model_atomically, weights_sha256
+from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir, qwen2_config
 from tests.node.conftest import MICRO_SPEC
 
 

@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from thinkmesh.node.tokenizer import REASONING_TAGS, VOCAB_SIZE, build_tokenizer, save_tokenizer, vocabulary
+from thinkmesh.node.model.tokenizer import REASONING_TAGS, VOCAB_SIZE, build_tokenizer, save_tokenizer, vocabulary
 
 TEXT = "User: Solve 7*x+4=11 for x.\nAssistant:<think>7*x=7, x=1</think> <answer>1</answer>"
 

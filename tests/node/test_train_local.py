@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from thinkmesh.node.coldstart import ColdStartSettings, run_coldstart
-from thinkmesh.node.model_dir import weights_sha256
-from thinkmesh.node.train_local import CHECKPOINT_DIR, METRICS_FILE, LocalTrainConfig, train_local
+from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
+from thinkmesh.node.model.model_dir import weights_sha256
+from thinkmesh.node.local.train_local import CHECKPOINT_DIR, METRICS_FILE, LocalTrainConfig, train_local
 
 
 def _config(model_dir, run_dir, **overrides):
@@ -48,10 +48,10 @@ def test_grpo_steps_raise_mean_reward_on_their_prompts(coldstarted_micro_dir):
     uses: at 3e-3 the first sign-sized Adam steps undo the gain (0.395 -> 0.377)."""
     import dataclasses
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.node.train_step import collect_rollouts, policy_gradient
-    from thinkmesh.protocol.strategies import strategy_from_name
-    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
+    from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
     model, tokenizer = load_model(coldstarted_micro_dir), load_tokenizer(coldstarted_micro_dir)
     tasks = [generate_task(TaskSpec("linear", 1), b"test", i) for i in range(4)]
@@ -80,9 +80,9 @@ def test_grpo_steps_raise_mean_reward_on_their_prompts(coldstarted_micro_dir):
 def test_training_prompts_never_draw_a_heldout_problem(tmp_path):
     """linear-1 has 720 problems, so seeds alone cannot keep held-out problems out of training:
     step prompts come from the trainable side of the public partition, as a pure function of (seed, step)."""
-    from thinkmesh.node.train_local import step_tasks
-    from thinkmesh.protocol.evaluation import heldout_tasks
-    from thinkmesh.protocol.tasks import TaskSpec, is_heldout
+    from thinkmesh.node.local.train_local import step_tasks
+    from thinkmesh.protocol.rules.evaluation import heldout_tasks
+    from thinkmesh.protocol.rules.tasks import TaskSpec, is_heldout
 
     config = _config(tmp_path, tmp_path / "run", eval_tasks=150, prompts_per_step=16)
     evaluation = {task.question for task in heldout_tasks(TaskSpec("linear", 1), config.eval_tasks)}
@@ -98,14 +98,14 @@ def test_dynamic_sampling_skips_uninformative_groups_without_changing_the_gradie
     the gradient equals `strategy_loss` over the whole batch (which drops them itself)."""
     import dataclasses
 
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
-    from thinkmesh.protocol.rollout import Completion
-    from thinkmesh.node.train_step import ScoredRollouts, collect_rollouts, policy_gradient
-    from thinkmesh.protocol.grpo import strategy_loss
-    from thinkmesh.protocol.rewards import RewardBreakdown
-    from thinkmesh.protocol.scoring import completion_logprobs
-    from thinkmesh.protocol.strategies import strategy_from_name
-    from thinkmesh.protocol.tasks import TaskSpec, generate_task
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
+    from thinkmesh.protocol.rules.rollout import Completion
+    from thinkmesh.node.work.train_step import ScoredRollouts, collect_rollouts, policy_gradient
+    from thinkmesh.protocol.rules.grpo import strategy_loss
+    from thinkmesh.protocol.rules.rewards import RewardBreakdown
+    from thinkmesh.protocol.rules.scoring import completion_logprobs
+    from thinkmesh.protocol.rules.strategies import strategy_from_name
+    from thinkmesh.protocol.rules.tasks import TaskSpec, generate_task
 
     model, tokenizer = load_model(coldstarted_micro_dir), load_tokenizer(coldstarted_micro_dir)
     tasks = [generate_task(TaskSpec("linear", 1), b"ds", i) for i in range(3)]

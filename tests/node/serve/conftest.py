@@ -12,7 +12,7 @@ import pytest
 from thinkmesh.node.serve.app import ServeServer
 from thinkmesh.node.serve.engine import ServeEngine, load_served_model
 from thinkmesh.node.serve.openai_schema import ServeLimits
-from thinkmesh.protocol.identity import NodeIdentity
+from thinkmesh.protocol.rules.identity import NodeIdentity
 
 MODEL_NAME = "micro"
 

@@ -9,9 +9,9 @@ from hivemind.dht.validation import DHTRecord
 from hivemind.utils.serializer import MSGPackSerializer
 
 from thinkmesh.node.serve.discovery import ServerRecordValidator, serve_key
-from thinkmesh.protocol.encoding import encode_message
-from thinkmesh.protocol.identity import NodeIdentity
-from thinkmesh.protocol.receipts import ServerAnnouncement, sign_announcement
+from thinkmesh.protocol.rules.encoding import encode_message
+from thinkmesh.protocol.rules.identity import NodeIdentity
+from thinkmesh.protocol.rules.receipts import ServerAnnouncement, sign_announcement
 
 MODEL = b"\x11" * 32
 SERVER = NodeIdentity.from_seed(b"\x01" * 32)

@@ -9,9 +9,9 @@ import pytest
 
 from thinkmesh.node.serve.engine import GenerationJob, ServeEngine
 from thinkmesh.node.serve.openai_schema import TextStream, answer_text
-from thinkmesh.protocol.receipts import receipt_row_key
-from thinkmesh.protocol.rollout import SamplingSettings, StopRule, generate
-from thinkmesh.protocol.sampling import stop_rule_for
+from thinkmesh.protocol.rules.receipts import receipt_row_key
+from thinkmesh.protocol.rules.rollout import SamplingSettings, StopRule, generate
+from thinkmesh.protocol.rules.sampling import stop_rule_for
 
 pytestmark = pytest.mark.timeout(60)
 

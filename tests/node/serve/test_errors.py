@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from thinkmesh.node.serve.engine import ServedModel, ServeEngine
-from thinkmesh.protocol.prefix_scoring import cache_keyword
+from thinkmesh.protocol.rules.prefix_scoring import cache_keyword
 
 from tests.node.serve.conftest import MODEL_NAME, running_server
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from thinkmesh.node.serve.openai_schema import answer_text
-from thinkmesh.protocol.receipts import public_seed, receipt_from_json, recheck_receipt, receipt_row_key
-from thinkmesh.protocol.rollout import SamplingSettings, generate
+from thinkmesh.protocol.rules.receipts import public_seed, receipt_from_json, recheck_receipt, receipt_row_key
+from thinkmesh.protocol.rules.rollout import SamplingSettings, generate
 
 from tests.node.serve.conftest import MODEL_NAME
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from thinkmesh.devnet.cli import main
-from thinkmesh.protocol.receipts import receipt_from_json, receipt_to_json, sign_receipt
+from thinkmesh.protocol.cli.main import main
+from thinkmesh.protocol.rules.receipts import receipt_from_json, receipt_to_json, sign_receipt
 
 from tests.node.serve.conftest import MODEL_NAME
 

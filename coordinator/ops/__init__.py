@@ -1,0 +1,1 @@
+"""The operator's commands: `coordinator run`, `dashboard`, and `traces` export and verify."""

@@ -1,0 +1,1 @@
+"""Training without the network: cold start, `train local`, multi-epoch updates, distillation."""
