@@ -10,7 +10,6 @@ only `devnet up`, which then stops anvil last, after every process that writes t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from thinkmesh.devnet.anvil import DEFAULT_CHAIN_ID, AnvilError, DevAccount, fin
 from thinkmesh.devnet.layout import DevnetLayout
 from thinkmesh.devnet.ports import port_open
 from thinkmesh.devnet.processes import DevnetError, ManagedProcess, ProcessGroup, wait_for
+from thinkmesh.protocol.runtime.atomic_files import replace_file
 
 ANVIL_START_TIMEOUT_S = 30.0
 DEV_ACCOUNTS = 10
@@ -90,7 +90,7 @@ def persist_chain_state(layout: DevnetLayout) -> bool:
     except DevnetError:
         dumped.rename(dumped.with_suffix(".damaged.json"))
         return False
-    os.replace(dumped, layout.chain_state)
+    replace_file(dumped, layout.chain_state)
     return True
 
 

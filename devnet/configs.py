@@ -16,6 +16,7 @@ from pydantic import BaseModel
 import tomli_w
 
 from thinkmesh.devnet.processes import DevnetError
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 RUN_ID = "devnet"
 
@@ -109,10 +110,7 @@ def require_cheat_mode(mode: str) -> None:
 def write_config(config: BaseModel, path: Path) -> Path:
     """Writes the keys the devnet set (validated already) as TOML, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(config_toml(config))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, config_toml(config))
 
 
 def config_toml(config: BaseModel) -> str:

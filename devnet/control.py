@@ -22,6 +22,7 @@ from pathlib import Path
 from thinkmesh.devnet.layout import DevnetLayout, DevnetState, NodeEntry
 from thinkmesh.devnet.monitor import fetch_json
 from thinkmesh.devnet.processes import DevnetError, pid_alive, process_start_time, stop_process_tree
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 DOWN_TIMEOUT_S = 90.0
 JOINED_STOP_GRACE_S = 10.0
@@ -97,10 +98,7 @@ def record_joined(layout: DevnetLayout, name: str, pid: int | None = None) -> Pa
     directory = joined_dir(layout)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"name": name, "pid": pid, "started": process_start_time(pid)}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps({"name": name, "pid": pid, "started": process_start_time(pid)}) + "\n")
 
 
 def stop_joined_nodes(layout: DevnetLayout, grace_s: float = JOINED_STOP_GRACE_S) -> list[str]:

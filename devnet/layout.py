@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from thinkmesh.devnet.processes import DevnetError
+from thinkmesh.protocol.runtime.atomic_files import PRIVATE_MODE, write_atomic
 
 HOME_ENV = "THINKMESH_HOME"
 STATE_FILE = "devnet.json"
@@ -107,9 +108,7 @@ class DevnetLayout:
         path = self.password_file
         if not path.exists():
             self.ensure()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"devnet-{secrets.token_hex(16)}\n")
+            write_atomic(path, f"devnet-{secrets.token_hex(16)}\n", mode=PRIVATE_MODE, exclusive=True)
         return path.read_text().strip()
 
 
@@ -159,9 +158,7 @@ class DevnetState:
 
     def save(self, layout: DevnetLayout) -> None:
         payload = {"format": STATE_FORMAT, **asdict(self)}
-        tmp = layout.state_file.with_name(f".{STATE_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, layout.state_file)
+        write_atomic(layout.state_file, json.dumps(payload, indent=2) + "\n")
 
     @classmethod
     def load(cls, layout: DevnetLayout) -> DevnetState:

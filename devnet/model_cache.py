@@ -21,6 +21,7 @@ from pathlib import Path
 from thinkmesh.node.local.coldstart import MARKER_FILE, ColdStartSettings
 from thinkmesh.node.model.tiny_model import TinyModelSpec
 from thinkmesh.protocol.rules.tasks import PARTITION_ID
+from thinkmesh.protocol.runtime.atomic_files import replace_directory
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ def ensure_model(recipe: ModelRecipe, cache_dir: Path, *, progress: bool = False
         scratch = target.with_name(f".{target.name}.building")
         shutil.rmtree(scratch, ignore_errors=True)
         _build(recipe, scratch, progress)
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.rename(target)
+        replace_directory(scratch, target)
         return CachedModel(target, cached=False, built_s=time.monotonic() - started)
 
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 
 class TracesError(ProtocolError):
@@ -115,9 +116,7 @@ def export_traces(args: argparse.Namespace) -> int:
     rounds = parse_rounds(args.rounds)
     evidence_dir = config.chain.evidence_dir if config.chain and config.chain.evidence_dir else config.data_dir / "evidence"
     lines = trace_lines(config.data_dir, evidence_dir, rounds, load_tokenizer(config.base_model))
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-    tmp.replace(args.out)
+    write_atomic(args.out, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
     print(f"traces export: {len(lines)} traces from rounds {rounds.start}..{rounds.stop - 1} to {args.out}")
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from thinkmesh.coordinator.settlement.retry_queue import FailureLog, failure_kind
 from thinkmesh.protocol.chain.errors import RpcUnreachableError
 from thinkmesh.protocol.chain.ledger import NodeStatus, bound_nodes
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ class RegistryCache:
 
     def _save(self, registry: dict[bytes, str]) -> None:
         try:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps({key.hex(): address for key, address in sorted(registry.items())}, indent=1))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({key.hex(): address for key, address in sorted(registry.items())}, indent=1))
         except OSError as exc:
             logger.warning("could not keep the registry in %s: %s", self.path, exc)
 

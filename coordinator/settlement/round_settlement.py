@@ -10,7 +10,8 @@ costs its node `slash_amount`, capped at its stake, with the verdict's reason co
 
 1. the `SettlementIntent` (awards, stats, traces root, slashes, the accepted hashes for the
    replay sets, the round's model hash) is written atomically to `<data_dir>/settlement/round-NNNNNN.json`
-   (temporary file fsynced, renamed, then the directory fsynced so the rename itself survives a crash);
+   (`protocol/runtime/atomic_files.py`: temporary file fsynced, renamed, then the directory fsynced
+   so the rename itself survives a crash);
 2. the checkpoint commits the round (next round = r + 1);
 3. the settlement queue (`settlement_queue.py`) sends it behind the round loop, in round order:
    `settle_round` (idempotent: a retry with the same payload is a no-op, a different payload is
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +58,7 @@ from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION, ROUND_KIN
 from thinkmesh.protocol.rules.payout import contribution_score, generation_payout, payout_for, verified_prompts
 from thinkmesh.protocol.rules.rewards import total_reward
 from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
+from thinkmesh.protocol.runtime.atomic_files import fsync_directory, write_atomic
 
 logger = logging.getLogger(__name__)
 SETTLEMENT_STEPS = ("after-intent", "before-settle", "after-settle")  # where a step hook is called (docstring)
@@ -196,14 +197,7 @@ class SettlementJournal:
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
             fsync_directory(self.directory.parent)
-        path = self.path(intent.round_id)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(intent.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_directory(self.directory)  # the rename is durable only once the directory is
+        write_atomic(self.path(intent.round_id), intent.to_json())
 
     def mark_done(self, intent: SettlementIntent) -> SettlementIntent:
         done = replace(intent, done=True)
@@ -224,15 +218,6 @@ class SettlementJournal:
         if dropped:
             fsync_directory(self.directory)
         return dropped
-
-
-def fsync_directory(directory: Path) -> None:
-    """Makes the directory's entries (a rename, a creation, an unlink) durable (POSIX)."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- talking to the chain -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Coordinator checkpoints: everything needed to resume at the last committed version and round.
 
 A checkpoint is one `torch.save` file (parameters, AdamW state, version, next round, the signed
-manifest's bytes and the round records) written to a temporary name, fsynced, then renamed over
+manifest's bytes and the round records) written through `protocol/runtime/atomic_files.py` as
 `checkpoint.pt`; a crash at any point leaves either the old or the new checkpoint whole. On
 load the parameters are re-hashed and must equal the manifest's model hash, so a coordinator
 never serves a model that differs from what it once signed.
@@ -9,7 +9,6 @@ never serves a model that differs from what it once signed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from thinkmesh.protocol.rules.encoding import decode_message
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.messages import ModelManifest
 from thinkmesh.protocol.rules.model_manifest import parameters_hash
+from thinkmesh.protocol.runtime.atomic_files import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -42,18 +42,8 @@ class Checkpoint:
 def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-    payload = {"format": FORMAT_VERSION, **checkpoint.__dict__}
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(target) as tmp:
+        torch.save({"format": FORMAT_VERSION, **checkpoint.__dict__}, tmp)
     return target
 
 

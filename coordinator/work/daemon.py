@@ -26,7 +26,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import os
 import sys
 import time
 
@@ -58,6 +57,7 @@ from thinkmesh.protocol.rules.identity import NodeIdentity, public_key_from_peer
 from thinkmesh.protocol.rules.messages import ZERO_HASH, ModelManifest, RoundAnnouncement, encode_message, sign_message
 from thinkmesh.protocol.rules.model_manifest import assign_parameters, build_manifest, canonical_architecture, model_parameters
 from thinkmesh.protocol.runtime.observability import StatusServer
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 from thinkmesh.protocol.rules.scoring import load_tokenizer
 from thinkmesh.protocol.rules.seeds import round_seed
 from thinkmesh.protocol.rules.tasks import TaskSpec
@@ -467,10 +467,7 @@ class Coordinator:
         maddrs = self.maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         logger.info("coordinator %s listening on %s", self.identity.peer_id, maddrs)
         if self.config.network.maddrs_file:
-            path = self.config.network.maddrs_file
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("\n".join(maddrs) + "\n")
-            os.replace(tmp, path)
+            write_atomic(self.config.network.maddrs_file, "\n".join(maddrs) + "\n")
         return maddrs
 
     def _publish_bootstrap(self, maddrs: list[str]) -> None:
@@ -493,9 +490,7 @@ class Coordinator:
         port = await self.status_server.start(obs.http_host, obs.http_port)
         logger.info("status on http://%s:%d/status", obs.http_host, port)
         if obs.port_file:
-            tmp = obs.port_file.with_name(obs.port_file.name + ".tmp")
-            tmp.write_text(f"{port}\n")
-            os.replace(tmp, obs.port_file)
+            write_atomic(obs.port_file, f"{port}\n")
 
     def status(self) -> dict:
         current = self.intake.current if self.intake else None

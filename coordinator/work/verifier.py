@@ -57,8 +57,8 @@ from pathlib import Path
 from thinkmesh.protocol.rules.audit import AuditPolicy
 from thinkmesh.protocol.rules.encoding import decode_message, encode_message
 from thinkmesh.protocol.rules.errors import EncodingError
-from thinkmesh.protocol.rules.evidence import Evidence, build_evidence, evidence_bytes, write_evidence
-from thinkmesh.protocol.rules.adapters import adapter_file_name, write_adapter_file
+from thinkmesh.protocol.rules.evidence import Evidence, build_evidence, evidence_bytes
+from thinkmesh.protocol.rules.adapters import adapter_file_bytes, adapter_file_name
 from thinkmesh.protocol.rules.hashing import keccak256
 from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.rules.seeds import audit_beacon
@@ -71,6 +71,7 @@ from thinkmesh.protocol.rules.verification import (
     gradient_digest,
     verify_contribution,
 )
+from thinkmesh.protocol.runtime.atomic_files import atomic_path, write_atomic
 
 logger = logging.getLogger(__name__)
 REGISTRY_REFRESH_S = 5.0  # an unknown key already looked up prompts a registry read at most this often
@@ -79,19 +80,11 @@ REGISTRY_NEW_KEYS = 4096  # keys per round remembered as looked up; past this ev
 SHORT_RECORD_FINDINGS = 8  # findings a short verdict record keeps
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Atomically: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def store_evidence(path: Path, evidence, hashed: bool) -> bytes | None:
     """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
-    if hashed:
-        return write_evidence(path, evidence)
-    write_file(path, evidence_bytes(evidence))
-    return None
+    data = evidence_bytes(evidence)
+    write_atomic(path, data)
+    return keccak256(data) if hashed else None
 
 
 def round_dir(root: Path, round_id: int) -> Path:
@@ -168,7 +161,7 @@ class ContributionArchive:
         path.parent.mkdir(parents=True, exist_ok=True)
         if evidence is not None and _link(evidence, path):
             return path
-        write_file(path, encode_message(contribution) if encoded is None else encoded)
+        write_atomic(path, encode_message(contribution) if encoded is None else encoded)
         return path
 
     def load(self, round_id: int, node_key: bytes) -> Contribution | None:
@@ -191,13 +184,12 @@ class ContributionArchive:
 
 def _link(source: Path, path: Path) -> bool:
     """Atomically makes `path` a hard link to `source`; False where the file system refuses."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
+        with atomic_path(path) as tmp:
+            tmp.unlink()
+            os.link(source, tmp)  # the temporary becomes a second name of the evidence file
     except OSError:
         return False
-    tmp.replace(path)
     return True
 
 
@@ -381,7 +373,7 @@ class ContributionVerifier:
                 why = "unslashable reason" if report.reason in UNSLASHABLE_REASONS else "no registered address"
                 record = short_record(contribution, report, len(encoded), why)
                 path = unused_path(directory, stem, ".verdict.json")
-                write_file(path, record)
+                write_atomic(path, record)
                 digest, short = keccak256(record), True
             else:
                 prior = self._prior(contribution, seen, pending) if report.reason == REASON_REPLAY else []
@@ -391,7 +383,7 @@ class ContributionVerifier:
                 if announcement.adapter is not None:  # the adapter a re-run attaches to the public base
                     adapter_path = directory / adapter_file_name(announcement.model_hash)
                     if not adapter_path.exists():
-                        write_adapter_file(adapter_path, self.model)
+                        write_atomic(adapter_path, adapter_file_bytes(self.model))
             outcome = VerifiedContribution(contribution, report, path, digest, address,
                                            time.perf_counter() - started, short)
             if report.accepted:

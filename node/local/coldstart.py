@@ -31,6 +31,7 @@ from thinkmesh.node.model.model_dir import load_model, load_tokenizer, save_mode
 from thinkmesh.protocol.rules.errors import TaskError
 from thinkmesh.protocol.rules.scoring import prompt_token_ids
 from thinkmesh.protocol.rules.tasks import PARTITION_ID, DrawStream, Task, TaskSpec, render_prompt, solution_trace, trainable_task
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 MARKER_FILE = "thinkmesh_coldstart.json"
 COLDSTART_SEED_DOMAIN = b"thinkmesh/coldstart/v1"
@@ -271,7 +272,7 @@ def run_coldstart(
     save_model_atomically(model, tokenizer, out, extra_files=_carried_files(source, out))
     marker["weights_sha256"] = weights_sha256(out)
     marker["tokenizer_sha256"] = tokenizer_sha256(out)
-    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / MARKER_FILE, json.dumps(marker, indent=2, sort_keys=True) + "\n")  # last: marks it done
     return ColdStartResult(key, False, time.monotonic() - started, final_loss, marker["weights_sha256"], tuple(losses))
 
 

@@ -3,7 +3,7 @@
 Adapter rounds pin a frozen base by hash (protocol/rules/adapters.py). A node whose own `base_model`
 hashes otherwise fetches that base once; without this cache a restarted node would fetch it again
 (0.5B parameters are ~2 GB in float32). The base's tensors are written as one safetensors file,
-`data_dir/bases/<hash hex>.safetensors`, through a temporary file that is fsynced and renamed, so
+`data_dir/bases/<hash hex>.safetensors`, through `protocol/runtime/atomic_files.py`, so
 a kill mid-write leaves no file at that name. On load the tensors are re-hashed under the
 architecture the node runs and must give the hash in the name; a file that does not (corrupt,
 truncated, or of another architecture) is deleted and reported as absent, so the node fetches
@@ -13,8 +13,9 @@ the base again instead of running on the wrong weights.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from thinkmesh.protocol.runtime.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 BASES_DIR = "bases"
@@ -30,19 +31,8 @@ def save_base(data_dir: Path, base_hash: bytes, tensors: dict) -> Path:
 
     target = base_path(data_dir, base_hash)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(target) as tmp:
         save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return target
 
 

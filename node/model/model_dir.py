@@ -1,19 +1,20 @@
 """Opening and saving a causal-LM directory: the one place a node touches model files.
 
 Any Hugging Face causal LM directory works (the tiny one from `thinkmesh model init` or a real
-downloaded model). Saves are atomic (write to a sibling temp dir, then rename), so a kill mid-save
-never leaves a half-written model where a later run would load it.
+downloaded model). Saves are atomic and durable (write to a sibling temp dir, then
+`protocol/runtime/atomic_files.replace_directory`), so a kill or a power loss mid-save never
+leaves a half-written model where a later run would load it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.runtime.atomic_files import replace_directory
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -90,18 +91,6 @@ def save_model_atomically(model, tokenizer, directory: str | Path, extra_files: 
         replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Moves `staging` to `target`, keeping the old target until the new one is in place."""
-    retired = None
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(target, retired)
-    os.replace(staging, target)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _require_model_dir(directory: str | Path) -> None:

@@ -171,7 +171,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def node_init(args: argparse.Namespace) -> int:
-    from thinkmesh.protocol.keys.keystore import HOME_ENV, write_private
+    from thinkmesh.protocol.keys.keystore import HOME_ENV
+    from thinkmesh.protocol.runtime.atomic_files import PRIVATE_MODE, write_atomic
     from thinkmesh.protocol.rules.strategies import strategy_from_name
 
     if (args.rpc is None) != (args.ledger is None):
@@ -192,6 +193,6 @@ def node_init(args: argparse.Namespace) -> int:
                             key_dir=args.key_dir.expanduser().resolve(), rpc_url=args.rpc, ledger=args.ledger,
                             initial_peers=args.initial_peers, strategy=args.strategy, plans=plans)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_private(args.out, text)
+    write_atomic(args.out, text, mode=PRIVATE_MODE)
     print(f"node init: wrote {args.out} ({facts.device}, {dtype}); next: thinkmesh node doctor --config {args.out}")
     return 0

@@ -85,15 +85,14 @@ def _hex_bytes(text: str, what: str, size: int) -> bytes:
 def load_identity(path: str | None):
     """The server key from its seed file, made (mode 0600) when missing."""
     from thinkmesh.protocol.rules.identity import NodeIdentity
+    from thinkmesh.protocol.runtime.atomic_files import PRIVATE_MODE, write_atomic
 
     path = Path(path) if path else Path(os.environ.get("THINKMESH_HOME", Path.home() / ".thinkmesh")) / SERVE_IDENTITY_FILE
     if path.exists():
         return NodeIdentity.from_seed(path.read_bytes())
     identity = NodeIdentity.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(identity.seed())
+    write_atomic(path, identity.seed(), mode=PRIVATE_MODE, exclusive=True)
     return identity
 
 

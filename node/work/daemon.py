@@ -23,12 +23,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import sys
 import time
 from collections import deque
 from functools import partial
-from pathlib import Path
 
 from thinkmesh.node.model.base_cache import base_path, load_base, save_base
 from thinkmesh.node.config import NodeConfig
@@ -55,6 +53,7 @@ from thinkmesh.protocol.p2p.dht_records import AnnouncementValidator, announceme
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.keys.identity_guard import check_identity_owner
 from thinkmesh.protocol.rules.scoring import load_tokenizer
+from thinkmesh.protocol.runtime.atomic_files import atomic_path, write_atomic
 from thinkmesh.protocol.rules.identity import NodeIdentity, public_key_from_peer_id
 from thinkmesh.protocol.rules.messages import (
     ZERO_HASH,
@@ -236,9 +235,8 @@ class NodeDaemon:
             import torch
 
             cache = self.config.data_dir / MODEL_CACHE
-            tmp = cache.with_name(cache.name + ".tmp")
-            torch.save({"manifest": encode_message(manifest), "chunks": list(chunks)}, tmp)
-            os.replace(tmp, cache)
+            with atomic_path(cache) as tmp:
+                torch.save({"manifest": encode_message(manifest), "chunks": list(chunks)}, tmp)
         self.model_hash, self.model_version = manifest.model_hash, manifest.version
 
     # ---- model sync ----------------------------------------------------------------------
@@ -495,9 +493,7 @@ class NodeDaemon:
                                           {"run": self.config.run_id, "peer_id": self.identity.peer_id})
         port = await self.status_server.start(obs.http_host, obs.http_port)
         if obs.port_file:
-            tmp = Path(str(obs.port_file) + ".tmp")
-            tmp.write_text(f"{port}\n")
-            os.replace(tmp, obs.port_file)
+            write_atomic(obs.port_file, f"{port}\n")
 
     def status(self) -> dict:
         return {"role": "node", "peer_id": self.identity.peer_id, "run_id": self.config.run_id, "phase": self.phase,

@@ -31,6 +31,7 @@ from thinkmesh.protocol.rules.errors import SignatureError
 from thinkmesh.protocol.rules.identity import IdentityBinding, verify_binding
 from thinkmesh.protocol.rules.payout import SCORE_SCALE  # noqa: F401  (re-exported: the fixed point)
 from thinkmesh.protocol.rules.slashing import SlashReason  # noqa: F401  (re-exported: the chain codes)
+from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 TOKEN_DECIMALS = 18
 HASH_BYTES = 32
@@ -232,7 +233,7 @@ class Deployment:
 
     def save(self, path: Path) -> None:
         """Writes the deployment where nodes and dashboards will read it (e.g. the devnet's state dir)."""
-        path.write_text(self.to_json())
+        write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> Deployment:

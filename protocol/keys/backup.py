@@ -35,8 +35,8 @@ from thinkmesh.protocol.keys.keystore import (
     read_binding,
     unlock_documents,
     unlock_keys,
-    write_private,
 )
+from thinkmesh.protocol.runtime.atomic_files import PRIVATE_MODE, fsync_directory, write_atomic
 
 BACKUP_FORMAT = "thinkmesh-key-backup"
 BACKUP_VERSION = 1
@@ -79,7 +79,10 @@ def backup_keys(key_dir: Path, out: Path, password: str) -> KeyBackup:
     doc = {"format": BACKUP_FORMAT, "version": BACKUP_VERSION, "peer_id": backup.peer_id,
            "evm_address": backup.evm_address, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "files": files, "sha256": files_digest(files)}
-    _write_new_private(out, json.dumps(doc, indent=1) + "\n")
+    try:
+        write_atomic(out, json.dumps(doc, indent=1) + "\n", mode=PRIVATE_MODE, exclusive=True)
+    except FileExistsError as exc:
+        raise KeystoreError(f"{out} already exists; not overwriting a backup") from exc
     return backup
 
 
@@ -146,7 +149,7 @@ def restore_keys(backup_file: Path, key_dir: Path, *, force: bool = False, passw
         _set_aside(key_dir)
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in (IDENTITY_FILE, EVM_FILE, BINDING_FILE):  # the binding last: a torn restore fails to unlock
-        write_private(key_dir / name, backup.files[name])
+        write_atomic(key_dir / name, backup.files[name], mode=PRIVATE_MODE)
     return backup
 
 
@@ -164,19 +167,9 @@ def _set_aside(key_dir: Path) -> Path:
     for name in KEY_FILES:
         if (key_dir / name).exists():
             os.replace(key_dir / name, aside / name)
+    fsync_directory(aside)
+    fsync_directory(key_dir)
     return aside
-
-
-def _write_new_private(path: Path, text: str) -> None:
-    """Writes mode 0600 through a temporary file, then links it in place only if `path` is still free."""
-    tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
-    write_private(tmp, text)
-    try:
-        os.link(tmp, path)
-    except FileExistsError as exc:
-        raise KeystoreError(f"{path} already exists; not overwriting a backup") from exc
-    finally:
-        tmp.unlink()
 
 
 def _field(doc: object, name: str) -> object:

@@ -29,6 +29,7 @@ from eth_account import Account
 
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.identity import IdentityBinding, NodeIdentity, bind_identity, verify_binding
+from thinkmesh.protocol.runtime.atomic_files import PRIVATE_MODE, write_atomic
 from thinkmesh.protocol.runtime.process_lifecycle import PASSWORD_ENV
 
 HOME_ENV = "THINKMESH_HOME"
@@ -124,17 +125,6 @@ def default_key_dir(name: str = "default") -> Path:
     return home / "keys" / name
 
 
-def write_private(path: Path, text: str) -> None:
-    """Writes `text` with mode 0600 through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _encrypt_seed(seed: bytes, password: str, profile: dict) -> dict:
     salt = secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES)
     key = nacl.pwhash.argon2id.kdf(
@@ -177,9 +167,9 @@ def create_keys(key_dir: Path, password: str, kdf: str = "standard", overwrite: 
                     "public_key": identity.public_key.hex(),
                     "crypto": _encrypt_seed(identity.seed(), password, profile)}
     evm_doc = Account.encrypt(account.key, password, kdf="scrypt", iterations=profile["scrypt_n"])
-    write_private(key_dir / IDENTITY_FILE, json.dumps(identity_doc, indent=1))
-    write_private(key_dir / EVM_FILE, json.dumps(evm_doc))
-    write_private(key_dir / BINDING_FILE, json.dumps(binding_to_json(binding), indent=1))
+    write_atomic(key_dir / IDENTITY_FILE, json.dumps(identity_doc, indent=1), mode=PRIVATE_MODE)
+    write_atomic(key_dir / EVM_FILE, json.dumps(evm_doc), mode=PRIVATE_MODE)
+    write_atomic(key_dir / BINDING_FILE, json.dumps(binding_to_json(binding), indent=1), mode=PRIVATE_MODE)
     return UnlockedKeys(identity, bytes(account.key), binding)
 
 

@@ -160,20 +160,12 @@ def adapter_file_name(model_hash: bytes) -> str:
     return f"{model_hash.hex()}{ADAPTER_FILE_SUFFIX}"
 
 
-def write_adapter_file(path, model) -> None:
-    """The model's trainable (adapter) tensors as safetensors, atomically (temp file, rename)."""
-    import os
-    from pathlib import Path
+def adapter_file_bytes(model) -> bytes:
+    """The model's trainable (adapter) tensors as safetensors bytes: the adapter file's content,
+    which the caller writes (the rules do no I/O of their own)."""
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({n: t.contiguous() for n, t in trainable_parameters(model).items()}, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return save({n: t.contiguous() for n, t in trainable_parameters(model).items()})
 
 
 def load_adapter_file(model, path) -> None:

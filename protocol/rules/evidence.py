@@ -150,22 +150,14 @@ def build_evidence(
 
 
 def evidence_bytes(evidence: Evidence) -> bytes:
+    """The canonical bytes: what an evidence file holds (its writer is the caller's, e.g. the
+    coordinator's through `protocol/runtime/atomic_files.py`), and what `evidence_hash` hashes."""
     return encode_message(evidence)
 
 
 def evidence_hash(evidence: Evidence) -> bytes:
     """keccak256 of the canonical bytes: the value recorded on chain with the verdict."""
     return keccak256(encode_message(evidence))
-
-
-def write_evidence(path: str | Path, evidence: Evidence) -> bytes:
-    """Writes the canonical bytes (atomically: temp file then rename); returns the hash."""
-    path = Path(path)
-    data = encode_message(evidence)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return keccak256(data)
 
 
 def read_evidence(path: str | Path) -> Evidence:

@@ -14,7 +14,8 @@ import socket
 import pytest
 
 from tests.anvil_required import require_anvil
-from thinkmesh.coordinator.settlement.round_settlement import RoundSettler, SettlementIntent, SettlementJournal, fsync_directory
+from thinkmesh.coordinator.settlement.round_settlement import RoundSettler, SettlementIntent, SettlementJournal
+from thinkmesh.protocol.runtime.atomic_files import fsync_directory
 from thinkmesh.coordinator.settlement.retry_queue import OpenJob, SettleJob, SettlementQueue
 from thinkmesh.protocol.chain.errors import ContractRevertError, RpcUnreachableError
 from thinkmesh.protocol.chain.ledger import Award, RoundStats, RoundStatus, settlement_hash, tokens
@@ -95,9 +96,11 @@ def test_failures_are_logged_rate_limited_saying_what_was_expected_and_what_came
 
 def test_the_journal_fsyncs_its_directory_after_each_rename_and_unlink(tmp_path, monkeypatch) -> None:
     import thinkmesh.coordinator.settlement.round_settlement as settlement
+    import thinkmesh.protocol.runtime.atomic_files as atomic_files
 
     synced = []
     monkeypatch.setattr(settlement, "fsync_directory", lambda directory: synced.append(directory))
+    monkeypatch.setattr(atomic_files, "fsync_directory", lambda directory: synced.append(directory))
     journal = SettlementJournal(tmp_path / "journal")
     journal.write(intent_for(1))
     assert synced == [tmp_path, tmp_path / "journal"]  # the new directory's entry, then the rename

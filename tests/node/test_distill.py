@@ -117,7 +117,7 @@ def _settle(data_dir, ledger, announcement, accepted) -> int:
     from thinkmesh.coordinator.settlement.round_settlement import AcceptedEntry, SettlementIntent, SettlementJournal
     from thinkmesh.coordinator.work.verifier import ContributionArchive, round_dir
     from thinkmesh.protocol.chain.client import LedgerClient, discover_deployment
-    from thinkmesh.protocol.rules.evidence import build_evidence, write_evidence
+    from thinkmesh.protocol.rules.evidence import build_evidence, evidence_bytes
     from thinkmesh.protocol.rules.generation import is_generation
     from thinkmesh.protocol.chain.ledger import RoundStats, seed_commitment
     from thinkmesh.protocol.rules.messages import sample_hash
@@ -131,7 +131,7 @@ def _settle(data_dir, ledger, announcement, accepted) -> int:
                                     tuple(sample_hash(s) for s in contribution.samples), b"\0" * 32)
         path = round_dir(data_dir / "evidence", announcement.round_id) / f"{contribution.node_key.hex()}.evidence"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_evidence(path, build_evidence(announcement, contribution, report, world().context()))
+        path.write_bytes(evidence_bytes(build_evidence(announcement, contribution, report, world().context())))
     generation = is_generation(announcement)
     tree = traces_tree(leaf for c in accepted for leaf in contribution_traces(c, generation))
     stats = RoundStats.of(len(accepted), 0, 0.0, 0.0)

@@ -14,10 +14,10 @@ from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.evidence import (
     Evidence,
     build_evidence,
+    evidence_bytes,
     evidence_hash,
     read_evidence,
     rerun_evidence,
-    write_evidence,
 )
 from thinkmesh.protocol.rules.hashing import keccak256
 from thinkmesh.protocol.rules.messages import Finding
@@ -116,15 +116,15 @@ def test_tampered_evidence_disagrees():
 def test_evidence_hash_is_the_keccak_of_the_file(tmp_path):
     evidence = evidence_of(cheat("fake-rewards"))
     path = tmp_path / "verdict.evidence"
-    digest = write_evidence(path, evidence)
-    assert digest == evidence_hash(evidence) == keccak256(path.read_bytes())
+    path.write_bytes(evidence_bytes(evidence))
+    assert evidence_hash(evidence) == keccak256(path.read_bytes())
     assert read_evidence(path) == evidence
     assert read_evidence(path).contribution == evidence.contribution
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(ProtocolError):
         read_evidence(path)
     not_a_contribution = dataclasses.replace(evidence, contribution_bytes=evidence.contribution_bytes + b"\x00")
-    write_evidence(path, not_a_contribution)
+    path.write_bytes(evidence_bytes(not_a_contribution))
     with pytest.raises(ProtocolError, match="contribution bytes are not a contribution"):
         read_evidence(path)
 
@@ -153,7 +153,9 @@ def run_cli(argv):
 def test_cli_prints_agree_and_disagree(tmp_path, capsys):
     w = world()
     path = tmp_path / "e.evidence"
-    digest = write_evidence(path, evidence_of(cheat("fake-rewards")))
+    evidence = evidence_of(cheat("fake-rewards"))
+    path.write_bytes(evidence_bytes(evidence))
+    digest = evidence_hash(evidence)
     assert run_cli(["verify-evidence", str(path), "--hash", "0x" + digest.hex()]) == 0
     assert capsys.readouterr().out.startswith("agree")
     assert run_cli(["verify-evidence", str(path), "--hash", "0x" + "00" * 32]) == 1
@@ -169,7 +171,7 @@ def test_cli_reruns_a_model_verdict_from_a_model_directory(tmp_path, capsys):
     w.model.save_pretrained(str(model_dir), safe_serialization=True)
     w.tokenizer.save_pretrained(str(model_dir))
     path = tmp_path / "logprob.evidence"
-    write_evidence(path, evidence_of(cheat("made-up-logprobs")))
+    path.write_bytes(evidence_bytes(evidence_of(cheat("made-up-logprobs"))))
     assert run_cli(["verify-evidence", str(path)]) == 1
     capsys.readouterr()
     assert run_cli(["verify-evidence", str(path), "--model", str(model_dir)]) == 0
