@@ -34,6 +34,10 @@ from thinkmesh.protocol.chain.events import LedgerEvents
 from thinkmesh.protocol.chain.transactions import TransactionSender, call_contract, rpc_errors
 from thinkmesh.protocol.rules.identity import IdentityBinding, peer_id_from_public_key
 from thinkmesh.protocol.chain.ledger import (
+    MAX_ENDPOINT_BYTES,
+    MAX_MULTIADDR_BYTES,
+    MAX_PEER_ID_BYTES,
+    MAX_STRATEGY_BYTES,
     Award,
     Deployment,
     NodeRecord,
@@ -47,6 +51,7 @@ from thinkmesh.protocol.chain.ledger import (
     TxResult,
     binding_bytes,
     bound_nodes,
+    bounded_field,
     checksum_address,
     hash32,
 )
@@ -219,7 +224,8 @@ class LedgerClient:
         peer_id_bytes = peer_id if peer_id is not None else base58.b58decode(peer_id_from_public_key(key))
         self._ensure_allowance(stake)
         function = self.ledger.functions.register(
-            key, peer_id_bytes, binding_bytes(binding), stake, strategy, endpoint
+            key, bounded_field("peer id", peer_id_bytes, MAX_PEER_ID_BYTES), binding_bytes(binding), stake,
+            bounded_field("strategy", strategy, MAX_STRATEGY_BYTES), bounded_field("endpoint", endpoint, MAX_ENDPOINT_BYTES)
         )
         return self._transact("register", function)
 
@@ -228,7 +234,8 @@ class LedgerClient:
         return self._transact("addStake", self.ledger.functions.addStake(amount))
 
     def update_metadata(self, strategy: str, endpoint: str) -> TxResult:
-        return self._transact("updateMetadata", self.ledger.functions.updateMetadata(strategy, endpoint))
+        return self._transact("updateMetadata", self.ledger.functions.updateMetadata(
+            bounded_field("strategy", strategy, MAX_STRATEGY_BYTES), bounded_field("endpoint", endpoint, MAX_ENDPOINT_BYTES)))
 
     def begin_unbonding(self) -> TxResult:
         return self._transact("beginUnbonding", self.ledger.functions.beginUnbonding())
@@ -333,6 +340,7 @@ class LedgerClient:
     # ------------------------------------------------------------------ bootstrap peers and admin
 
     def add_bootstrap_peer(self, multiaddr: str) -> TxResult:
+        multiaddr = bounded_field("multiaddr", multiaddr, MAX_MULTIADDR_BYTES)
         return self._transact("addBootstrapPeer", self.ledger.functions.addBootstrapPeer(multiaddr))
 
     def remove_bootstrap_peer(self, multiaddr: str) -> TxResult:

@@ -31,16 +31,20 @@ from thinkmesh.protocol.rules.errors import SignatureError
 from thinkmesh.protocol.rules.identity import IdentityBinding, verify_binding
 from thinkmesh.protocol.rules.payout import SCORE_SCALE  # noqa: F401  (re-exported: the fixed point)
 from thinkmesh.protocol.rules.slashing import SlashReason  # noqa: F401  (re-exported: the chain codes)
+from thinkmesh.protocol.rules.strategies import MAX_NAME_BYTES
 from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 TOKEN_DECIMALS = 18
 HASH_BYTES = 32
+# The contract's size limits (contracts/src/LedgerStorage.sol; tests/contracts/test_size_limits.py
+# keeps them equal): a longer value is refused here, before a transaction that would revert.
 MAX_PEER_ID_BYTES = 64
 ED25519_SIGNATURE_BYTES = 64
 EVM_SIGNATURE_BYTES = 65
 BINDING_BYTES = ED25519_SIGNATURE_BYTES + EVM_SIGNATURE_BYTES
-MAX_STRATEGY_BYTES = 64
+MAX_STRATEGY_BYTES = MAX_NAME_BYTES  # a node registers its strategy's name, which the rules bound
 MAX_ENDPOINT_BYTES = 256
+MAX_MULTIADDR_BYTES = 256
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 UINT96_MAX = 2**96 - 1
@@ -169,6 +173,14 @@ def binding_bytes(binding: IdentityBinding) -> bytes:
             f"got {len(binding.ed25519_signature)} and {len(binding.evm_signature)} bytes"
         )
     return packed
+
+
+def bounded_field(field: str, value: str | bytes, limit: int) -> str | bytes:
+    """`value` if its bytes (UTF-8 for text) fit the contract's `limit` for `field`, else LedgerRecordError."""
+    size = len(value.encode() if isinstance(value, str) else value)
+    if size > limit:
+        raise LedgerRecordError(f"expected {field} of at most {limit} bytes (the ledger's limit), got {size}")
+    return value
 
 
 def seed_commitment(seed: bytes) -> bytes:

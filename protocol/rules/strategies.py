@@ -29,7 +29,7 @@ LOSS_VARIANTS: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "rloo")
 # so that a contribution labelled "grpo" really optimises the DeepSeekMath objective.
 SYMMETRIC_CLIP_VARIANTS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo")
 
-MAX_NAME_LENGTH = 64
+MAX_NAME_BYTES = 64  # UTF-8 bytes: the name is what a node registers on chain (LedgerStorage.MAX_STRATEGY_BYTES)
 MIN_GROUP_SIZE = 2  # a group-relative baseline needs at least one other sample
 MAX_GROUP_SIZE = 1024
 MAX_NEW_TOKENS_LIMIT = 1 << 20
@@ -103,8 +103,8 @@ def validate_strategy(spec: StrategySpec) -> StrategySpec:
     if not isinstance(spec, StrategySpec):
         raise StrategyError(f"expected a StrategySpec, got {type(spec).__name__}")
     name = spec.name
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LENGTH or not name.isprintable():
-        raise _fail("name", f"a printable str of 1..{MAX_NAME_LENGTH} characters", name)
+    if not isinstance(name, str) or not 1 <= len(name.encode()) <= MAX_NAME_BYTES or not name.isprintable():
+        raise _fail("name", f"a printable str of 1..{MAX_NAME_BYTES} UTF-8 bytes", name)
     if spec.loss not in LOSS_VARIANTS:
         raise _fail("loss", f"one of {', '.join(LOSS_VARIANTS)}", spec.loss)
     _check_int(spec, "group_size", MIN_GROUP_SIZE, MAX_GROUP_SIZE)
