@@ -121,36 +121,37 @@ def export_traces(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_line(line: dict) -> tuple[int, bytes, list[bytes]]:
-    """Recomputes the line's sample and trace hash; returns (round, trace hash, proof)."""
+def check_line(line: dict):
+    """Recomputes the line's sample and trace hash; returns (its `TraceLeaf`, trace hash, proof)."""
     from thinkmesh.protocol.rules.messages import Sample, sample_hash
     from thinkmesh.protocol.rules.rewards import RewardBreakdown
-    from thinkmesh.protocol.rules.traces import trace_hash
+    from thinkmesh.protocol.rules.traces import TraceLeaf, leaf_trace_hash
 
     try:
         sample = Sample(int(line["prompt_index"]), tuple(line["completion_ids"]), tuple(float(x) for x in line["logprobs"]),
                         RewardBreakdown(*(float(x) for x in line["rewards"])))
-        digest = sample_hash(sample)
-        item = trace_hash(line["run_id"], int(line["round_id"]), bytes.fromhex(line["node_key"]), int(line["sample_index"]),
-                          digest)
+        leaf = TraceLeaf(line["run_id"], int(line["round_id"]), bytes.fromhex(line["node_key"]), int(line["sample_index"]),
+                         sample_hash(sample))
+        item = leaf_trace_hash(leaf)
         proof = [bytes.fromhex(p) for p in line["proof"]]
     except (KeyError, TypeError, ValueError, ProtocolError) as exc:
         raise TracesError(f"expected a `traces export` line, got one that does not parse: {exc}") from exc
-    if digest.hex() != line["sample_hash"] or item.hex() != line["trace_hash"]:
+    if leaf.sample_hash.hex() != line["sample_hash"] or item.hex() != line["trace_hash"]:
         raise TracesError(f"round {line['round_id']} sample {line['sample_index']}: the hashes do not match its content")
-    return int(line["round_id"]), item, proof
+    return leaf, item, proof
 
 
 def verify_line(client, roots: dict[int, bytes], line: dict) -> tuple[int, bytes, bool]:
     """(round, trace hash, verified) of one exported line: `check_line`, then the proof through the
-    contract's `verifyTrace` and locally against the round's settled `tracesRoot` (cached in `roots`).
-    Raises TracesError for a line whose hashes do not match its content."""
-    from thinkmesh.protocol.rules.merkle import verify_proof
+    contract's `verifyTrace` and the rules' `verify_trace_proof` against the round's settled
+    `tracesRoot` (cached in `roots`). Raises TracesError for a line whose hashes do not match its content."""
+    from thinkmesh.protocol.rules.traces import verify_trace_proof
 
-    round_id, item, proof = check_line(line)
-    if round_id not in roots:
-        roots[round_id] = client.round(round_id).traces_root
-    return round_id, item, client.verify_trace(round_id, item, proof) and verify_proof(roots[round_id], item, proof)
+    leaf, item, proof = check_line(line)
+    if leaf.round_id not in roots:
+        roots[leaf.round_id] = client.round(leaf.round_id).traces_root
+    return leaf.round_id, item, (client.verify_trace(leaf.round_id, item, proof)
+                                 and verify_trace_proof(roots[leaf.round_id], leaf, proof))
 
 
 def verify_traces(args: argparse.Namespace) -> int:

@@ -41,11 +41,6 @@ class TraceLeaf:
     sample_hash: Hash32
 
 
-def trace_hash(run_id: str, round_id: int, node_key: bytes, sample_index: int, sample_digest: bytes) -> bytes:
-    """The traces-tree item of one accepted sample (see the module docstring)."""
-    return keccak256(TRACE_DOMAIN + encode_record(TraceLeaf(run_id, round_id, node_key, sample_index, sample_digest)))
-
-
 def contribution_traces(contribution: Contribution, generation: bool = False) -> list[TraceLeaf]:
     """One leaf per sample of an accepted contribution, in sample order; in a generation round
     (`generation`), one per accepted trace only."""
@@ -58,7 +53,8 @@ def contribution_traces(contribution: Contribution, generation: bool = False) ->
 
 
 def leaf_trace_hash(leaf: TraceLeaf) -> bytes:
-    return trace_hash(leaf.run_id, leaf.round_id, leaf.node_key, leaf.sample_index, leaf.sample_hash)
+    """The traces-tree item of one accepted sample (see the module docstring)."""
+    return keccak256(TRACE_DOMAIN + encode_record(leaf))
 
 
 @dataclass(frozen=True)
@@ -85,5 +81,6 @@ def traces_tree(leaves: Iterable[TraceLeaf]) -> TracesTree:
 
 
 def verify_trace_proof(root: bytes, leaf: TraceLeaf, proof: Sequence[bytes]) -> bool:
-    """The local form of the contract's `verifyTrace`: is `leaf` under `root`?"""
+    """The local form of the contract's `verifyTrace`: is `leaf` under `root`? (`traces verify` and
+    `thinkmesh distill --rpc` ask both, against the round's settled root.)"""
     return verify_proof(root, leaf_trace_hash(leaf), proof)

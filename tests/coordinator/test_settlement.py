@@ -23,10 +23,9 @@ from thinkmesh.devnet.cheats import CHEAT_MODES, apply_cheat
 from thinkmesh.protocol.rules.audit import AuditPolicy
 from thinkmesh.protocol.rules.evidence import evidence_hash, read_evidence, rerun_evidence
 from thinkmesh.protocol.chain.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens
-from thinkmesh.protocol.rules.merkle import verify_proof
 from thinkmesh.protocol.rules.messages import Sample, sample_hash
 from thinkmesh.protocol.rules.rewards import RewardBreakdown
-from thinkmesh.protocol.rules.traces import contribution_traces, leaf_trace_hash, traces_tree
+from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree, verify_trace_proof
 from thinkmesh.protocol.rules.verification import REASON_OK, REASON_REPLAY, gradient_digest
 
 pytestmark = pytest.mark.timeout(300)
@@ -111,7 +110,7 @@ def test_intent_pays_accepted_by_score_and_slashes_every_cheater(verdicts):
     tree = traces_tree(leaf for item in honest for leaf in contribution_traces(item.contribution))
     assert intent.traces_root == tree.root and len(tree.leaves) == sum(len(i.contribution.samples) for i in honest)
     for position, leaf in enumerate(tree.leaves):
-        assert verify_proof(intent.traces_root, leaf_trace_hash(leaf), tree.proof(position))
+        assert verify_trace_proof(intent.traces_root, leaf, tree.proof(position))
     assert SettlementIntent.from_json(intent.to_json()) == intent
 
 
