@@ -77,6 +77,7 @@ def model_dir(shape: str, cache: Path) -> Path:
 
 def run_shape(shape: str, base: Path, root: Path, rank: int, max_new_tokens: int) -> dict:
     from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
+    from thinkmesh.devnet.configs import ChainEndpoint, RoundPlan, coordinator_config, node_config, write_config
     from thinkmesh.devnet.anvil import Anvil
     from thinkmesh.protocol.chain.client import LedgerClient, deploy
     from thinkmesh.protocol.keys.keystore import create_keys
@@ -99,34 +100,15 @@ def run_shape(shape: str, base: Path, root: Path, rank: int, max_new_tokens: int
             if name != "coordinator":
                 client.mint(unlocked.evm_address, tokens(50))
         p2p_port = _port()
-        chain = f'rpc_url = "{anvil.rpc_url}"\ndeployment_file = "{root / "deployment.json"}"\n'
-        (root / "coordinator.toml").write_text(f"""
-run_id = "scale"
-base_model = "{base}"
-data_dir = "{root / 'coordinator'}"
-[identity]
-key_dir = "{root / 'keys' / 'coordinator'}"
-[network]
-host_maddrs = ["/ip4/127.0.0.1/tcp/{p2p_port}"]
-maddrs_file = "{root / 'coordinator.maddrs'}"
-[round]
-rounds = 2
-deadline_s = 1800
-close_when = {len(NODES)}
-prompts_per_node = 1
-group_sizes = [2]
-max_new_tokens = [{max_new_tokens}]
-min_peers = {len(NODES)}
-[eval]
-prompts = 0
-[observability]
-port_file = "{root / 'coordinator.port'}"
-console = false
-[adapter]
-rank = {rank}
-alpha = {2.0 * rank}
-[chain]
-{chain}""")
+        chain = ChainEndpoint(anvil.rpc_url, deployment.ledger, root / "deployment.json")
+        plan = RoundPlan(rounds=2, deadline_s=1800, close_when=len(NODES), prompts_per_node=1, min_peers=len(NODES),
+                         eval_prompts=0, eval_max_new_tokens=max_new_tokens, group_size=2,
+                         max_new_tokens=max_new_tokens, lr=1e-4, adapter_rank=rank)
+        write_config(coordinator_config(
+            base_model=base, data_dir=root / "coordinator", key_dir=root / "keys" / "coordinator", password_file=None,
+            p2p_port=p2p_port, port_file=root / "coordinator.port", maddrs_file=root / "coordinator.maddrs", plan=plan,
+            chain=chain, run_id="scale", overrides={"aggregation": {"rule": "mean"}, "round": {"start_delay_s": 0.0}},
+        ), root / "coordinator.toml")  # fmt: skip
         started = time.time()
 
         def start(name: str, argv: list[str]) -> None:
@@ -139,30 +121,13 @@ alpha = {2.0 * rank}
             _wait(lambda: (root / "coordinator.maddrs").exists(), 1200, "the coordinator's multiaddrs", procs)
             maddrs = [m for m in (root / "coordinator.maddrs").read_text().split() if m]
             for name, preset in NODES:
-                path = root / f"{name}.toml"
-                path.write_text(f"""
-run_id = "scale"
-coordinator_peer_id = "{keys['coordinator'].identity.peer_id}"
-base_model = "{base}"
-data_dir = "{root / name}"
-[identity]
-key_dir = "{root / 'keys' / name}"
-[network]
-initial_peers = {json.dumps(maddrs)}
-[strategy]
-preset = "{preset}"
-group_size = 2
-max_new_tokens = {max_new_tokens}
-[round]
-poll_s = 0.3
-compression = "blockwise8"
-upload_timeout_s = 1200
-[observability]
-port_file = "{root / (name + '.port')}"
-console = false
-[chain]
-{chain}stake = "20"
-""")
+                path = write_config(node_config(
+                    coordinator_peer_id=keys["coordinator"].identity.peer_id, bootstrap=maddrs, base_model=base,
+                    data_dir=root / name, key_dir=root / "keys" / name, password_file=None, strategy=preset,
+                    port_file=root / (name + ".port"), plan=plan, chain=chain, run_id="scale",
+                    overrides={"round": {"compression": "blockwise8", "upload_timeout_s": 1200, "sync_interval_s": 10.0},
+                               "chain": {"stake": "20"}},
+                ), root / f"{name}.toml")  # fmt: skip
                 start(name, ["node", "run", "--config", str(path)])
             coordinator_port = root / "coordinator.port"
             journal = SettlementJournal(root / "coordinator" / "settlement")

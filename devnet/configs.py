@@ -54,15 +54,20 @@ class RoundPlan:
 
 
 def coordinator_config(
-    *, base_model: Path, data_dir: Path, key_dir: Path, password_file: Path, p2p_port: int, http_port: int,
-    port_file: Path, maddrs_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
+    *, base_model: Path, data_dir: Path, key_dir: Path, password_file: Path | None, p2p_port: int | None,
+    port_file: Path, maddrs_file: Path, plan: RoundPlan, chain: ChainEndpoint | None, http_port: int = 0,
+    run_id: str = RUN_ID, overrides: dict | None = None,
 ):
+    """The coordinator's config. `p2p_port` None: the daemon's default listening address; `password_file`
+    None: the password comes from the environment; `overrides`: keys a bench or a test sets beyond the
+    devnet's choices, merged table by table before validation."""
     from thinkmesh.coordinator.config import CoordinatorConfig
 
     values: dict = {
-        "run_id": RUN_ID, "base_model": str(base_model), "data_dir": str(data_dir),
-        "identity": {"key_dir": str(key_dir), "password_file": str(password_file)},
-        "network": {"host_maddrs": [f"/ip4/127.0.0.1/tcp/{p2p_port}"], "maddrs_file": str(maddrs_file)},
+        "run_id": run_id, "base_model": str(base_model), "data_dir": str(data_dir),
+        "identity": {"key_dir": str(key_dir), **({"password_file": str(password_file)} if password_file else {})},
+        "network": {**({"host_maddrs": [f"/ip4/127.0.0.1/tcp/{p2p_port}"]} if p2p_port is not None else {}),
+                    "maddrs_file": str(maddrs_file)},
         "round": {"rounds": plan.rounds, "deadline_s": plan.deadline_s, "close_when": plan.close_when,
                   "prompts_per_node": plan.prompts_per_node, "start_delay_s": 1.0, "min_peers": plan.min_peers,
                   "task_family": plan.task_family, "template": plan.template,
@@ -75,18 +80,19 @@ def coordinator_config(
         values["chain"] = chain.section()
     if plan.adapter_rank:
         values["adapter"] = {"rank": plan.adapter_rank, "alpha": 2.0 * plan.adapter_rank}
-    return _validated(CoordinatorConfig, values, "coordinator")
+    return _validated(CoordinatorConfig, _merged(values, overrides or {}), "coordinator")
 
 
 def node_config(
     *, coordinator_peer_id: str, bootstrap: list[str], base_model: Path, data_dir: Path, key_dir: Path,
     password_file: Path | None, strategy: str, port_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
-    console: bool = False,
+    console: bool = False, run_id: str = RUN_ID, overrides: dict | None = None,
 ):
+    """A node's config; `overrides` as for `coordinator_config`."""
     from thinkmesh.node.config import NodeConfig
 
     values: dict = {
-        "run_id": RUN_ID, "coordinator_peer_id": coordinator_peer_id, "base_model": str(base_model),
+        "run_id": run_id, "coordinator_peer_id": coordinator_peer_id, "base_model": str(base_model),
         "data_dir": str(data_dir),
         "identity": {"key_dir": str(key_dir), **({"password_file": str(password_file)} if password_file else {})},
         "network": {"initial_peers": list(bootstrap)},
@@ -96,7 +102,7 @@ def node_config(
     }  # fmt: skip
     if chain is not None:
         values["chain"] = chain.section()
-    return _validated(NodeConfig, values, "node")
+    return _validated(NodeConfig, _merged(values, overrides or {}), "node")
 
 
 def require_cheat_mode(mode: str) -> None:
@@ -116,6 +122,15 @@ def write_config(config: BaseModel, path: Path) -> Path:
 def config_toml(config: BaseModel) -> str:
     """The TOML text of the keys set on `config` (unset and `None` keys left out, as the loader's defaults)."""
     return tomli_w.dumps(config.model_dump(mode="json", exclude_unset=True, exclude_none=True))
+
+
+def _merged(values: dict, overrides: dict) -> dict:
+    """`values` with `overrides` laid over it: tables merge key by key, anything else replaces."""
+    merged = dict(values)
+    for key, value in overrides.items():
+        both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_tables else value
+    return merged
 
 
 def _validated(config_class: type[BaseModel], values: dict, role: str):

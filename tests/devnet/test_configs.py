@@ -109,3 +109,21 @@ def test_an_adapter_devnet_writes_the_coordinator_s_adapter_section(tmp_path):
         maddrs_file=tmp_path / "maddrs", plan=PLAN, chain=CHAIN,
     )  # fmt: skip
     assert plain.adapter is None
+
+
+def test_a_bench_s_overrides_merge_table_by_table_and_are_validated(tmp_path):
+    built = coordinator_config(
+        base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys", password_file=None,
+        p2p_port=None, port_file=tmp_path / "port", maddrs_file=tmp_path / "maddrs", plan=PLAN, chain=None,
+        run_id="bench", overrides={"aggregation": {"rule": "mean"}, "round": {"start_delay_s": 0.0}},
+    )  # fmt: skip
+    text = config_toml(built)
+    assert "password_file" not in text and "host_maddrs" not in text  # the environment's password, the default address
+    assert (built.run_id, built.aggregation.rule, built.aggregation.lr) == ("bench", "mean", PLAN.lr)
+    assert (built.round.start_delay_s, built.round.close_when) == (0.0, PLAN.close_when)
+    with pytest.raises(DevnetError, match="upload_timeout"):
+        node_config(
+            coordinator_peer_id="12D3KooWExample", bootstrap=[], base_model=tmp_path / "model", data_dir=tmp_path / "d",
+            key_dir=tmp_path / "keys", password_file=None, strategy="dapo", port_file=tmp_path / "port", plan=PLAN,
+            chain=None, overrides={"round": {"upload_timeout": 5}},
+        )  # fmt: skip
