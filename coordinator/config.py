@@ -112,6 +112,9 @@ class EvalConfig(_Section):
     # value_group completions per round, each accepted update scored on it alone; 0 prompts: off.
     value_prompts: int = Field(8, ge=0)
     value_group: int = Field(4, ge=2)
+    # At most this many contributions are valued per round (a public draw, `valued_indices`): one
+    # forward pass over the validation batch each, so the round's cost does not grow with the nodes.
+    value_max_contributions: int = Field(16, ge=1)
 
 
 class ChainConfig(_Section):

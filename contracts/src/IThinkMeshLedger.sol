@@ -54,6 +54,44 @@ interface IThinkMeshLedger {
         uint32 heldOutAccuracy;
     }
 
+    /// @notice What a round asked of its nodes (protocol/generation.py): a gradient (Training), or
+    /// sampled traces only, paid per accepted trace (Generation).
+    enum RoundKind {
+        Training,
+        Generation
+    }
+
+    /// @notice One strategy's contribution values in a round: the change in expected reward on the
+    /// round's public validation batch from each valued contribution's update alone
+    /// (protocol/contribution_value.py), summarised so that readers can pool rounds and compute a
+    /// confidence interval.
+    /// @param strategy the contributions' objective (their declared, verified loss variant), at most 64 bytes
+    /// @param contributions how many contributions of this strategy were valued, > 0
+    /// @param meanValue their mean value, fixed point with 1e6 = 1.0 reward unit (signed)
+    /// @param valueSd the sample standard deviation (n - 1) of their values, 1e6 = 1.0; 0 for one value
+    struct StrategyValue {
+        string strategy;
+        uint32 contributions;
+        int64 meanValue;
+        uint64 valueSd;
+    }
+
+    /// @notice Facts about a round beyond its awards and quality figures, published by
+    /// {settleRoundWithDetails} in events (not stored).
+    /// @param kind the round's kind
+    /// @param baseModelHash adapter rounds: the frozen base's manifest hash (the round's model version is
+    /// this base plus the adapter named by {RoundOpened}'s modelHash); zero for full-model rounds
+    /// @param rewardRate the round's pay rate in token units: per verified prompt at score 1.0 in a
+    /// Training round, per accepted trace in a Generation round
+    /// @param values per-strategy contribution values, at most 16 entries (none when
+    /// the coordinator measured none, e.g. in a Generation round)
+    struct RoundDetails {
+        RoundKind kind;
+        bytes32 baseModelHash;
+        uint96 rewardRate;
+        StrategyValue[] values;
+    }
+
     /// @notice Everything the ledger knows about a node.
     struct NodeView {
         NodeStatus status;
@@ -124,6 +162,7 @@ interface IThinkMeshLedger {
     error NothingToClaim(address node);
     error RoundPartOutOfSequence(uint64 roundId, uint32 expectedFirstIndex, uint32 firstIndex);
     error EmptyRoundPart(uint64 roundId);
+    error TooManyStrategyValues(uint64 roundId, uint256 count, uint256 maxCount);
     error BootstrapPeerExists(string multiaddr);
     error UnknownBootstrapPeer(string multiaddr);
 
@@ -161,6 +200,10 @@ interface IThinkMeshLedger {
     );
     event RoundMetrics(
         uint64 indexed roundId, uint32 accepted, uint32 rejected, int64 meanReward, uint32 heldOutAccuracy
+    );
+    event RoundDescribed(uint64 indexed roundId, RoundKind kind, bytes32 baseModelHash, uint96 rewardRate);
+    event StrategyValueRecorded(
+        uint64 indexed roundId, string strategy, uint32 contributions, int64 meanValue, uint64 valueSd
     );
     event NodeSlashed(
         uint64 indexed roundId,
@@ -262,6 +305,25 @@ interface IThinkMeshLedger {
         bytes32 tracesRoot,
         Award[] calldata awards,
         RoundStats calldata stats
+    ) external returns (bytes32 settlementHash);
+
+    /// @notice {settleRound}, and the round's details: its kind, its base model (adapter rounds), its
+    /// pay rate and its per-strategy contribution values, published in one {RoundDescribed} event and
+    /// one {StrategyValueRecorded} event per strategy, after {RoundSettled} and {RoundMetrics}.
+    /// @dev Coordinator only. Everything {settleRound} guarantees holds; the settlement hash covers the
+    /// details too: keccak256 of this call's ABI-encoded arguments in one transaction, and
+    /// `keccak256(abi.encode(roundId, seed, tracesRoot, awardsDigest, stats, keccak256(abi.encode(details))))`
+    /// after {settleRoundPart}. The details cost settlement a fixed amount of gas, not a per-award one:
+    /// at most 16 strategies of at most 64 bytes each.
+    /// @param details the round's details; see {RoundDetails}
+    /// @return settlementHash the stored settlement hash, as described above
+    function settleRoundWithDetails(
+        uint64 roundId,
+        bytes32 seed,
+        bytes32 tracesRoot,
+        Award[] calldata awards,
+        RoundStats calldata stats,
+        RoundDetails calldata details
     ) external returns (bytes32 settlementHash);
 
     /// @notice Credits one part of round `roundId`'s awards ahead of its {settleRound}, for a round

@@ -22,6 +22,7 @@ abstract contract LedgerStorage is IThinkMeshLedger, AccessControl, Pausable, Re
     uint256 internal constant MAX_STRATEGY_BYTES = 64;
     uint256 internal constant MAX_ENDPOINT_BYTES = 256;
     uint256 internal constant MAX_MULTIADDR_BYTES = 256;
+    uint256 internal constant MAX_STRATEGY_VALUES = 16;
 
     /// @dev One slot: 112 + 96 + 40 + 8 bits.
     struct NodeAccount {

@@ -10,8 +10,9 @@ import {LedgerStorage} from "./LedgerStorage.sol";
 /// @title RoundBook
 /// @notice The coordinator opens each round with a model hash and a seed commitment, then
 /// settles it once, crediting every accepted node: in one transaction, or, when the awards do not
-/// fit one block, in parts ({settleRoundPart}) closed by {settleRound}; it slashes cheaters with a
-/// reason code and an evidence hash.
+/// fit one block, in parts ({settleRoundPart}) closed by {settleRound} or {settleRoundWithDetails}
+/// (which also publishes the round's kind, base model, pay rate and strategy values); it slashes
+/// cheaters with a reason code and an evidence hash.
 /// @dev Settlement cost per node: calldata, one event, one cold read and one warm write of the
 /// node's packed account slot. Aggregates are written once per round (once per part when parted).
 abstract contract RoundBook is LedgerStorage {
@@ -38,6 +39,43 @@ abstract contract RoundBook is LedgerStorage {
         Award[] calldata awards,
         RoundStats calldata stats
     ) external onlyRole(COORDINATOR_ROLE) whenNotPaused returns (bytes32 settlementHash) {
+        return _settle(roundId, seed, tracesRoot, awards, stats, bytes32(0));
+    }
+
+    /// @inheritdoc IThinkMeshLedger
+    function settleRoundWithDetails(
+        uint64 roundId,
+        bytes32 seed,
+        bytes32 tracesRoot,
+        Award[] calldata awards,
+        RoundStats calldata stats,
+        RoundDetails calldata details
+    ) external onlyRole(COORDINATOR_ROLE) whenNotPaused returns (bytes32 settlementHash) {
+        uint256 count = details.values.length;
+        if (count > MAX_STRATEGY_VALUES) revert TooManyStrategyValues(roundId, count, MAX_STRATEGY_VALUES);
+        settlementHash = _settle(roundId, seed, tracesRoot, awards, stats, keccak256(abi.encode(details)));
+        emit RoundDescribed(roundId, details.kind, details.baseModelHash, details.rewardRate);
+        for (uint256 i; i < count;) {
+            StrategyValue calldata value = details.values[i];
+            uint256 length = bytes(value.strategy).length;
+            if (length > MAX_STRATEGY_BYTES) revert FieldTooLong("strategy", length, MAX_STRATEGY_BYTES);
+            emit StrategyValueRecorded(roundId, value.strategy, value.contributions, value.meanValue, value.valueSd);
+            unchecked {
+                ++i;
+            }
+        }
+    }
+
+    /// @dev Settles an Open round (see {settleRound}). `detailsHash` is zero for {settleRound}, else the
+    /// hash of the {RoundDetails} that a parted settlement hash then covers.
+    function _settle(
+        uint64 roundId,
+        bytes32 seed,
+        bytes32 tracesRoot,
+        Award[] calldata awards,
+        RoundStats calldata stats,
+        bytes32 detailsHash
+    ) private returns (bytes32 settlementHash) {
         Round storage r = _rounds[roundId];
         _requireOpen(roundId, r);
         if (keccak256(abi.encodePacked(seed)) != r.seedCommitment) {
@@ -56,7 +94,9 @@ abstract contract RoundBook is LedgerStorage {
             (totalPayout, totalSamples, digest) = _creditPart(roundId, credited, awards);
             totalPayout += r.totalPayout;
             totalSamples += r.totalSamples;
-            settlementHash = keccak256(abi.encode(roundId, seed, tracesRoot, digest, stats));
+            settlementHash = detailsHash == bytes32(0)
+                ? keccak256(abi.encode(roundId, seed, tracesRoot, digest, stats))
+                : keccak256(abi.encode(roundId, seed, tracesRoot, digest, stats, detailsHash));
         }
 
         // The casts below cannot truncate: the award count < 2**32 (calldata is bounded by the block

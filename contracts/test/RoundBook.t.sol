@@ -203,6 +203,88 @@ contract RoundBookTest is LedgerFixture {
         ledger.settleRound(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), other);
     }
 
+    // ------------------------------------------------------------ settleRoundWithDetails
+
+    function test_settleRoundWithDetails_publishesKindRateAndValuesAfterTheMetrics() public {
+        address[] memory nodes = registerNodes(2);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        bytes32 root = keccak256("traces");
+        IThinkMeshLedger.RoundDetails memory d = details();
+        bytes32 expectedHash = keccak256(abi.encode(uint64(1), SEED, root, awards, stats(), d));
+
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundSettled(1, expectedHash, root, SEED, 2, 17, 2 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundMetrics(1, 3, 1, -250_000, 625_000);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.RoundDescribed(1, IThinkMeshLedger.RoundKind.Generation, keccak256("base-v0"), 0.02 ether);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.StrategyValueRecorded(1, "dapo", 3, -7_000, 52_000);
+        vm.expectEmit(address(ledger));
+        emit IThinkMeshLedger.StrategyValueRecorded(1, "grpo", 1, 20_000, 0);
+        vm.assertEq(settleDetailed(1, root, awards), expectedHash, "hash = keccak of the ABI-encoded args, details included");
+        vm.assertEq(ledger.round(1).settlementHash, expectedHash, "stored hash");
+        vm.assertEq(ledger.node(nodes[1]).claimable, 1 ether, "awards credited as by settleRound");
+        assertBooksBalance();
+    }
+
+    function test_settleRoundWithDetails_retryWithOtherDetailsRevertsNamingStoredHash() public {
+        openRound(1);
+        bytes32 settlementHash = settleDetailed(1, bytes32(0), new IThinkMeshLedger.Award[](0));
+        IThinkMeshLedger.RoundDetails memory other = details();
+        other.values[1].meanValue += 1;
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadySettled.selector, 1, settlementHash));
+        vm.prank(coordinator);
+        ledger.settleRoundWithDetails(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), stats(), other);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.RoundAlreadySettled.selector, 1, settlementHash));
+        settle(1, bytes32(0), new IThinkMeshLedger.Award[](0));
+    }
+
+    function test_settleRoundWithDetails_closesAPartedRoundWithAHashCoveringTheDetails() public {
+        address[] memory nodes = registerNodes(3);
+        openRound(1);
+        IThinkMeshLedger.Award[] memory awards = awardsFor(nodes, 1 ether);
+        settlePart(1, 0, slice(awards, 0, 2));
+        bytes32 expected = keccak256(
+            abi.encode(uint64(1), SEED, bytes32(0), digestOf(awards), stats(), keccak256(abi.encode(details())))
+        );
+        vm.assertEq(settleDetailed(1, bytes32(0), slice(awards, 2, 3)), expected, "parted hash with details");
+        vm.assertTrue(
+            expected != keccak256(abi.encode(uint64(1), SEED, bytes32(0), digestOf(awards), stats())),
+            "differs from settleRound's parted hash"
+        );
+        vm.assertEq(ledger.round(1).nodeCount, 3, "all credited");
+    }
+
+    function test_settleRoundWithDetails_boundsTheValues() public {
+        openRound(1);
+        IThinkMeshLedger.RoundDetails memory d = details();
+        d.values = new IThinkMeshLedger.StrategyValue[](17);
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.TooManyStrategyValues.selector, 1, 17, 16));
+        vm.prank(coordinator);
+        ledger.settleRoundWithDetails(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), stats(), d);
+
+        d = details();
+        d.values[0].strategy = string(new bytes(65));
+        vm.expectRevert(abi.encodeWithSelector(IThinkMeshLedger.FieldTooLong.selector, "strategy", 65, 64));
+        vm.prank(coordinator);
+        ledger.settleRoundWithDetails(1, SEED, bytes32(0), new IThinkMeshLedger.Award[](0), stats(), d);
+        vm.assertEq(uint256(ledger.round(1).status), uint256(IThinkMeshLedger.RoundStatus.Open), "nothing settled");
+    }
+
+    function test_settleRoundWithDetails_onlyCoordinatorAndNotWhilePaused() public {
+        openRound(1);
+        IThinkMeshLedger.Award[] memory none = new IThinkMeshLedger.Award[](0);
+        vm.expectRevert(accessDenied(stranger, COORDINATOR_ROLE));
+        vm.prank(stranger);
+        ledger.settleRoundWithDetails(1, SEED, bytes32(0), none, stats(), details());
+        vm.prank(admin);
+        ledger.pause();
+        vm.expectRevert(abi.encodeWithSignature("EnforcedPause()"));
+        settleDetailed(1, bytes32(0), none);
+    }
+
     // ------------------------------------------------------------ settleRoundPart
 
     function slice(IThinkMeshLedger.Award[] memory awards, uint256 from, uint256 to)

@@ -6,6 +6,11 @@ traces (`protocol/rules/generation.py`: accuracy 1 and format 1) go under the ro
 Rejected contributions earn nothing; each slashable one (`protocol.rules.slashing.UNSLASHABLE_REASONS` excepted)
 costs its node `slash_amount`, capped at its stake, with the verdict's reason code and evidence hash.
 
+**Details** (`protocol/rules/round_details.py`) go on chain with the settlement: the round's kind, its base
+model (adapter rounds), its pay rate, and its contribution values summarised per strategy (the
+objective each valued contribution declared and was verified under). They are fixed in the intent,
+so a retry sends the same settlement hash.
+
 **Crash safety** (the chain is the source of truth). Per round, in this order:
 
 1. the `SettlementIntent` (awards, stats, traces root, slashes, the accepted hashes for the
@@ -59,6 +64,7 @@ from thinkmesh.protocol.rules.payout import contribution_score, generation_payou
 from thinkmesh.protocol.rules.rewards import total_reward
 from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
 from thinkmesh.protocol.runtime.atomic_files import fsync_directory, write_atomic
+from thinkmesh.protocol.rules.round_details import ZERO_HASH, RoundDetails, strategy_values
 
 logger = logging.getLogger(__name__)
 SETTLEMENT_STEPS = ("after-intent", "before-settle", "after-settle")  # where a step hook is called (docstring)
@@ -106,6 +112,7 @@ class SettlementIntent:
     done: bool = False
     model_hash: bytes | None = None  # the model the round trained from: lets a settle open its round on chain
     kind: str = ROUND_KIND_TRAINING  # protocol/rules/generation.py: a generation round pays and publishes accepted traces
+    details: RoundDetails | None = None  # None: an intent journaled before details existed, settled without them
 
     @property
     def generation(self) -> bool:
@@ -120,7 +127,7 @@ class SettlementIntent:
             "accepted": [[e.node_key.hex(), e.address, e.samples, [h.hex() for h in e.sample_hashes], e.gradient_digest.hex()]
                          for e in self.accepted],
             "done": self.done, "model_hash": None if self.model_hash is None else self.model_hash.hex(),
-            "kind": self.kind,
+            "kind": self.kind, "details": None if self.details is None else self.details.to_json(),
         }, indent=1) + "\n"
 
     @classmethod
@@ -137,6 +144,7 @@ class SettlementIntent:
                 done=bool(raw["done"]),
                 model_hash=bytes.fromhex(raw["model_hash"]) if raw.get("model_hash") else None,
                 kind=str(raw.get("kind", ROUND_KIND_TRAINING)),
+                details=RoundDetails.from_json(raw["details"]) if raw.get("details") else None,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SettlementError(f"expected a settlement intent JSON, got an unreadable one: {exc}") from exc
@@ -145,12 +153,17 @@ class SettlementIntent:
 def build_intent(
     round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence, held_out_accuracy: float, *,
     reward_per_prompt: int, slash_amount: int, model_hash: bytes | None = None,
-    kind: str = ROUND_KIND_TRAINING, reward_per_trace: int = 0,
+    kind: str = ROUND_KIND_TRAINING, reward_per_trace: int = 0, base_model_hash: bytes | None = None,
+    values: Sequence[tuple[str, float]] = (),
 ) -> SettlementIntent:
     """The intent of a closed round. `accepted` / `rejected` are `VerifiedContribution`s. A generation
     round (`kind`) publishes and pays its accepted traces only: `verifiedSamples` is the node's
-    accepted traces, its score `SCORE_SCALE`, its payout `reward_per_trace` each."""
+    accepted traces, its score `SCORE_SCALE`, its payout `reward_per_trace` each. `values` are the
+    round's (strategy, contribution value) pairs; `base_model_hash` the adapter round's base."""
     generation = kind == ROUND_KIND_GENERATION
+    details = RoundDetails(kind=kind, base_model_hash=base_model_hash or ZERO_HASH,
+                           reward_rate=reward_per_trace if generation else reward_per_prompt,
+                           values=strategy_values(values))
     contributions = [item.contribution for item in accepted]
     tree = traces_tree(leaf for c in contributions for leaf in contribution_traces(c, generation))
     totals = [total_reward(s.rewards) for c in contributions for s in c.samples]
@@ -178,7 +191,7 @@ def build_intent(
         for item in accepted
     )
     return SettlementIntent(round_id, seed, tree.root, stats, tuple(awards), slashes, entries, model_hash=model_hash,
-                            kind=kind)
+                            kind=kind, details=details)
 
 
 # ---- the journal ----------------------------------------------------------------------------
@@ -255,7 +268,8 @@ class SettlementOutcome:
 
 def send_settlement(client, intent: SettlementIntent, step_hook: StepHook | None = None) -> SettlementOutcome:
     """Step 3 of the module docstring; safe to repeat any number of times."""
-    settled = client.settle_round(intent.round_id, intent.seed, intent.traces_root, intent.awards, intent.stats)
+    settled = client.settle_round(intent.round_id, intent.seed, intent.traces_root, intent.awards, intent.stats,
+                                  intent.details)
     outcome = SettlementOutcome(intent.round_id, settled.tx.tx_hash if settled.tx else None)
     if step_hook is not None:
         step_hook("after-settle", intent.round_id)
@@ -309,6 +323,7 @@ class RoundSettler:
         self.queue = queue or (SettlementQueue(own, journal, step_hook=step_hook) if client is not None else None)
         self._model_hashes: dict[int, bytes] = {}
         self._kinds: dict[int, str] = {}
+        self._base_hashes: dict[int, bytes] = {}
 
     def recover(self, next_round: int) -> list[SettlementIntent]:
         """Drops uncommitted intents and queues the committed ones not done (no chain call, so nothing
@@ -337,20 +352,26 @@ class RoundSettler:
     def backlog(self) -> dict | None:
         return self.queue.backlog() if self.queue is not None else None
 
-    def open_round(self, round_id: int, model_hash: bytes, seed: bytes, kind: str = ROUND_KIND_TRAINING) -> None:
-        """Queues the round's opening on chain (`kind`: the round's, `protocol/rules/generation.py`); returns at once."""
+    def open_round(self, round_id: int, model_hash: bytes, seed: bytes, kind: str = ROUND_KIND_TRAINING,
+                   base_hash: bytes | None = None) -> None:
+        """Queues the round's opening on chain (`kind`: the round's, `protocol/rules/generation.py`; `base_hash`:
+        an adapter round's frozen base, published at settlement); returns at once."""
         self._model_hashes[round_id] = model_hash
         self._kinds[round_id] = kind
+        if base_hash is not None:
+            self._base_hashes[round_id] = base_hash
         if self.queue is not None:
             self.queue.open_round(round_id, model_hash, seed, kind)
 
     def record(self, round_id: int, seed: bytes, accepted: Sequence, rejected: Sequence,
-               held_out_accuracy: float) -> SettlementIntent:
-        """Steps 1 of the module docstring: the intent, durable before the checkpoint commits."""
+               held_out_accuracy: float, values: Sequence[tuple[str, float]] = ()) -> SettlementIntent:
+        """Steps 1 of the module docstring: the intent, durable before the checkpoint commits.
+        `values`: the round's (strategy, contribution value) pairs, published per strategy."""
         intent = build_intent(round_id, seed, accepted, rejected, held_out_accuracy,
                               reward_per_prompt=self.reward_per_prompt, slash_amount=self.slash_amount,
                               model_hash=self._model_hashes.pop(round_id, None),
-                              kind=self._kinds.pop(round_id, ROUND_KIND_TRAINING), reward_per_trace=self.reward_per_trace)
+                              kind=self._kinds.pop(round_id, ROUND_KIND_TRAINING), reward_per_trace=self.reward_per_trace,
+                              base_model_hash=self._base_hashes.pop(round_id, None), values=values)
         self.journal.write(intent)
         self._reached("after-intent", round_id)
         return intent

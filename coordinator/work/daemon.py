@@ -47,7 +47,7 @@ from thinkmesh.protocol.rules.adapters import (
     trainable_parameters,
     trainable_shapes,
 )
-from thinkmesh.protocol.rules.contribution_value import ValueSettings, contribution_values
+from thinkmesh.protocol.rules.contribution_value import ValueSettings, contribution_values, valued_indices
 from thinkmesh.protocol.p2p.dht_process import P2PProcessDied, WatchedDHT
 from thinkmesh.protocol.p2p.dht_records import AnnouncementValidator, announcement_expiration, announcement_key
 from thinkmesh.protocol.rules.encoding import decode_message
@@ -248,20 +248,28 @@ class Coordinator:
         return {"aggregate_norm": norm, "contribution_values": values}
 
     def _contribution_values(self, closed: OpenRound) -> list[dict]:
-        """Each accepted contribution's value (protocol/rules/contribution_value.py: the change in expected
+        """Each valued contribution's value (protocol/rules/contribution_value.py: the change in expected
         reward on the round's public validation batch from its update alone); [] when `[eval]
-        value_prompts` is 0. A measurement kept in the round record and /status: no payout uses it."""
+        value_prompts` is 0. At most `value_max_contributions` are valued (`valued_indices`: a public
+        draw), so the round's cost is one validation batch plus that many forward passes over it,
+        whatever the number of nodes. Kept in the round record and /status, and published per
+        strategy at settlement; no payout uses it."""
         ev = self.config.eval
         accepted = list(closed.accepted.values())
         if not ev.value_prompts or not accepted:
             return []
+        chosen = valued_indices(closed.announcement.seed, [c.node_key for c in accepted], ev.value_max_contributions)
+        if len(chosen) < len(accepted):
+            logger.info("round %d: valuing %d of %d accepted contributions ([eval] value_max_contributions)",
+                        closed.announcement.round_id, len(chosen), len(accepted))
+        accepted = [accepted[i] for i in chosen]
         settings = ValueSettings(prompts=ev.value_prompts, group=ev.value_group, max_new_tokens=ev.max_new_tokens,
                                  template=ev.template or self.config.round.template,
                                  step=float(self.config.aggregation.lr))
         values, batch = contribution_values(self.model, self.tokenizer, self.task, closed.announcement.seed,
                                             [c.gradients for c in accepted], settings)
-        return [{"peer_id": c.peer_id, "strategy": c.strategy, "value": round(v, 6), "batch_reward": round(batch.mean_reward, 4)}
-                for c, v in zip(accepted, values)]
+        return [{"peer_id": c.peer_id, "strategy": c.strategy, "loss": c.loss, "value": round(v, 6),
+                 "batch_reward": round(batch.mean_reward, 4)} for c, v in zip(accepted, values)]
 
     def _evaluate(self) -> dict:
         ev = self.config.eval
@@ -280,7 +288,7 @@ class Coordinator:
         if self.verifier is not None:
             await asyncio.to_thread(self.verifier.open_round, round_id)
             await asyncio.to_thread(self.settler.open_round, round_id, announcement.model_hash, announcement.seed,
-                                    announcement.kind)
+                                    announcement.kind, announcement.adapter.base_hash if announcement.adapter else None)
         self.intake.open(announcement)
         self.phase = "collecting"
         await self._observe_peers()  # those connected now were there before the round opened
@@ -318,11 +326,13 @@ class Coordinator:
         if self.settler is not None:
             intent = await asyncio.to_thread(
                 self.settler.record, round_id, announcement.seed, [c.verified for c in closed.accepted.values()],
-                [r.verified for r in closed.rejected.values()], self.evals[-1].get("accuracy", 0.0))
+                [r.verified for r in closed.rejected.values()], self.evals[-1].get("accuracy", 0.0),
+                [(v["loss"], v["value"]) for v in record.get("contribution_values", [])])
             record["settlement"] = {"traces_root": intent.traces_root.hex(), "stats": dataclasses.asdict(intent.stats),
                                     "awards": [dataclasses.asdict(a) for a in intent.awards],
                                     "slashes": [{"node": s.node, "reason": s.reason, "evidence_hash": s.evidence_hash.hex()}
-                                                for s in intent.slashes]}
+                                                for s in intent.slashes],
+                                    "details": intent.details.to_json()}
         self.rounds.append(record)
         await asyncio.to_thread(self._commit, round_id + 1)
         if intent is not None:

@@ -55,6 +55,7 @@ from thinkmesh.protocol.chain.ledger import (
     checksum_address,
     hash32,
 )
+from thinkmesh.protocol.rules.round_details import RoundDetails
 
 RPC_TIMEOUT_S = 10.0
 COORDINATOR_ROLE = keccak256(b"COORDINATOR_ROLE")
@@ -147,6 +148,7 @@ class LedgerClient:
             TransactionSender(web3, account, deployment.chain_id, self._decoder, rpc_url) if account else None
         )
         self.events = LedgerEvents(self.ledger, rpc_url, from_block=deployment.block_number)
+        self._supports_details: bool | None = None
 
     @classmethod
     def connect(
@@ -278,18 +280,28 @@ class LedgerClient:
         return self._transact("openRound", function)
 
     def settle_round(
-        self, round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+        self, round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats(),
+        details: RoundDetails | None = None,
     ) -> Settlement:
         """Settles `round_id` once; retrying the same settlement (after a crash, a timeout) is a no-op.
 
         Awards are put in canonical order; `stats` go out in the same transaction's `RoundMetrics`
-        event (and into the settlement hash). Awards that do not fit one block go in parts
+        event and `details` (when given, and the ledger has `settleRoundWithDetails`) in its
+        `RoundDescribed` and `StrategyValueRecorded` events; both go into the settlement hash. Awards that do not fit one block go in parts
         (protocol/chain/settlement.py), resumed where they stopped. If the round is already settled
         with this exact payload (same settlement hash), returns `Settlement(tx=None)`; with a different
         payload, raises `SettlementConflictError`. The contract itself refuses any second settlement
         and any part out of sequence, so a retry can never pay twice, even when two retries race.
         """
-        return chain_settlement.settle_round(self, round_id, seed, traces_root, awards, stats)
+        return chain_settlement.settle_round(self, round_id, seed, traces_root, awards, stats, details)
+
+    def supports_details(self) -> bool:
+        """Whether this ledger has `settleRoundWithDetails` (deployments before it do not); read once."""
+        if self._supports_details is None:
+            with rpc_errors(self.rpc_url):
+                code = bytes(self.web3.eth.get_code(self.ledger.address))
+            self._supports_details = chain_settlement.has_details_function(code)
+        return self._supports_details
 
     def settle_round_part(self, round_id: int, first_index: int, awards: Sequence[Award]) -> TxResult:
         """Credits `awards` (canonical order, continuing the credited ones) ahead of `settle_round`."""

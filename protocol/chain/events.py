@@ -31,6 +31,7 @@ from thinkmesh.protocol.chain.ledger import (
     SlashRecord,
     checksum_address,
 )
+from thinkmesh.protocol.rules.round_details import RoundDetailsRecord, StrategyValueRecord, kind_name
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,39 @@ class LedgerEvents:
                 tx_hash=tx_hash,
             )
             for args, block, tx_hash in self._logs("RoundMetrics", filters, from_block)
+        ]
+
+    def round_details(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundDetailsRecord]:
+        """`RoundDescribed` events (rounds settled with `settleRoundWithDetails`): kind, base model, pay rate."""
+        filters = {"roundId": round_id} if round_id is not None else {}
+        return [
+            RoundDetailsRecord(
+                round_id=args["roundId"],
+                kind=kind_name(args["kind"]),
+                base_model_hash=bytes(args["baseModelHash"]),
+                reward_rate=args["rewardRate"],
+                block_number=block,
+                tx_hash=tx_hash,
+            )
+            for args, block, tx_hash in self._logs("RoundDescribed", filters, from_block)
+        ]
+
+    def strategy_values(
+        self, *, round_id: int | None = None, from_block: int | None = None
+    ) -> list[StrategyValueRecord]:
+        """`StrategyValueRecorded` events: each round's contribution values per strategy, as floats."""
+        filters = {"roundId": round_id} if round_id is not None else {}
+        return [
+            StrategyValueRecord(
+                round_id=args["roundId"],
+                strategy=args["strategy"],
+                contributions=args["contributions"],
+                mean_value=args["meanValue"] / SCORE_SCALE,
+                value_sd=args["valueSd"] / SCORE_SCALE,
+                block_number=block,
+                tx_hash=tx_hash,
+            )
+            for args, block, tx_hash in self._logs("StrategyValueRecorded", filters, from_block)
         ]
 
     def claims(self, *, node: str | None = None, from_block: int | None = None) -> list[ClaimRecord]:

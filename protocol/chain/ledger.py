@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eth_abi import encode as abi_encode
 from eth_utils import is_address, to_checksum_address
@@ -33,6 +34,9 @@ from thinkmesh.protocol.rules.payout import SCORE_SCALE  # noqa: F401  (re-expor
 from thinkmesh.protocol.rules.slashing import SlashReason  # noqa: F401  (re-exported: the chain codes)
 from thinkmesh.protocol.rules.strategies import MAX_NAME_BYTES
 from thinkmesh.protocol.runtime.atomic_files import write_atomic
+
+if TYPE_CHECKING:
+    from thinkmesh.protocol.rules.round_details import RoundDetails
 
 TOKEN_DECIMALS = 18
 HASH_BYTES = 32
@@ -52,6 +56,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 AWARD_ABI_TYPE = "(address,uint32,uint64,uint96)"
 ROUND_STATS_ABI_TYPE = "(uint32,uint32,int64,uint32)"
 SETTLE_ARGUMENT_TYPES = ("uint64", "bytes32", "bytes32", f"{AWARD_ABI_TYPE}[]", ROUND_STATS_ABI_TYPE)
+# settleRoundWithDetails appends a RoundDetails (protocol/rules/round_details.py: ROUND_DETAILS_ABI_TYPE)
+DETAILS_ABI_TYPE = "(uint8,bytes32,uint96,(string,uint32,int64,uint64)[])"
 
 
 class NodeStatus(enum.IntEnum):
@@ -189,26 +195,31 @@ def seed_commitment(seed: bytes) -> bytes:
 
 
 def settlement_payload(
-    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats(),
+    details: RoundDetails | None = None,
 ) -> bytes:
-    """The ABI-encoded arguments of `settleRound` for canonically ordered awards."""
-    return abi_encode(
-        list(SETTLE_ARGUMENT_TYPES),
-        [
-            _uint(round_id, UINT64_MAX, "round_id"),
-            hash32(seed, "round seed"),
-            hash32(traces_root, "traces root"),
-            [award.as_abi() for award in canonical_awards(awards)],
-            stats.as_abi(),
-        ],
-    )
+    """The ABI-encoded arguments of `settleRound` for canonically ordered awards; with `details`,
+    those of `settleRoundWithDetails`."""
+    types = list(SETTLE_ARGUMENT_TYPES)
+    values = [
+        _uint(round_id, UINT64_MAX, "round_id"),
+        hash32(seed, "round seed"),
+        hash32(traces_root, "traces root"),
+        [award.as_abi() for award in canonical_awards(awards)],
+        stats.as_abi(),
+    ]
+    if details is not None:
+        types.append(DETAILS_ABI_TYPE)
+        values.append(details.as_abi())
+    return abi_encode(types, values)
 
 
 def settlement_hash(
-    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats(),
+    details: RoundDetails | None = None,
 ) -> bytes:
-    """The hash the contract stores for a settlement: keccak256 of `settlement_payload`."""
-    return keccak256(settlement_payload(round_id, seed, traces_root, awards, stats))
+    """The hash the contract stores for a one-transaction settlement: keccak256 of `settlement_payload`."""
+    return keccak256(settlement_payload(round_id, seed, traces_root, awards, stats, details))
 
 
 # ---------------------------------------------------------------------- views of chain state

@@ -16,6 +16,12 @@ relies on:
 - a resumed settlement first checks that the awards already credited are a prefix of its own (same
   digest), so a coordinator restarted with another payload stops instead of mixing two.
 
+A settlement with `RoundDetails` (protocol/rules/round_details.py) closes with `settleRoundWithDetails`
+instead of `settleRound`: its one-transaction hash covers the details as an extra argument, its
+parted hash appends `keccak256(abi.encode(details))` to the fields above. A ledger deployed before
+that function existed is settled without details (`supports_details`), so a coordinator of this
+version keeps paying on an older deployment.
+
 Part sizes are chosen by gas estimation: the whole round first, then halves until a part's estimate,
 with the sender's margin, fits the latest block's gas limit. Since the digest does not depend on the
 cuts, a retry may cut differently (after a gas-limit change) and still reach the same hash.
@@ -23,6 +29,7 @@ cuts, a retry may cut differently (after a gas-limit change) and still reach the
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +49,9 @@ from thinkmesh.protocol.chain.ledger import (
     hash32,
     settlement_hash,
 )
+from thinkmesh.protocol.rules.round_details import RoundDetails
 
+logger = logging.getLogger(__name__)
 ZERO_DIGEST = b"\x00" * 32
 AWARD_TYPE = "(address,uint32,uint64,uint96)"
 STATS_TYPE = "(uint32,uint32,int64,uint32)"
@@ -59,21 +68,39 @@ def awards_digest(awards: Sequence[Award], digest: bytes = ZERO_DIGEST) -> bytes
 
 
 def parted_settlement_hash(
-    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats()
+    round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award], stats: RoundStats = RoundStats(),
+    details: RoundDetails | None = None,
 ) -> bytes:
     """The settlement hash a round settled in parts stores (awards in canonical order)."""
     digest = awards_digest(canonical_awards(awards))
-    return keccak256(abi_encode(["uint64", "bytes32", "bytes32", "bytes32", STATS_TYPE],
-                             [round_id, hash32(seed, "round seed"), hash32(traces_root, "traces root"), digest,
-                              stats.as_abi()]))
+    types = ["uint64", "bytes32", "bytes32", "bytes32", STATS_TYPE]
+    values = [round_id, hash32(seed, "round seed"), hash32(traces_root, "traces root"), digest, stats.as_abi()]
+    if details is not None:
+        types.append("bytes32")
+        values.append(keccak256(abi_encode([DETAILS_ABI_TYPE], [details.as_abi()])))
+    return keccak256(abi_encode(types, values))
+
+
+def has_details_function(code: bytes) -> bool:
+    """Whether deployed `code` dispatches `settleRoundWithDetails`: solc's dispatcher pushes each
+    selector with the shortest PUSH that holds it (PUSH4 unless it starts with zero bytes)."""
+    selector = keccak256(_DETAILED_SIGNATURE.encode())[:4].lstrip(b"\x00")
+    return bytes([0x5F + len(selector)]) + selector in code
+
+
+_DETAILED_SIGNATURE = f"settleRoundWithDetails(uint64,bytes32,bytes32,{AWARD_TYPE}[],{STATS_TYPE},{DETAILS_ABI_TYPE})"
 
 
 def settle_round(client, round_id: int, seed: bytes, traces_root: bytes, awards: Sequence[Award],
-                 stats: RoundStats) -> Settlement:
+                 stats: RoundStats, details: RoundDetails | None = None) -> Settlement:
     """`LedgerClient.settle_round`: see the module docstring. Safe to repeat after any failure."""
     ordered = canonical_awards(awards)
-    expected = (settlement_hash(round_id, seed, traces_root, ordered, stats),
-                parted_settlement_hash(round_id, seed, traces_root, ordered, stats))
+    if details is not None and not client.supports_details():
+        logger.warning("round %d: the ledger at %s predates settleRoundWithDetails; settling without the round's "
+                       "details (kind, base model, pay rate, strategy values)", round_id, client.ledger.address)
+        details = None
+    expected = (settlement_hash(round_id, seed, traces_root, ordered, stats, details),
+                parted_settlement_hash(round_id, seed, traces_root, ordered, stats, details))
     for _ in range(RESUME_ATTEMPTS):
         record = client.round(round_id)
         if record.status == RoundStatus.SETTLED:
@@ -83,7 +110,7 @@ def settle_round(client, round_id: int, seed: bytes, traces_root: bytes, awards:
             credited, digest = client.round_parts(round_id)
             _check_prefix(round_id, ordered, credited, digest)
         try:
-            return _settle_from(client, round_id, seed, traces_root, ordered, stats, credited, expected)
+            return _settle_from(client, round_id, seed, traces_root, ordered, stats, details, credited, expected)
         except ContractRevertError as exc:
             if exc.error_name == "RoundAlreadySettled":
                 return _already_settled(round_id, bytes(exc.error_args["settlementHash"]), expected)
@@ -94,20 +121,26 @@ def settle_round(client, round_id: int, seed: bytes, traces_root: bytes, awards:
                      f"under this sender ({RESUME_ATTEMPTS} reads); is another coordinator settling it?")
 
 
-def _settle_from(client, round_id, seed, traces_root, ordered, stats, credited, expected) -> Settlement:
-    settle = lambda rest: client.ledger.functions.settleRound(  # noqa: E731
-        round_id, seed, traces_root, [a.as_abi() for a in rest], stats.as_abi())
+def _settle_from(client, round_id, seed, traces_root, ordered, stats, details, credited, expected) -> Settlement:
+    closing = "settleRound" if details is None else "settleRoundWithDetails"
+
+    def settle(rest: Sequence[Award]) -> Any:
+        arguments = [round_id, seed, traces_root, [a.as_abi() for a in rest], stats.as_abi()]
+        if details is not None:
+            arguments.append(details.as_abi())
+        return client.ledger.functions[closing](*arguments)
+
     with rpc_errors(client.rpc_url):
         limit = client.web3.eth.get_block("latest")["gasLimit"]
     chunk = len(ordered) - credited
     last_tx = None
     while True:
         rest = ordered[credited:]
-        if _fits(client, "settleRound", settle(rest), limit):
-            last_tx = client._transact("settleRound", settle(rest))
+        if _fits(client, closing, settle(rest), limit):
+            last_tx = client._transact(closing, settle(rest))
             break
         if not rest:
-            raise ChainError(f"round {round_id}: expected the closing settleRound (no awards left) to fit a block "
+            raise ChainError(f"round {round_id}: expected the closing {closing} (no awards left) to fit a block "
                              f"(gas limit {limit}), it does not")
         chunk = min(chunk, len(rest))
         while chunk and not _fits(client, "settleRoundPart", _part(client, round_id, credited, rest[:chunk]), limit):

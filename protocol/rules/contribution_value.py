@@ -43,6 +43,7 @@ from thinkmesh.protocol.rules.rollout import SamplingSettings, generate
 from thinkmesh.protocol.rules.sampling import row_key, stop_rule_for
 from thinkmesh.protocol.rules.scoring import completion_text, prompt_token_ids, token_logprobs
 from thinkmesh.protocol.rules.tasks import Task, TaskSpec, render_prompt, trainable_task
+from thinkmesh.protocol.rules.round_details import Z_95, ValueSummary
 
 VALUE_SEED_DOMAIN = b"thinkmesh/contribution-value/v1"
 VALUE_STREAM_KEY = b"thinkmesh/value-sampling/v1"  # the "node key" of the batch's sampling streams
@@ -173,13 +174,22 @@ def contribution_values(model, tokenizer, spec: TaskSpec, round_seed: bytes, gra
     return [contribution_value(model, batch, g, settings.step) for g in gradients], batch
 
 
-def mean_and_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """(mean, half-width of its normal-approximation confidence interval): z * sd / sqrt(n); 0 for n < 2."""
-    n = len(values)
-    if n == 0:
+def valued_indices(round_seed: bytes, node_keys: Sequence[bytes], limit: int) -> list[int]:
+    """Which of a round's accepted contributions (by their nodes' keys) are valued when there are
+    more than `limit`: the `limit` with the lowest sha256(value_seed || node key), in input order.
+    A public draw, fixed by the round's seed before any contribution arrives, so a node cannot choose
+    to be valued or not; each node's chance is limit / accepted, whatever its strategy."""
+    if type(limit) is not int or limit < 1:
+        raise ContributionValueError(f"value limit: expected a positive int, got {limit!r}")
+    seed = value_seed(round_seed)
+    ranked = sorted(range(len(node_keys)), key=lambda i: hashlib.sha256(seed + bytes(node_keys[i])).digest())
+    return sorted(ranked[:limit])
+
+
+def mean_and_interval(values: Sequence[float], z: float = Z_95) -> tuple[float, float]:
+    """(mean, half-width of its normal-approximation confidence interval): z * sd / sqrt(n); 0 for n < 2.
+    The rule the dashboard applies to the values on chain (`round_details.ValueSummary`)."""
+    if not values:
         raise ContributionValueError("expected at least one value, got none")
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, z * sd / math.sqrt(n)
+    summary = ValueSummary.of(values)
+    return summary.mean, summary.half_width(z)

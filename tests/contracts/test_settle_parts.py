@@ -19,6 +19,7 @@ from thinkmesh.protocol.chain.errors import ContractRevertError, SettlementConfl
 from thinkmesh.protocol.chain.settlement import awards_digest, parted_settlement_hash
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 from thinkmesh.protocol.chain.ledger import Award, Deployment, RoundStats, RoundStatus, canonical_awards, seed_commitment, tokens
+from thinkmesh.protocol.rules.round_details import RoundDetails, strategy_values
 
 from .conftest import MIN_STAKE, Actors
 
@@ -128,3 +129,20 @@ def test_a_round_beyond_the_pool_sends_nothing_until_a_top_up(actors: Actors, ma
     settled = coordinator.settle_round(3, SEED, ROOT, awards, STATS)
     assert settled.settlement_hash == parted_settlement_hash(3, SEED, ROOT, awards, STATS)
     assert len(coordinator.events.compensations(round_id=3)) == NODES
+
+
+def test_a_parted_round_closes_with_its_details_under_the_parted_hash(actors: Actors, many_nodes, low_gas_limit) -> None:
+    coordinator = actors.coordinator
+    coordinator.open_round(4, b"\x3d" * 32, seed_commitment(SEED))
+    awards = round_awards(many_nodes)
+    details = RoundDetails(kind="training", reward_rate=tokens("0.08"),
+                           values=strategy_values([("dapo", 0.01), ("grpo", -0.02), ("grpo", 0.03)]))
+    settled = coordinator.settle_round(4, SEED, ROOT, awards, STATS, details)
+    expected = parted_settlement_hash(4, SEED, ROOT, awards, STATS, details)
+    assert settled.settlement_hash == expected != parted_settlement_hash(4, SEED, ROOT, awards, STATS)
+    assert coordinator.round(4).settlement_hash == expected
+    assert len({c.block_number for c in coordinator.events.compensations(round_id=4)}) > 1, "settled in parts"
+    (described,) = coordinator.events.round_details(round_id=4)
+    assert (described.kind, described.reward_rate) == ("training", tokens("0.08"))
+    assert [v.strategy for v in coordinator.events.strategy_values(round_id=4)] == ["dapo", "grpo"]
+    assert coordinator.settle_round(4, SEED, ROOT, awards, STATS, details).already_settled

@@ -31,6 +31,8 @@ from thinkmesh.protocol.rules.verification import REASON_OK, REASON_REPLAY, grad
 pytestmark = pytest.mark.timeout(300)
 REWARD_PER_PROMPT = tokens("0.01")
 SLASH = tokens(5)
+BASE = b"\xba" * 32  # as an adapter round's frozen base
+VALUES = [("grpo", 0.002), ("dapo", 0.003), ("grpo", 0.001)]  # (strategy, contribution value) of the round
 
 
 def make_verifier(tmp_path, registry):
@@ -114,6 +116,28 @@ def test_intent_pays_accepted_by_score_and_slashes_every_cheater(verdicts):
     assert SettlementIntent.from_json(intent.to_json()) == intent
 
 
+def test_intent_carries_the_rounds_details_for_the_chain(verdicts):
+    _, honest, _, _ = verdicts
+    values = [("dapo", 0.012), ("grpo", -0.004), ("dapo", -0.002)]
+    training = build_intent(2, world().round.seed, honest, [], 0.5, reward_per_prompt=REWARD_PER_PROMPT,
+                            slash_amount=SLASH, values=values)
+    assert (training.details.kind, training.details.reward_rate) == ("training", REWARD_PER_PROMPT)
+    assert training.details.base_model_hash == b"\x00" * 32
+    assert [(v.strategy, v.contributions, v.mean_value) for v in training.details.values] == [
+        ("dapo", 2, 5_000), ("grpo", 1, -4_000)]
+    assert training.details.values[0].value_sd == round(0.014 / 2 ** 0.5 * SCORE_SCALE)
+
+    per_trace = tokens("0.02")
+    generation = build_intent(2, world().round.seed, honest, [], 0.5, reward_per_prompt=REWARD_PER_PROMPT,
+                              slash_amount=SLASH, kind="generation", reward_per_trace=per_trace,
+                              base_model_hash=b"\xba" * 32)
+    assert (generation.details.kind, generation.details.reward_rate) == ("generation", per_trace)
+    assert generation.details.base_model_hash == b"\xba" * 32 and generation.details.values == ()
+    assert SettlementIntent.from_json(generation.to_json()) == generation
+    legacy = SettlementIntent.from_json(generation.to_json().replace('"details": {', '"unused": {'))
+    assert legacy.details is None  # an intent journaled before details: settled as it was, without them
+
+
 def test_score_pays_informative_groups_above_the_floor():
     w = world()
     honest = w.honest[0]
@@ -186,18 +210,19 @@ def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
     settler = RoundSettler(SettlementJournal(tmp_path / "settlement"), coordinator,
                            reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
     settler.open_round(2, w.round.model_hash, w.round.seed)  # queued: the round loop never waits on the chain
-    settler.open_round(2, w.round.model_hash, w.round.seed)  # a re-announced round: one opening
+    settler.open_round(2, w.round.model_hash, w.round.seed, base_hash=BASE)  # a re-announced round: one opening
     assert settler.backlog()["pending_openings"] == [2] and settler.queue.step() == 0.0
     assert coordinator.round(2).seed_commitment == seed_commitment(w.round.seed)
-    intent = settler.record(2, w.round.seed, accepted, rejected, 0.5)
+    intent = settler.record(2, w.round.seed, accepted, rejected, 0.5, VALUES)
     assert intent.model_hash == w.round.model_hash and settler.backlog()["pending_rounds"] == []
 
     # Crash after the intent, before the checkpoint committed the round: the intent is dropped.
     restarted = RoundSettler(settler.journal, coordinator, reward_per_prompt=REWARD_PER_PROMPT, slash_amount=SLASH)
     assert restarted.recover(next_round=2) == [] and coordinator.round(2).status == RoundStatus.OPEN
-    restarted.open_round(2, w.round.model_hash, w.round.seed)  # the round re-runs
+    restarted.open_round(2, w.round.model_hash, w.round.seed, base_hash=BASE)  # the round re-runs
     assert restarted.queue.step() == 0.0
-    intent = restarted.record(2, w.round.seed, accepted, rejected, 0.5)
+    intent = restarted.record(2, w.round.seed, accepted, rejected, 0.5, VALUES)
+    assert intent.details.base_model_hash == BASE and len(intent.details.values) == 2
     # Crash after the settle transaction, before the slash: recovery queues it, the queue sends what is missing.
     first = send_settlement(coordinator, dataclasses.replace(intent, slashes=()))
     assert first.settle_tx is not None
@@ -220,3 +245,9 @@ def test_crash_at_every_step_settles_exactly_once(chain, verdicts, tmp_path):
     (metrics,) = coordinator.events.round_metrics(round_id=2)
     assert (metrics.accepted, metrics.rejected, metrics.held_out_accuracy) == (2, 1, 0.5)
     assert coordinator.round(2).traces_root == intent.traces_root
+    # The round's details went out with the one settlement: kind, base, pay rate, values per strategy.
+    (described,) = coordinator.events.round_details(round_id=2)
+    assert (described.kind, described.base_model_hash, described.reward_rate) == ("training", BASE, REWARD_PER_PROMPT)
+    assert described.tx_hash == metrics.tx_hash
+    assert [(v.strategy, v.contributions, v.mean_value) for v in coordinator.events.strategy_values(round_id=2)] == [
+        ("dapo", 1, 0.003), ("grpo", 2, 0.0015)]

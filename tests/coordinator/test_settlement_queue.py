@@ -178,7 +178,7 @@ def test_a_paused_ledger_and_a_short_pool_queue_rounds_that_then_settle_once_in_
         record = coordinator.round(intent.round_id)
         assert record.status == RoundStatus.SETTLED
         assert record.settlement_hash == settlement_hash(intent.round_id, intent.seed, intent.traces_root,
-                                                         intent.awards, intent.stats)
+                                                         intent.awards, intent.stats, intent.details)
         assert len(coordinator.events.settlements(round_id=intent.round_id)) == 1
     assert coordinator.node(nodes[1]).claimable == tokens(30)
     assert [i.done for i in settler.journal.load()] == [True, True]

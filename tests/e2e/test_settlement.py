@@ -242,7 +242,7 @@ def assert_journal_is_on_chain(mesh: PaidMesh, rounds: int) -> list:
         record = mesh.reader.round(intent.round_id)
         assert record.status == RoundStatus.SETTLED
         assert record.settlement_hash == settlement_hash(intent.round_id, intent.seed, intent.traces_root,
-                                                         intent.awards, intent.stats)
+                                                         intent.awards, intent.stats, intent.details)
         assert len(mesh.reader.events.settlements(round_id=intent.round_id)) == 1
         paid = mesh.reader.events.compensations(round_id=intent.round_id)
         assert sorted((c.node, c.verified_samples, c.payout) for c in paid) == sorted(
@@ -253,10 +253,16 @@ def assert_journal_is_on_chain(mesh: PaidMesh, rounds: int) -> list:
             (s.node, s.reason, s.evidence_hash) for s in intent.slashes)
         (metrics,) = mesh.reader.events.round_metrics(round_id=intent.round_id)
         assert (metrics.accepted, metrics.rejected) == (len(intent.accepted), len(intent.slashes))
+        (described,) = mesh.reader.events.round_details(round_id=intent.round_id)  # the round's details, as journaled
+        assert (described.kind, described.reward_rate) == (intent.details.kind, intent.details.reward_rate)
+        values = mesh.reader.events.strategy_values(round_id=intent.round_id)
+        assert [(v.strategy, v.contributions) for v in values] == [
+            (v.strategy, v.contributions) for v in intent.details.values]
         for award in intent.awards:
             owed[award.node] = owed.get(award.node, 0) + award.payout
         for slash in intent.slashes:
             slashed[slash.node] = slashed.get(slash.node, 0) + 1
+    assert any(intent.details.values for intent in intents), "the coordinator values contributions by default"
     for name in [*(n for n, _, _ in mesh.honest), *mesh.cheaters]:
         record = mesh.reader.node(mesh.address(name))
         assert record.claimable == owed.get(mesh.address(name), 0), name

@@ -155,8 +155,7 @@ contract LedgerHandler {
         uint64 roundId = openRounds[openRounds.length - 1];
         openRounds.pop();
         IThinkMeshLedger.Award[] memory awards = _awards(subsetMask, payoutSeed);
-        vm.prank(coordinator);
-        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), awards, _stats());
+        _close(roundId, awards, payoutSeed);
         _settled(roundId);
     }
 
@@ -181,9 +180,24 @@ contract LedgerHandler {
         try ledger.settleRoundPart(roundId, 0, first) {
             ghostDoubleSettlements++;
         } catch {}
-        vm.prank(coordinator);
-        ledger.settleRound(roundId, SEED, keccak256(abi.encode("traces", roundId)), rest, _stats());
+        _close(roundId, rest, payoutSeed);
         _settled(roundId);
+    }
+
+    /// The closing settlement: settleRound, or settleRoundWithDetails when `seed` is odd.
+    function _close(uint64 roundId, IThinkMeshLedger.Award[] memory awards, uint256 seed) internal {
+        bytes32 root = keccak256(abi.encode("traces", roundId));
+        vm.prank(coordinator);
+        if (seed % 2 == 0) {
+            ledger.settleRound(roundId, SEED, root, awards, _stats());
+            return;
+        }
+        IThinkMeshLedger.StrategyValue[] memory values = new IThinkMeshLedger.StrategyValue[](1);
+        values[0] = IThinkMeshLedger.StrategyValue({strategy: "grpo", contributions: 2, meanValue: -5, valueSd: 7});
+        IThinkMeshLedger.RoundDetails memory details = IThinkMeshLedger.RoundDetails({
+            kind: IThinkMeshLedger.RoundKind(seed % 4 / 2), baseModelHash: bytes32(seed), rewardRate: 1e16, values: values
+        });
+        ledger.settleRoundWithDetails(roundId, SEED, root, awards, _stats(), details);
     }
 
     /// A random subset of the registered nodes, in address order, whose payouts fit the pool.

@@ -23,6 +23,17 @@ abstract contract LedgerFixture is TestBase {
         return IThinkMeshLedger.RoundStats({accepted: 3, rejected: 1, meanReward: -250_000, heldOutAccuracy: 625_000});
     }
 
+    /// @dev The details every detailed fixture settlement publishes: a generation round on an adapter
+    /// base, 0.02 tokens per accepted trace, values of two strategies.
+    function details() internal pure returns (IThinkMeshLedger.RoundDetails memory d) {
+        d.kind = IThinkMeshLedger.RoundKind.Generation;
+        d.baseModelHash = keccak256("base-v0");
+        d.rewardRate = 0.02 ether;
+        d.values = new IThinkMeshLedger.StrategyValue[](2);
+        d.values[0] = IThinkMeshLedger.StrategyValue({strategy: "dapo", contributions: 3, meanValue: -7_000, valueSd: 52_000});
+        d.values[1] = IThinkMeshLedger.StrategyValue({strategy: "grpo", contributions: 1, meanValue: 20_000, valueSd: 0});
+    }
+
     address internal admin = address(0xAD);
     address internal coordinator = address(0xC0);
     address internal sponsor = address(0x5B);
@@ -117,6 +128,14 @@ abstract contract LedgerFixture is TestBase {
     {
         vm.prank(coordinator);
         return ledger.settleRound(roundId, SEED, tracesRoot, awards, stats());
+    }
+
+    function settleDetailed(uint64 roundId, bytes32 tracesRoot, IThinkMeshLedger.Award[] memory awards)
+        internal
+        returns (bytes32)
+    {
+        vm.prank(coordinator);
+        return ledger.settleRoundWithDetails(roundId, SEED, tracesRoot, awards, stats(), details());
     }
 
     function accessDenied(address account, bytes32 role) internal pure returns (bytes memory) {

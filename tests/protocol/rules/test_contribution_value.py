@@ -13,6 +13,7 @@ from thinkmesh.protocol.rules.contribution_value import (
     leave_one_out,
     mean_and_interval,
     validation_tasks,
+    valued_indices,
     value_of_logprobs,
 )
 from thinkmesh.protocol.rules.tasks import TaskSpec, is_heldout
@@ -66,6 +67,18 @@ def test_mean_and_interval():
     assert half == pytest.approx(1.96 * statistics_sd([1.0, 2.0, 3.0, 4.0]) / 2)
     with pytest.raises(ContributionValueError):
         mean_and_interval([])
+
+
+def test_valued_contributions_are_a_public_draw_bounded_by_the_limit():
+    keys = [bytes([i]) * 32 for i in range(40)]
+    chosen = valued_indices(SEED, keys, 16)
+    assert len(chosen) == 16 and chosen == sorted(chosen) and chosen == valued_indices(SEED, keys, 16)
+    assert valued_indices(SEED, keys[:5], 16) == [0, 1, 2, 3, 4]  # under the limit: every one
+    assert valued_indices(bytes(32), keys, 16) != chosen  # another round, another draw
+    shuffled = keys[::-1]  # the draw follows the keys, not the order of arrival
+    assert sorted(shuffled[i] for i in valued_indices(SEED, shuffled, 16)) == sorted(keys[i] for i in chosen)
+    with pytest.raises(ContributionValueError, match="limit"):
+        valued_indices(SEED, keys, 0)
 
 
 def statistics_sd(values):
