@@ -40,4 +40,6 @@ def read_snapshot(client) -> LedgerSnapshot:
         settle_gas=settle_gas,
         metrics=tuple(events.round_metrics()),
         registrations=tuple(registrations),
+        details=tuple(events.round_details()),
+        strategy_values=tuple(events.strategy_values()),
     )

@@ -9,17 +9,27 @@ does not check the binding signatures. A row is `verified` when its registration
 and is the earliest one that does for that key (`ledger.bound_nodes`, the rule the coordinator pays
 by); any other is shown `unverified`, with the reason, so a copied key never passes for its owner.
 
-Strategy comparison: a round's held-out gain (its accuracy minus the previous round's) is shared
-among the strategies in proportion to the verified samples each contributed to that round; a
-strategy's figure is its summed share over its total verified samples. It is an attribution, not
-a controlled experiment: it says which strategies were present when the model improved.
+Rounds and versions: a round's kind (training or generation), its pay rate and an adapter round's
+base come from its `RoundDescribed` event (rounds settled before it existed show no kind). A model
+version is the model hash a round opened with (`RoundOpened`), with the base hash in adapter rounds
+(version = base + adapter); its accepted traces are the verified samples of its settled rounds, each
+one a trace under a round's Merkle root. Serving nodes are not on chain: they are shown where a
+lookup found them (`build_summary(servers=...)`, the dashboard's `--find-servers`), else marked
+unknown.
+
+Strategy comparison: each strategy's contribution values (`StrategyValueRecorded`: count, mean and
+sd per round, `protocol/rules/round_details.py`) pooled over every round into one mean with its 95%
+normal-approximation interval. Values within a round share a validation batch; the pooled interval
+ignores that pairing (and the rounds' differences), so it is on the wide side: overlapping
+intervals mean the chain does not tell those strategies apart.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from thinkmesh.protocol.rules.identity import peer_id_from_public_key
 from thinkmesh.protocol.chain.ledger import (
@@ -35,6 +45,15 @@ from thinkmesh.protocol.chain.ledger import (
     SlashRecord,
     bound_nodes,
 )
+from thinkmesh.protocol.rules.round_details import (
+    ZERO_HASH,
+    RoundDetailsRecord,
+    StrategyValueRecord,
+    ValueSummary,
+)
+
+if TYPE_CHECKING:  # the receipts module pulls torch, which the dashboard does not need
+    from thinkmesh.protocol.rules.receipts import ServerAnnouncement
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,8 @@ class LedgerSnapshot:
     settle_gas: dict[int, int]  # round id -> gas used by its settlement transaction
     metrics: tuple[RoundMetricsRecord, ...] = ()
     registrations: tuple[NodeRegistration, ...] = ()  # NodeRegistered events: what the identity check reads
+    details: tuple[RoundDetailsRecord, ...] = ()  # RoundDescribed events
+    strategy_values: tuple[StrategyValueRecord, ...] = ()  # StrategyValueRecorded events
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,9 @@ class RoundRow:
     total_slashed: float
     settle_gas: int | None
     traces_root: str
+    kind: str | None = None  # "training" / "generation"; None: settled without details, or not settled
+    base_model_hash: str | None = None  # adapter rounds: the frozen base
+    reward_rate: float | None = None  # tokens per verified prompt (training) or per accepted trace (generation)
 
 
 @dataclass(frozen=True)
@@ -96,12 +120,38 @@ class SlashRow:
 
 
 @dataclass(frozen=True)
+class ServerRow:
+    """A `thinkmesh serve` record found for a version: a signed claim, checked when answers are."""
+
+    server_key: str
+    url: str
+    expires_ms: int
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    model_hash: str  # what rounds opened with (the adapter's hash in adapter rounds)
+    base_model_hash: str | None  # adapter rounds: the frozen base (version = base + adapter)
+    first_round: int
+    last_round: int
+    training_rounds: int
+    generation_rounds: int
+    accepted_traces: int  # verified samples of its settled rounds: traces under their Merkle roots
+    servers: tuple[ServerRow, ...] | None  # None: not known (not looked up, or not findable)
+    servers_note: str = ""
+
+
+@dataclass(frozen=True)
 class StrategyRow:
+    """One strategy's contribution values over every round: mean with its 95% interval (reward units)."""
+
     strategy: str
-    nodes: int
-    verified_samples: int
-    earned: float
-    gain_per_sample: float
+    rounds: int
+    contributions: int
+    mean_value: float
+    value_sd: float
+    ci_low: float | None  # None with a single value: no interval
+    ci_high: float | None
 
 
 @dataclass(frozen=True)
@@ -123,6 +173,8 @@ class LedgerSummary:
     rounds: tuple[RoundRow, ...]
     slashes: tuple[SlashRow, ...]
     strategies: tuple[StrategyRow, ...]
+    versions: tuple[VersionRow, ...] = ()
+    serving: str = ""  # how serving nodes were found, or why they are not shown
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -164,7 +216,14 @@ def identity_checks(registrations: Sequence[NodeRegistration]) -> dict[str, tupl
     return checks
 
 
-def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
+SERVING_UNKNOWN = "not looked up: serving nodes are not on chain (start the dashboard with --find-servers to look them up in the DHT)"
+ADAPTER_NOT_SERVED = "not looked up: thinkmesh serve announces whole models, an adapter version has no such hash"
+
+
+def build_summary(snap: LedgerSnapshot, servers: Mapping[bytes, Sequence[ServerAnnouncement]] | None = None,
+                  serving: str = SERVING_UNKNOWN) -> LedgerSummary:
+    """The dashboard's tables. `servers`: what a lookup found per model hash (None: no lookup), and
+    `serving` says how they were found or why not."""
     samples: dict[str, int] = defaultdict(int)
     earned: dict[str, int] = defaultdict(int)
     slashed: dict[str, int] = defaultdict(int)
@@ -189,6 +248,7 @@ def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
     ))
 
     metrics = {m.round_id: m for m in snap.metrics}
+    details = {d.round_id: d for d in snap.details}
     rounds = tuple(
         RoundRow(
             round_id=r.round_id, status=r.status.name.lower(), model_hash=_hex(r.model_hash),
@@ -199,6 +259,9 @@ def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
             held_out_accuracy=metrics[r.round_id].held_out_accuracy if r.round_id in metrics else None,
             total_payout=_units(r.total_payout), total_slashed=_units(r.total_slashed),
             settle_gas=snap.settle_gas.get(r.round_id), traces_root=_hex(r.traces_root),
+            kind=details[r.round_id].kind if r.round_id in details else None,
+            base_model_hash=_base_hex(details.get(r.round_id)),
+            reward_rate=_units(details[r.round_id].reward_rate) if r.round_id in details else None,
         )
         for r in sorted(snap.rounds, key=lambda r: r.round_id)
     )
@@ -215,35 +278,53 @@ def build_summary(snap: LedgerSnapshot) -> LedgerSummary:
     return LedgerSummary(
         chain={"chain_id": snap.chain_id, "ledger": snap.ledger, "block": snap.block},
         token_symbol=snap.token_symbol, totals=totals, nodes=nodes, rounds=rounds, slashes=slashes,
-        strategies=strategy_comparison(snap.nodes, snap.compensations, snap.metrics),
+        strategies=strategy_comparison(snap.strategy_values), versions=model_versions(rounds, servers),
+        serving=serving,
     )
 
 
-def strategy_comparison(
-    nodes: Sequence[NodeRecord], compensations: Sequence[Compensation], metrics: Sequence[RoundMetricsRecord]
-) -> tuple[StrategyRow, ...]:
-    strategy_of = {n.address: n.strategy for n in nodes}
-    by_round: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    total_samples: dict[str, int] = defaultdict(int)
-    earned: dict[str, int] = defaultdict(int)
-    members: dict[str, set[str]] = defaultdict(set)
-    for c in compensations:
-        strategy = strategy_of.get(c.node, "unknown")
-        by_round[c.round_id][strategy] += c.verified_samples
-        total_samples[strategy] += c.verified_samples
-        earned[strategy] += c.payout
-        members[strategy].add(c.node)
-    gain: dict[str, float] = defaultdict(float)
-    previous = None
-    for m in sorted(metrics, key=lambda m: m.round_id):
-        if previous is not None:
-            delta = m.held_out_accuracy - previous
-            round_samples = sum(by_round[m.round_id].values())
-            for strategy, n in by_round[m.round_id].items():
-                gain[strategy] += delta * n / round_samples if round_samples else 0.0
-        previous = m.held_out_accuracy
-    return tuple(
-        StrategyRow(strategy=s, nodes=len(members[s]), verified_samples=total_samples[s], earned=_units(earned[s]),
-                    gain_per_sample=gain[s] / total_samples[s] if total_samples[s] else 0.0)
-        for s in sorted(total_samples)
-    )
+def _base_hex(details: RoundDetailsRecord | None) -> str | None:
+    return None if details is None or details.base_model_hash == ZERO_HASH else _hex(details.base_model_hash)
+
+
+def model_versions(rounds: Sequence[RoundRow], servers: Mapping[bytes, Sequence[ServerAnnouncement]] | None
+                   ) -> tuple[VersionRow, ...]:
+    """One row per (base, model hash) the rounds opened with, in order of first use."""
+    grouped: dict[tuple[str | None, str], list[RoundRow]] = {}
+    for r in rounds:
+        grouped.setdefault((r.base_model_hash, r.model_hash), []).append(r)
+    versions = []
+    for (base, model), members in grouped.items():
+        found: tuple[ServerRow, ...] | None = None
+        note = ""
+        if base is not None:
+            note = ADAPTER_NOT_SERVED
+        elif servers is not None:
+            found = tuple(ServerRow("0x" + bytes(a.server_key).hex(), a.url, a.expires_ms)
+                          for a in servers.get(bytes.fromhex(model[2:]), ()))
+        versions.append(VersionRow(
+            model_hash=model, base_model_hash=base, first_round=members[0].round_id, last_round=members[-1].round_id,
+            training_rounds=sum(1 for r in members if r.kind == "training"),
+            generation_rounds=sum(1 for r in members if r.kind == "generation"),
+            accepted_traces=sum(r.total_samples for r in members if r.status == "settled"),
+            servers=found, servers_note=note,
+        ))
+    return tuple(versions)
+
+
+def strategy_comparison(values: Sequence[StrategyValueRecord]) -> tuple[StrategyRow, ...]:
+    """Each strategy's values pooled over every round (`ValueSummary.pool`), with a 95% interval."""
+    by_strategy: dict[str, list[StrategyValueRecord]] = defaultdict(list)
+    for record in values:
+        by_strategy[record.strategy].append(record)
+    rows = []
+    for strategy in sorted(by_strategy):
+        records = by_strategy[strategy]
+        pooled = ValueSummary.pool(r.summary for r in records)
+        half = pooled.half_width() if pooled.count > 1 else None
+        rows.append(StrategyRow(
+            strategy=strategy, rounds=len({r.round_id for r in records}), contributions=pooled.count,
+            mean_value=pooled.mean, value_sd=pooled.sd,
+            ci_low=None if half is None else pooled.mean - half, ci_high=None if half is None else pooled.mean + half,
+        ))
+    return tuple(rows)

@@ -5,6 +5,10 @@ and a JSON API under /api/ with the same data the page draws. Snapshots are read
 at most once per `refresh_s`, whatever the number of open pages, and a chain that stops answering
 turns into a 503 with the reason rather than a hung request.
 
+Serving nodes are the one thing not read from the chain: with a `ServerLookup` (`--find-servers`),
+each refresh also looks the chain's model versions up in the DHT (`server_lookup.py`); a lookup
+that fails leaves them unknown, with the reason, and never fails the page.
+
 `/evidence/0x<keccak256>` serves the evidence file a slash on chain cites, from the coordinator's
 evidence directory (`--evidence-dir`): found through the slash's round and node (the coordinator
 files it as `round-NNNNNN/<node key hex>.evidence`), served only when its bytes hash to the cited
@@ -25,9 +29,10 @@ from pathlib import Path
 from aiohttp import web
 
 from thinkmesh.coordinator.dashboard.ledger_snapshot import read_snapshot
-from thinkmesh.coordinator.dashboard.ledger_view import LedgerSnapshot, LedgerSummary, build_summary
+from thinkmesh.coordinator.dashboard.ledger_view import SERVING_UNKNOWN, LedgerSnapshot, LedgerSummary, build_summary
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.hashing import keccak_256
+from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup
 
 STATIC_DIR = Path(__file__).with_name("static")
 EVIDENCE_NAME = re.compile(r"^0x[0-9a-f]{64}$")
@@ -101,8 +106,10 @@ class EvidenceFiles:
 class Dashboard:
     """Holds one chain client and a cached summary; `app()` builds the aiohttp application."""
 
-    def __init__(self, client, evidence_dir: Path | None = None, refresh_s: float = 2.0) -> None:
+    def __init__(self, client, evidence_dir: Path | None = None, refresh_s: float = 2.0,
+                 servers: ServerLookup | None = None) -> None:
         self._client = client
+        self._servers = servers
         self._evidence_dir = evidence_dir
         self._evidence_files = EvidenceFiles(evidence_dir) if evidence_dir is not None else None
         self._refresh_s = refresh_s
@@ -117,18 +124,31 @@ class Dashboard:
             if self._cache.summary is None or time.monotonic() - self._cache.read_at > self._refresh_s:
                 try:
                     snapshot = await asyncio.wait_for(asyncio.to_thread(read_snapshot, self._client), timeout=20)
-                    self._cache = _Cache(build_summary(snapshot), time.monotonic(), snapshot=snapshot)
+                    found, serving = await self._find_servers(snapshot)
+                    self._cache = _Cache(build_summary(snapshot, found, serving), time.monotonic(), snapshot=snapshot)
                 except (ProtocolError, asyncio.TimeoutError) as exc:
                     reason = str(exc) or "the chain did not answer within 20 s"
                     log.warning("dashboard: cannot read the chain: %s", reason)
                     raise web.HTTPServiceUnavailable(text=f"cannot read the chain: {reason}") from exc
             return self._cache.summary, self._cache.snapshot
 
+    async def _find_servers(self, snapshot: LedgerSnapshot) -> tuple[dict | None, str]:
+        """The DHT's serve records of the snapshot's model versions, and how they were found."""
+        if self._servers is None:
+            return None, SERVING_UNKNOWN
+        try:
+            return await self._servers.find(r.model_hash for r in snapshot.rounds), self._servers.description
+        except Exception as exc:  # the DHT is best effort: the chain's figures are shown without it
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("dashboard: cannot look serving nodes up in the DHT: %s", reason)
+            return None, f"unknown: the DHT lookup failed ({reason})"
+
     async def _json(self, request: web.Request) -> web.Response:
         summary = (await self.summary()).to_json()
         part = request.match_info.get("part", "summary")
         if part != "summary" and part not in summary:
-            raise web.HTTPNotFound(text=f"no /api/{part}; try /api/summary, /api/nodes, /api/rounds, /api/slashes, /api/strategies")
+            raise web.HTTPNotFound(text=f"no /api/{part}; try /api/summary, /api/nodes, /api/rounds, /api/versions, "
+                                        "/api/slashes, /api/strategies")
         return web.json_response(summary if part == "summary" else summary[part])
 
     async def _evidence(self, request: web.Request) -> web.StreamResponse:
@@ -167,8 +187,9 @@ class Dashboard:
         return app
 
 
-async def serve_dashboard(client, host: str, port: int, evidence_dir: Path | None, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(Dashboard(client, evidence_dir).app())
+async def serve_dashboard(client, host: str, port: int, evidence_dir: Path | None, stop: asyncio.Event,
+                          servers: ServerLookup | None = None) -> None:
+    runner = web.AppRunner(Dashboard(client, evidence_dir, servers=servers).app())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

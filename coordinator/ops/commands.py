@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8600)
     dashboard.add_argument("--evidence-dir", type=Path, help="directory of evidence files to link from slashing events")
+    dashboard.add_argument("--find-servers", action="store_true",
+                           help="look up the nodes serving each model version in the DHT (`thinkmesh serve --announce`)")
+    dashboard.add_argument("--initial-peers", nargs="*", default=[],
+                           help="DHT multiaddrs for --find-servers (default: the ledger's bootstrap list)")
     dashboard.set_defaults(handler=run_dashboard)
 
 
@@ -55,5 +59,18 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from thinkmesh.protocol.runtime.process_lifecycle import run_until_stopped
 
     client = LedgerClient.connect(args.rpc, discover_deployment(args.rpc, args.ledger, from_block=args.from_block))
-    run_until_stopped(lambda stop: serve_dashboard(client, args.host, args.port, args.evidence_dir, stop))
+    servers = None
+    if args.find_servers:
+        from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup
+
+        peers = args.initial_peers or client.bootstrap_peers()
+        if not peers:
+            raise SystemExit("dashboard --find-servers: expected --initial-peers or a bootstrap list on the ledger, "
+                             "found neither")
+        servers = ServerLookup.start(peers)
+    try:
+        run_until_stopped(lambda stop: serve_dashboard(client, args.host, args.port, args.evidence_dir, stop, servers))
+    finally:
+        if servers is not None:
+            servers.shutdown()
     return 0

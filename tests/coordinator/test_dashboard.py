@@ -1,6 +1,7 @@
 """The dashboard's evidence links resolve to the cited file, and only to it; unverified identity
-bindings are shown as such. The app runs for real (aiohttp's test server) over a hand-made ledger
-snapshot in place of a chain."""
+bindings are shown as such; serving nodes are shown where a lookup found them, and a failed lookup
+leaves them unknown without failing the page. The app runs for real (aiohttp's test server) over a
+hand-made ledger snapshot in place of a chain."""
 
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ from thinkmesh.protocol.rules.hashing import keccak256
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 from thinkmesh.protocol.chain.ledger import NodeRegistration, SlashRecord, binding_bytes
 
-from tests.coordinator.test_ledger_view import KEYS, SNAPSHOT
+from tests.coordinator.test_ledger_view import KEYS, SNAPSHOT, V2, versioned_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 C = "0x" + "c" * 40
 EVIDENCE = b"evidence bytes of round 2, node C" * 100
 
 
-def serve(snapshot, evidence_dir, requests):
+def serve(snapshot, evidence_dir, requests, servers=None):
     """Runs the dashboard over `snapshot`; `requests(client)` is awaited with a test client."""
 
     async def main():
-        app = Dashboard(object(), evidence_dir).app()
+        app = Dashboard(object(), evidence_dir, servers=servers).app()
         async with TestClient(TestServer(app)) as client:
             return await requests(client)
 
@@ -171,3 +172,49 @@ def test_a_second_valid_binding_of_a_key_is_unverified_naming_the_first():
 def test_a_snapshot_without_registrations_says_identity_unknown():
     assert {row.identity for row in build_summary(SNAPSHOT).nodes} == {"unknown"}
     assert isinstance(SNAPSHOT.slashes[0], SlashRecord)
+
+
+# ---------------------------------------------------------------- serving nodes
+
+
+class FakeLookup:
+    """Stands in for `ServerLookup`: answers from a table, or fails like an unreachable DHT."""
+
+    description = "signed records found in the DHT"
+
+    def __init__(self, found=None, error=None):
+        self.found, self.error, self.asked = found, error, []
+
+    async def find(self, model_hashes):
+        self.asked.append(sorted(set(model_hashes)))
+        if self.error is not None:
+            raise self.error
+        return self.found
+
+
+def versions_served(lookup):
+    async def requests(client):
+        response = await client.get("/api/summary")
+        return response.status, await response.json()
+
+    return serve(versioned_snapshot(), None, requests, servers=lookup)
+
+
+def test_serving_nodes_come_from_the_lookup_for_the_chains_versions():
+    from thinkmesh.protocol.rules.receipts import ServerAnnouncement
+
+    record = ServerAnnouncement(b"\x07" * 32, V2, "http://10.0.0.7:8000", 1_900_000_000_000)
+    lookup = FakeLookup({V2: [record]})
+    status, summary = versions_served(lookup)
+    assert status == 200 and summary["serving"] == FakeLookup.description
+    assert lookup.asked == [sorted({bytes.fromhex(v["model_hash"][2:]) for v in summary["versions"]})]
+    served = {v["model_hash"]: v["servers"] for v in summary["versions"] if v["base_model_hash"] is None}
+    assert served["0x" + V2.hex()] == [{"server_key": "0x" + "07" * 32, "url": record.url,
+                                        "expires_ms": record.expires_ms}]
+
+
+def test_a_failed_lookup_leaves_serving_nodes_unknown_and_the_page_up():
+    status, summary = versions_served(FakeLookup(error=TimeoutError()))
+    assert status == 200 and summary["rounds"]  # the chain's figures are there
+    assert summary["serving"] == "unknown: the DHT lookup failed (TimeoutError)"
+    assert all(v["servers"] is None for v in summary["versions"])

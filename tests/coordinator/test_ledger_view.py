@@ -1,8 +1,11 @@
 """The dashboard's arithmetic, on a hand-made ledger history."""
 
-from thinkmesh.coordinator.dashboard.ledger_view import LedgerSnapshot, build_summary
+from thinkmesh.coordinator.dashboard.ledger_view import ADAPTER_NOT_SERVED, SERVING_UNKNOWN, LedgerSnapshot, build_summary
 from thinkmesh.protocol.rules.identity import NodeIdentity
 from thinkmesh.protocol.chain.ledger import (
+import dataclasses
+import statistics
+import pytest
     ClaimRecord,
     Compensation,
     NodeRecord,
@@ -13,6 +16,8 @@ from thinkmesh.protocol.chain.ledger import (
     RoundStatus,
     SlashRecord,
 )
+from thinkmesh.protocol.rules.receipts import ServerAnnouncement
+from thinkmesh.protocol.rules.round_details import RoundDetailsRecord, StrategyValueRecord
 
 E18 = 10**18
 A, B, C = ("0x" + "a" * 40, "0x" + "b" * 40, "0x" + "c" * 40)
@@ -25,9 +30,15 @@ def node(address: str, strategy: str, stake: int, claimable: int = 0) -> NodeRec
                       key.peer_id.encode(), strategy, "")
 
 
-def round_record(round_id: int, payout: int, slashed: int = 0) -> RoundRecord:
-    return RoundRecord(round_id, RoundStatus.SETTLED, 1, 2, 2, 0, payout, slashed, b"\x01" * 32,
+def round_record(round_id: int, payout: int, slashed: int = 0, samples: int = 0, model: bytes = b"\x01" * 32,
+                 status: RoundStatus = RoundStatus.SETTLED) -> RoundRecord:
+    return RoundRecord(round_id, status, 1, 2, 2, samples, payout, slashed, model,
                        b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, b"\x05" * 32)
+
+
+def value(round_id: int, strategy: str, values: list[float]) -> StrategyValueRecord:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return StrategyValueRecord(round_id, strategy, len(values), statistics.fmean(values), sd, 10 + round_id, b"\x00" * 32)
 
 
 def comp(round_id: int, who: str, samples: int, payout: int) -> Compensation:
@@ -68,16 +79,74 @@ def test_totals_rounds_and_slashes():
     assert summary.slashes[0].reason != "" and summary.slashes[0].evidence_hash == "0x" + "ee" * 32
 
 
-def test_strategy_gain_is_shared_by_verified_samples_in_the_round_that_improved():
-    strategies = {row.strategy: row for row in build_summary(SNAPSHOT).strategies}
-    # round 2 improved held-out accuracy by 0.10; A (dapo) and B (grpo) gave 10 samples each
-    assert abs(strategies["dapo"].gain_per_sample - 0.05 / 40) < 1e-12
-    assert abs(strategies["grpo"].gain_per_sample - 0.05 / 30) < 1e-12
-    assert "gspo" not in strategies  # a node that was never paid contributed no verified samples
+DAPO = {1: [0.02, -0.01, 0.03], 2: [0.01, 0.05]}
+GRPO = {1: [-0.02], 2: [0.0, -0.04, 0.01]}
+VALUES = (*(value(r, "dapo", v) for r, v in DAPO.items()), *(value(r, "grpo", v) for r, v in GRPO.items()),
+          value(2, "gspo", [0.07]))
+
+
+def test_strategies_show_their_values_pooled_over_rounds_with_a_95_percent_interval():
+    rows = {row.strategy: row for row in build_summary(dataclasses.replace(SNAPSHOT, strategy_values=VALUES)).strategies}
+    assert list(rows) == ["dapo", "grpo", "gspo"]
+    for name, per_round in (("dapo", DAPO), ("grpo", GRPO)):
+        every = [v for values in per_round.values() for v in values]
+        row = rows[name]
+        assert (row.rounds, row.contributions) == (2, len(every))
+        assert row.mean_value == pytest.approx(statistics.fmean(every))
+        half = 1.96 * statistics.stdev(every) / len(every) ** 0.5
+        assert (row.ci_low, row.ci_high) == pytest.approx((row.mean_value - half, row.mean_value + half))
+    assert rows["gspo"].contributions == 1 and rows["gspo"].ci_low is None  # one value: no interval
+    assert build_summary(SNAPSHOT).strategies == ()  # no values on chain: nothing to compare, nothing invented
+
+
+def test_rounds_show_their_kind_and_pay_rate_where_the_chain_has_them():
+    details = (RoundDetailsRecord(1, "training", b"\x00" * 32, 8 * E18 // 100, 11, b"\x01" * 32),
+               RoundDetailsRecord(2, "generation", b"\x00" * 32, 2 * E18 // 100, 12, b"\x02" * 32))
+    rounds = build_summary(dataclasses.replace(SNAPSHOT, details=details)).rounds
+    assert [(r.kind, r.reward_rate, r.base_model_hash) for r in rounds] == [("training", 0.08, None),
+                                                                            ("generation", 0.02, None)]
+    assert [r.kind for r in build_summary(SNAPSHOT).rounds] == [None, None]  # settled before details existed
+
+
+V1, V2, BASE = b"\xa1" * 32, b"\xa2" * 32, b"\xba" * 32
+
+
+def versioned_snapshot() -> LedgerSnapshot:
+    """Rounds 1-2 train on V1, 3 generates on V2, 4 (open) trains on V2; 5 is an adapter round on BASE."""
+    rounds = (round_record(1, 0, samples=16, model=V1), round_record(2, 0, samples=8, model=V1),
+              round_record(3, 0, samples=5, model=V2), round_record(4, 0, samples=3, model=V2, status=RoundStatus.OPEN),
+              round_record(5, 0, samples=7, model=V2))
+    kinds = {1: "training", 2: "training", 3: "generation", 5: "training"}
+    details = tuple(RoundDetailsRecord(r, kind, BASE if r == 5 else b"\x00" * 32, 1, 10 + r, b"\x00" * 32)
+                    for r, kind in kinds.items())
+    return dataclasses.replace(SNAPSHOT, rounds=rounds, details=details)
+
+
+def test_versions_list_their_rounds_and_accepted_traces_and_an_adapter_version_is_base_plus_adapter():
+    summary = build_summary(versioned_snapshot())
+    rows = [(v.base_model_hash, v.model_hash, v.first_round, v.last_round, v.training_rounds, v.generation_rounds,
+             v.accepted_traces) for v in summary.versions]
+    assert rows == [
+        (None, "0x" + V1.hex(), 1, 2, 2, 0, 24),
+        (None, "0x" + V2.hex(), 3, 4, 0, 1, 5),  # round 4 is open: its samples are not accepted yet
+        ("0x" + BASE.hex(), "0x" + V2.hex(), 5, 5, 1, 0, 7),  # the same adapter on a base is another version
+    ]
+    assert all(v.servers is None for v in summary.versions) and summary.serving == SERVING_UNKNOWN
+
+
+def test_serving_nodes_are_shown_where_a_lookup_found_them():
+    record = ServerAnnouncement(b"\x07" * 32, V2, "http://10.0.0.7:8000", 1_900_000_000_000)
+    summary = build_summary(versioned_snapshot(), {V1: [], V2: [record]}, "found in the DHT")
+    v1, v2, adapter = summary.versions
+    assert v1.servers == () and summary.serving == "found in the DHT"
+    (server,) = v2.servers
+    assert (server.server_key, server.url, server.expires_ms) == ("0x" + "07" * 32, record.url, record.expires_ms)
+    assert adapter.servers is None and adapter.servers_note == ADAPTER_NOT_SERVED
 
 
 def test_summary_serialises_to_plain_json():
     import json
 
-    doc = json.loads(json.dumps(build_summary(SNAPSHOT).to_json()))
-    assert set(doc) == {"chain", "token_symbol", "totals", "nodes", "rounds", "slashes", "strategies"}
+    doc = json.loads(json.dumps(build_summary(dataclasses.replace(SNAPSHOT, strategy_values=VALUES)).to_json()))
+    assert set(doc) == {"chain", "token_symbol", "totals", "nodes", "rounds", "slashes", "strategies", "versions",
+                        "serving"}

@@ -101,6 +101,20 @@ def test_a_generation_round_pays_correct_traces_and_slashes_false_claims_and_off
             (paid,) = mesh.reader.events.compensations(node=mesh.address(name))
             assert paid.verified_samples == count and paid.payout == count * tokens("0.25"), (name, paid)
             assert not mesh.reader.is_slashed(intent.round_id, mesh.address(name))
+
+        # The chain says it was a generation round and at what pay; the dashboard shows it so
+        from thinkmesh.coordinator.dashboard.ledger_snapshot import read_snapshot
+        from thinkmesh.coordinator.dashboard.ledger_view import build_summary
+
+        (described,) = mesh.reader.events.round_details(round_id=intent.round_id)
+        assert (described.kind, described.reward_rate) == ("generation", tokens("0.25"))
+        assert mesh.reader.events.strategy_values() == []  # no gradient, no contribution value
+        summary = build_summary(read_snapshot(mesh.reader))
+        (row,) = [r for r in summary.rounds if r.round_id == intent.round_id]
+        assert (row.kind, row.reward_rate, row.total_samples) == ("generation", 0.25, len(lines))
+        (version,) = summary.versions
+        assert (version.generation_rounds, version.accepted_traces, version.model_hash) == (
+            1, len(lines), "0x" + record["model_hash_before"])
     except BaseException:
         mesh.dump_logs()
         raise

@@ -94,11 +94,21 @@ function render(s) {
   ]);
 
   fillTable("rounds", [...s.rounds].reverse(), (r) => [
-    cell(r.round_id, "num"), cell(short(r.model_hash, 4), "mono"), cell(r.status),
+    cell(r.round_id, "num"), cell(r.kind || "—", r.kind === "generation" ? "gen" : (r.kind ? "" : "muted")),
+    versionCell(r.base_model_hash, r.model_hash), cell(r.status),
     cell(fmt(r.accepted, 0), "num good"), cell(fmt(r.rejected, 0), r.rejected ? "num bad" : "num"),
-    cell(fmt(r.total_samples, 0), "num"), cell(fmt(r.mean_reward, 3), "num"), cell(pct(r.held_out_accuracy), "num"),
+    cell(fmt(r.total_samples, 0), "num"), cell(payRate(r, s.token_symbol), "num"),
+    cell(fmt(r.mean_reward, 3), "num"), cell(pct(r.held_out_accuracy), "num"),
     cell(fmt(r.total_payout), "num"), cell(fmt(r.settle_gas, 0), "num"), cell(short(r.traces_root, 4), "mono"),
   ]);
+
+  fillTable("versions", s.versions, (v) => [
+    versionCell(v.base_model_hash, v.model_hash),
+    cell(v.first_round === v.last_round ? `r${v.first_round}` : `r${v.first_round}–r${v.last_round}`, "num"),
+    cell(fmt(v.training_rounds, 0), "num"), cell(fmt(v.generation_rounds, 0), v.generation_rounds ? "num gen" : "num"),
+    cell(fmt(v.accepted_traces, 0), "num"), serversCell(v, s.serving),
+  ]);
+  document.getElementById("serving-note").textContent = `Serving nodes: ${s.serving}.`;
 
   fillTable("slashes", s.slashes, (x) => {
     const evidence = document.createElement("td");
@@ -115,10 +125,51 @@ function render(s) {
     label: "held-out accuracy", data: curve.map((r) => r.held_out_accuracy), borderColor: "#6ea8fe",
     backgroundColor: "rgba(110,168,254,.2)", fill: true, tension: 0.25,
   }], "accuracy");
+  // Each strategy's contribution values pooled over every round on chain: the mean, and its 95%
+  // interval as a floating bar (none for a single value).
   drawChart("strategy-chart", "bar", s.strategies.map((x) => x.strategy), [{
-    label: "held-out gain per 1k verified samples", data: s.strategies.map((x) => 1000 * x.gain_per_sample),
-    backgroundColor: "#5fd38d",
-  }], "gain / 1k samples");
+    type: "bar", label: "95% interval", data: s.strategies.map((x) => (x.ci_low === null ? null : [x.ci_low, x.ci_high])),
+    backgroundColor: "rgba(95,211,141,.3)", borderColor: "#5fd38d", borderWidth: 1, barPercentage: 0.35,
+  }, {
+    type: "line", label: "mean value", data: s.strategies.map((x) => x.mean_value), showLine: false,
+    pointRadius: 5, borderColor: "#6ea8fe", backgroundColor: "#6ea8fe",
+  }], "Δ expected reward per contribution");
+  document.getElementById("strategy-note").textContent = s.strategies.length
+    ? `${s.strategies.map((x) => `${x.strategy}: ${x.contributions} values over ${x.rounds} rounds`).join(" · ")}. ` +
+      "Value: the change in expected reward on the round's public validation batch from one contribution's " +
+      "update alone. Overlapping intervals: the chain does not tell those strategies apart."
+    : "No contribution values on chain yet: training rounds publish them per strategy when they settle.";
+}
+
+// A model version: its hash, or base + adapter in adapter rounds.
+function versionCell(base, model) {
+  const td = cell(base ? `${short(base, 4)} + ${short(model, 4)}` : short(model, 4), "mono");
+  td.title = base ? `base ${base}\nadapter ${model}` : model;
+  return td;
+}
+
+function payRate(r, symbol) {
+  if (r.reward_rate === null || r.reward_rate === undefined) return "—";
+  return `${fmt(r.reward_rate, 4)} ${symbol} / ${r.kind === "generation" ? "trace" : "prompt"}`;
+}
+
+// Serving nodes are not on chain: shown where a DHT lookup found signed records, else "unknown".
+function serversCell(v, serving) {
+  if (v.servers === null) {
+    const td = cell("unknown", "muted");
+    td.title = v.servers_note || serving;
+    return td;
+  }
+  if (!v.servers.length) return cell("none found", "muted");
+  const td = cell("", "servers");
+  td.append(...v.servers.map((x, i) => {
+    const span = document.createElement("span");
+    span.className = "mono";
+    span.textContent = `${i ? ", " : ""}${x.url}`;
+    span.title = `server key ${x.server_key}\nrecord expires ${new Date(x.expires_ms).toLocaleString()}`;
+    return span;
+  }));
+  return td;
 }
 
 async function refresh() {
