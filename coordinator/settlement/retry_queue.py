@@ -52,7 +52,7 @@ class OpenJob:
     round_id: int
     model_hash: bytes
     seed: bytes
-    kind: str = "training"  # protocol/rules/generation.py; not yet recorded by openRound (the journal's intent keeps it)
+    kind: str = "training"  # protocol/rules/generation.py; openRound does not take it, the settlement publishes it (RoundDescribed)
 
     def describe(self) -> str:
         return f"round {self.round_id}'s opening (openRound)"

@@ -90,6 +90,17 @@ def test_adapter_rounds_settle_slash_a_cheater_and_sync_only_adapters(tmp_path, 
         assert not mesh.reader.events.compensations(node=mesh.address("mallory"))
         assert {c.round_id for c in mesh.reader.events.compensations(node=mesh.address("alice"))} == {1, 2}
 
+        # On chain and on the dashboard a version is base + adapter, with its accepted traces; the
+        # strategies' values (of the adapter updates) are published per strategy
+        from thinkmesh.coordinator.dashboard.ledger_snapshot import read_snapshot
+        from thinkmesh.coordinator.dashboard.ledger_view import build_summary
+
+        summary = build_summary(read_snapshot(mesh.reader))
+        assert [(v.base_model_hash, v.model_hash, v.training_rounds) for v in summary.versions] == [
+            ("0x" + status["base_hash"], "0x" + r["model_hash_before"], 1) for r in rounds]
+        assert all(v.accepted_traces > 0 for v in summary.versions)
+        assert {row.strategy for row in summary.strategies} == {"dapo", "gspo"}
+
         # Bytes: the base at most once (bob, whose own base differs), then adapters only.
         config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
                   "num_hidden_layers": 2}
