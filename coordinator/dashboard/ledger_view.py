@@ -18,7 +18,7 @@ lookup found them (`build_summary(servers=...)`, the dashboard's `--find-servers
 unknown.
 
 Strategy comparison: each strategy's contribution values (`StrategyValueRecorded`: count, mean and
-sd per round, `protocol/rules/round_details.py`) pooled over every round into one mean with its 95%
+sd per round, `protocol/chain/round_details.py`) pooled over every round into one mean with its 95%
 normal-approximation interval. Values within a round share a validation batch; the pooled interval
 ignores that pairing (and the rounds' differences), so it is on the wide side: overlapping
 intervals mean the chain does not tell those strategies apart.
@@ -45,12 +45,12 @@ from thinkmesh.protocol.chain.ledger import (
     SlashRecord,
     bound_nodes,
 )
-from thinkmesh.protocol.rules.round_details import (
+from thinkmesh.protocol.chain.round_details import (
     ZERO_HASH,
     RoundDetailsRecord,
     StrategyValueRecord,
-    ValueSummary,
 )
+from thinkmesh.protocol.rules.value_summary import ValueSummary
 
 if TYPE_CHECKING:  # the receipts module pulls torch, which the dashboard does not need
     from thinkmesh.protocol.rules.receipts import ServerAnnouncement

@@ -1,7 +1,7 @@
 """Which nodes serve a model version, as far as the DHT says: the dashboard's "where known".
 
 Serving is not on chain. A `thinkmesh serve --announce` server keeps a signed record in the hivemind
-DHT under its model's hash (`node/serve/discovery.py`); this lookup joins the DHT as a client (it
+DHT under its model's hash (`protocol/p2p/serve_records.py`); this lookup joins the DHT as a client (it
 stores nothing and answers nobody), reads the records of the versions the chain lists, and keeps
 those whose signature, model hash and expiry check. A record is the server's claim to serve those
 weights, not a proof: answers are checked by their receipts (`thinkmesh verify-receipt`, `ask`).
@@ -30,7 +30,7 @@ class ServerLookup:
     @classmethod
     def start(cls, initial_peers: Sequence[str]) -> ServerLookup:
         """Joins the DHT through `initial_peers` (client mode). Call before torch starts threads."""
-        from thinkmesh.node.serve.discovery import start_dht
+        from thinkmesh.protocol.p2p.serve_records import start_dht
 
         if not initial_peers:
             raise ValueError("expected at least one DHT multiaddr to look servers up through, got none")
@@ -43,7 +43,7 @@ class ServerLookup:
 
     async def find(self, model_hashes: Iterable[bytes], timeout_s: float = LOOKUP_TIMEOUT_S) -> dict[bytes, list]:
         """Model hash -> its valid, unexpired `ServerAnnouncement`s; raises `TimeoutError` past `timeout_s`."""
-        from thinkmesh.node.serve.discovery import find_servers
+        from thinkmesh.protocol.p2p.serve_records import find_servers
 
         hashes = list(dict.fromkeys(bytes(h) for h in model_hashes))
         found = await asyncio.wait_for(asyncio.gather(*(find_servers(self._dht, h) for h in hashes)), timeout_s)

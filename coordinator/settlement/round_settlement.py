@@ -6,7 +6,7 @@ traces (`protocol/rules/generation.py`: accuracy 1 and format 1) go under the ro
 Rejected contributions earn nothing; each slashable one (`protocol.rules.slashing.UNSLASHABLE_REASONS` excepted)
 costs its node `slash_amount`, capped at its stake, with the verdict's reason code and evidence hash.
 
-**Details** (`protocol/rules/round_details.py`) go on chain with the settlement: the round's kind, its base
+**Details** (`protocol/chain/round_details.py`) go on chain with the settlement: the round's kind, its base
 model (adapter rounds), its pay rate, and its contribution values summarised per strategy (the
 objective each valued contribution declared and was verified under). They are fixed in the intent,
 so a retry sends the same settlement hash.
@@ -64,7 +64,7 @@ from thinkmesh.protocol.rules.payout import contribution_score, generation_payou
 from thinkmesh.protocol.rules.rewards import total_reward
 from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
 from thinkmesh.protocol.runtime.atomic_files import fsync_directory, write_atomic
-from thinkmesh.protocol.rules.round_details import ZERO_HASH, RoundDetails, strategy_values
+from thinkmesh.protocol.chain.round_details import ZERO_HASH, RoundDetails, strategy_values
 
 logger = logging.getLogger(__name__)
 SETTLEMENT_STEPS = ("after-intent", "before-settle", "after-settle")  # where a step hook is called (docstring)

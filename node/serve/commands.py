@@ -109,7 +109,7 @@ def serve_command(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, identity) -> int:
     dht = None
     if args.announce:  # the DHT forks its process before torch starts threads
-        from thinkmesh.node.serve.discovery import start_dht
+        from thinkmesh.protocol.p2p.serve_records import start_dht
 
         dht = await asyncio.to_thread(start_dht, [], args.initial_peers, args.host_maddrs, identity)
     import torch
@@ -142,7 +142,7 @@ async def _serve(args: argparse.Namespace, identity) -> int:
         served = engine.served
         _print_event(event="ready", model=served.name, model_hash="0x" + served.model_hash.hex(), device=device)
         if dht is not None:
-            from thinkmesh.node.serve.discovery import ServerAnnouncer, ServerRecordValidator
+            from thinkmesh.protocol.p2p.serve_records import ServerAnnouncer, ServerRecordValidator
 
             await asyncio.to_thread(dht.add_validators, [ServerRecordValidator([served.model_hash])])
             announcer = ServerAnnouncer(dht, identity, served.model_hash, args.public_url or url, args.announce_ttl)
@@ -202,7 +202,7 @@ def ask_command(args: argparse.Namespace) -> int:
 
 async def _ask(args: argparse.Namespace, model_hash: bytes, settings):
     from thinkmesh.node.serve.ask import AskError, ask
-    from thinkmesh.node.serve.discovery import start_dht, wait_for_servers
+    from thinkmesh.protocol.p2p.serve_records import start_dht, wait_for_servers
 
     dht = await asyncio.to_thread(start_dht, [model_hash], args.initial_peers, (), None, True)
     try:

@@ -55,7 +55,7 @@ from thinkmesh.protocol.chain.ledger import (
     checksum_address,
     hash32,
 )
-from thinkmesh.protocol.rules.round_details import RoundDetails
+from thinkmesh.protocol.chain.round_details import RoundDetails
 
 RPC_TIMEOUT_S = 10.0
 COORDINATOR_ROLE = keccak256(b"COORDINATOR_ROLE")

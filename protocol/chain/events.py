@@ -31,7 +31,7 @@ from thinkmesh.protocol.chain.ledger import (
     SlashRecord,
     checksum_address,
 )
-from thinkmesh.protocol.rules.round_details import RoundDetailsRecord, StrategyValueRecord, kind_name
+from thinkmesh.protocol.chain.round_details import RoundDetailsRecord, StrategyValueRecord, kind_name
 
 logger = logging.getLogger(__name__)
 

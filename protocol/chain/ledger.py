@@ -36,7 +36,7 @@ from thinkmesh.protocol.rules.strategies import MAX_NAME_BYTES
 from thinkmesh.protocol.runtime.atomic_files import write_atomic
 
 if TYPE_CHECKING:
-    from thinkmesh.protocol.rules.round_details import RoundDetails
+    from thinkmesh.protocol.chain.round_details import RoundDetails
 
 TOKEN_DECIMALS = 18
 HASH_BYTES = 32
@@ -56,7 +56,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 AWARD_ABI_TYPE = "(address,uint32,uint64,uint96)"
 ROUND_STATS_ABI_TYPE = "(uint32,uint32,int64,uint32)"
 SETTLE_ARGUMENT_TYPES = ("uint64", "bytes32", "bytes32", f"{AWARD_ABI_TYPE}[]", ROUND_STATS_ABI_TYPE)
-# settleRoundWithDetails appends a RoundDetails (protocol/rules/round_details.py: ROUND_DETAILS_ABI_TYPE)
+# settleRoundWithDetails appends a RoundDetails (protocol/chain/round_details.py: ROUND_DETAILS_ABI_TYPE)
 DETAILS_ABI_TYPE = "(uint8,bytes32,uint96,(string,uint32,int64,uint64)[])"
 
 

@@ -16,7 +16,7 @@ relies on:
 - a resumed settlement first checks that the awards already credited are a prefix of its own (same
   digest), so a coordinator restarted with another payload stops instead of mixing two.
 
-A settlement with `RoundDetails` (protocol/rules/round_details.py) closes with `settleRoundWithDetails`
+A settlement with `RoundDetails` (protocol/chain/round_details.py) closes with `settleRoundWithDetails`
 instead of `settleRound`: its one-transaction hash covers the details as an extra argument, its
 parted hash appends `keccak256(abi.encode(details))` to the fields above. A ledger deployed before
 that function existed is settled without details (`supports_details`), so a coordinator of this
@@ -41,6 +41,7 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 from thinkmesh.protocol.chain.errors import ChainError, ContractRevertError, SettlementConflictError
 from thinkmesh.protocol.chain.transactions import GAS_MARGIN, contract_error, rpc_errors
 from thinkmesh.protocol.chain.ledger import (
+    DETAILS_ABI_TYPE,
     Award,
     RoundStats,
     RoundStatus,
@@ -49,7 +50,7 @@ from thinkmesh.protocol.chain.ledger import (
     hash32,
     settlement_hash,
 )
-from thinkmesh.protocol.rules.round_details import RoundDetails
+from thinkmesh.protocol.chain.round_details import RoundDetails
 
 logger = logging.getLogger(__name__)
 ZERO_DIGEST = b"\x00" * 32

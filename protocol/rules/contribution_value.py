@@ -38,12 +38,12 @@ from torch import Tensor
 
 from thinkmesh.protocol.rules.adapters import trainable_named_parameters
 from thinkmesh.protocol.rules.errors import ProtocolError
+from thinkmesh.protocol.rules.value_summary import Z_95, ValueSummary
 from thinkmesh.protocol.rules.rewards import score_completion, total_reward
 from thinkmesh.protocol.rules.rollout import SamplingSettings, generate
 from thinkmesh.protocol.rules.sampling import row_key, stop_rule_for
 from thinkmesh.protocol.rules.scoring import completion_text, prompt_token_ids, token_logprobs
 from thinkmesh.protocol.rules.tasks import Task, TaskSpec, render_prompt, trainable_task
-from thinkmesh.protocol.rules.round_details import Z_95, ValueSummary
 
 VALUE_SEED_DOMAIN = b"thinkmesh/contribution-value/v1"
 VALUE_STREAM_KEY = b"thinkmesh/value-sampling/v1"  # the "node key" of the batch's sampling streams
@@ -188,7 +188,7 @@ def valued_indices(round_seed: bytes, node_keys: Sequence[bytes], limit: int) ->
 
 def mean_and_interval(values: Sequence[float], z: float = Z_95) -> tuple[float, float]:
     """(mean, half-width of its normal-approximation confidence interval): z * sd / sqrt(n); 0 for n < 2.
-    The rule the dashboard applies to the values on chain (`round_details.ValueSummary`)."""
+    The rule the dashboard applies to the values on chain (`value_summary.ValueSummary`)."""
     if not values:
         raise ContributionValueError("expected at least one value, got none")
     summary = ValueSummary.of(values)

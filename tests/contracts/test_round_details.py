@@ -11,7 +11,7 @@ import pytest
 from thinkmesh.protocol.chain.errors import ChainError
 from thinkmesh.protocol.chain.settlement import has_details_function
 from thinkmesh.protocol.chain.ledger import Award, RoundStats, seed_commitment, settlement_hash, tokens
-from thinkmesh.protocol.rules.round_details import RoundDetails, StrategyValue, strategy_values
+from thinkmesh.protocol.chain.round_details import RoundDetails, StrategyValue, strategy_values
 
 from .conftest import Actors
 

@@ -8,7 +8,7 @@ import pytest
 from thinkmesh.devnet.anvil import Anvil
 from thinkmesh.protocol.chain.client import LedgerClient
 from thinkmesh.protocol.chain.ledger import Award, Deployment, seed_commitment, tokens
-from thinkmesh.protocol.rules.round_details import RoundDetails, strategy_values
+from thinkmesh.protocol.chain.round_details import RoundDetails, strategy_values
 
 from .conftest import MIN_STAKE, Actors, identity_binding
 

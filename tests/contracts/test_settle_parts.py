@@ -19,7 +19,7 @@ from thinkmesh.protocol.chain.errors import ContractRevertError, SettlementConfl
 from thinkmesh.protocol.chain.settlement import awards_digest, parted_settlement_hash
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 from thinkmesh.protocol.chain.ledger import Award, Deployment, RoundStats, RoundStatus, canonical_awards, seed_commitment, tokens
-from thinkmesh.protocol.rules.round_details import RoundDetails, strategy_values
+from thinkmesh.protocol.chain.round_details import RoundDetails, strategy_values
 
 from .conftest import MIN_STAKE, Actors
 

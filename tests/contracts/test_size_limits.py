@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkmesh.protocol.chain import client, ledger
+from thinkmesh.protocol.chain import client, ledger, round_details
 from thinkmesh.protocol.chain.errors import LedgerRecordError
 from thinkmesh.protocol.chain.ledger import bounded_field
 from thinkmesh.protocol.rules import strategies
@@ -30,6 +30,7 @@ PYTHON_COUNTERPARTS = {
     "MAX_STRATEGY_BYTES": strategies.MAX_NAME_BYTES,
     "MAX_ENDPOINT_BYTES": ledger.MAX_ENDPOINT_BYTES,
     "MAX_MULTIADDR_BYTES": ledger.MAX_MULTIADDR_BYTES,
+    "MAX_STRATEGY_VALUES": round_details.MAX_STRATEGY_VALUES,
 }
 
 

@@ -1,11 +1,13 @@
 """The dashboard's arithmetic, on a hand-made ledger history."""
 
+import dataclasses
+import statistics
+
+import pytest
+
 from thinkmesh.coordinator.dashboard.ledger_view import ADAPTER_NOT_SERVED, SERVING_UNKNOWN, LedgerSnapshot, build_summary
 from thinkmesh.protocol.rules.identity import NodeIdentity
 from thinkmesh.protocol.chain.ledger import (
-import dataclasses
-import statistics
-import pytest
     ClaimRecord,
     Compensation,
     NodeRecord,
@@ -17,7 +19,7 @@ import pytest
     SlashRecord,
 )
 from thinkmesh.protocol.rules.receipts import ServerAnnouncement
-from thinkmesh.protocol.rules.round_details import RoundDetailsRecord, StrategyValueRecord
+from thinkmesh.protocol.chain.round_details import RoundDetailsRecord, StrategyValueRecord
 
 E18 = 10**18
 A, B, C = ("0x" + "a" * 40, "0x" + "b" * 40, "0x" + "c" * 40)

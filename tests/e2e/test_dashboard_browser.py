@@ -24,7 +24,7 @@ from thinkmesh.devnet.processes import wait_for
 from thinkmesh.protocol.chain.client import LedgerClient, deploy
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 from thinkmesh.protocol.chain.ledger import Award, RoundStats, SlashReason, seed_commitment, tokens
-from thinkmesh.protocol.rules.round_details import RoundDetails, strategy_values
+from thinkmesh.protocol.chain.round_details import RoundDetails, strategy_values
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 STRATEGIES = ("dapo", "grpo", "gspo")
@@ -96,7 +96,7 @@ def _announce_server(model_hash: bytes):
     """A DHT (real p2pd) holding one server's signed record for `model_hash`; returns the DHT."""
     import asyncio
 
-    from thinkmesh.node.serve.discovery import ServerAnnouncer, start_dht
+    from thinkmesh.protocol.p2p.serve_records import ServerAnnouncer, start_dht
 
     identity = NodeIdentity.from_seed(b"\x5e" * 32)
     dht = start_dht([model_hash], identity=identity)

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from thinkmesh.node.serve.ask import server_order
-from thinkmesh.node.serve.discovery import ServerAnnouncer, start_dht, wait_for_servers
+from thinkmesh.protocol.p2p.serve_records import ServerAnnouncer, start_dht, wait_for_servers
 from thinkmesh.node.serve.engine import ServeEngine, load_served_model
 from thinkmesh.node.model.tiny_model import TinyModelSpec, init_model_dir
 from thinkmesh.protocol.rules.identity import NodeIdentity

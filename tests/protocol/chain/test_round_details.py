@@ -10,7 +10,8 @@ import pytest
 
 from thinkmesh.protocol.chain.errors import LedgerRecordError
 from thinkmesh.protocol.rules.contribution_value import mean_and_interval
-from thinkmesh.protocol.rules.round_details import RoundDetails, ValueSummary, kind_name, strategy_values
+from thinkmesh.protocol.chain.round_details import RoundDetails, kind_name, strategy_values
+from thinkmesh.protocol.rules.value_summary import ValueSummary, ValueSummaryError
 
 
 def test_summaries_of_rounds_pool_to_the_summary_of_all_their_values():
@@ -36,7 +37,7 @@ def test_fixed_point_summaries_pool_to_within_the_grid():
 
 def test_one_value_has_no_interval_and_no_values_no_summary():
     assert ValueSummary.of([0.25]) == ValueSummary(1, 0.25, 0.0) and ValueSummary.of([0.25]).half_width() == 0.0
-    with pytest.raises(LedgerRecordError):
+    with pytest.raises(ValueSummaryError):
         ValueSummary.pool([])
 
 

@@ -8,7 +8,7 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils.serializer import MSGPackSerializer
 
-from thinkmesh.node.serve.discovery import ServerRecordValidator, serve_key
+from thinkmesh.protocol.p2p.serve_records import ServerRecordValidator, serve_key
 from thinkmesh.protocol.rules.encoding import encode_message
 from thinkmesh.protocol.rules.identity import NodeIdentity
 from thinkmesh.protocol.rules.receipts import ServerAnnouncement, sign_announcement

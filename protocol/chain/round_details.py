@@ -16,7 +16,7 @@ rounds exactly (`ValueSummary.pool`: the pooled mean and sample variance of ever
 summaries) and takes a normal-approximation interval, mean ± z·sd/√n, the rule bench/strategies.py
 reports with.
 
-Pure: no I/O. Units: token amounts in the token's smallest unit, values in reward units.
+No I/O. Units: token amounts in the token's smallest unit, values in reward units.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from thinkmesh.protocol.chain.errors import LedgerRecordError
+from thinkmesh.protocol.rules.value_summary import ValueSummary
 from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION, ROUND_KIND_TRAINING, ROUND_KINDS
 from thinkmesh.protocol.chain.ledger import (
     DETAILS_ABI_TYPE,
@@ -42,7 +43,6 @@ from thinkmesh.protocol.chain.ledger import (
 
 ZERO_HASH = b"\x00" * 32
 MAX_STRATEGY_VALUES = 16  # the contract's bound on StrategyValue entries per round
-Z_95 = 1.96
 ROUND_DETAILS_ABI_TYPE = DETAILS_ABI_TYPE  # (kind, baseModelHash, rewardRate, (strategy, count, mean, sd)[])
 KIND_CODES = {ROUND_KIND_TRAINING: 0, ROUND_KIND_GENERATION: 1}  # the contract's RoundKind enum
 
@@ -124,41 +124,9 @@ class RoundDetails:
                    values=tuple(StrategyValue(s, int(n), int(m), int(sd)) for s, n, m, sd in raw["values"]))
 
 
-@dataclass(frozen=True)
-class ValueSummary:
-    """n values by their mean and sample standard deviation (floats, reward units)."""
-
-    count: int
-    mean: float
-    sd: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> ValueSummary:
-        n = len(values)
-        if n == 0:
-            raise LedgerRecordError("expected at least one value, got none")
-        mean = sum(values) / n
-        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-        return cls(n, mean, sd)
-
-    @classmethod
-    def pool(cls, parts: Iterable[ValueSummary]) -> ValueSummary:
-        """The summary of all the values behind `parts`: exact, since a part's n, mean and sd give
-        its sum and its sum of squared deviations."""
-        parts = [p for p in parts if p.count]
-        n = sum(p.count for p in parts)
-        if n == 0:
-            raise LedgerRecordError("expected at least one value, got none")
-        mean = sum(p.count * p.mean for p in parts) / n
-        squares = sum((p.count - 1) * p.sd ** 2 + p.count * (p.mean - mean) ** 2 for p in parts)
-        return cls(n, mean, math.sqrt(squares / (n - 1)) if n > 1 else 0.0)
-
-    def half_width(self, z: float = Z_95) -> float:
-        """Half-width of the normal-approximation interval of the mean: z * sd / sqrt(n); 0 for n < 2."""
-        return z * self.sd / math.sqrt(self.count) if self.count > 1 else 0.0
-
-    def fixed(self, strategy: str) -> StrategyValue:
-        return StrategyValue(strategy, self.count, round(self.mean * SCORE_SCALE), round(self.sd * SCORE_SCALE))
+def fixed_value(summary: ValueSummary, strategy: str) -> StrategyValue:
+    """A summary as the contract stores it: mean and sd in fixed point with `SCORE_SCALE` = 1.0."""
+    return StrategyValue(strategy, summary.count, round(summary.mean * SCORE_SCALE), round(summary.sd * SCORE_SCALE))
 
 
 def strategy_values(values: Iterable[tuple[str, float]]) -> tuple[StrategyValue, ...]:
@@ -170,7 +138,7 @@ def strategy_values(values: Iterable[tuple[str, float]]) -> tuple[StrategyValue,
         by_strategy[strategy].append(float(value))
     if len(by_strategy) > MAX_STRATEGY_VALUES:
         raise LedgerRecordError(f"expected at most {MAX_STRATEGY_VALUES} strategies, got {len(by_strategy)}")
-    return tuple(ValueSummary.of(by_strategy[s]).fixed(s) for s in sorted(by_strategy))
+    return tuple(fixed_value(ValueSummary.of(by_strategy[s]), s) for s in sorted(by_strategy))
 
 
 # ---------------------------------------------------------------------- the events, as read
