@@ -1,7 +1,7 @@
 """Regenerates tests/vectors/merkle.json: `python tests/vectors/make_merkle_vectors.py`.
 
 The vectors are shared with the forge tests, which check each proof with OpenZeppelin's
-MerkleProof; the Python tests check that this file still matches protocol/merkle.py.
+MerkleProof; the Python tests check that this file still matches protocol/rules/merkle.py.
 """
 
 import json
@@ -9,7 +9,7 @@ import pathlib
 
 from eth_utils import keccak
 
-from thinkmesh.protocol.merkle import MerkleTree, leaf_hash
+from thinkmesh.protocol.rules.merkle import MerkleTree, leaf_hash
 
 SIZES = (1, 2, 3, 5, 8)
 
