@@ -56,19 +56,11 @@ from thinkmesh.protocol.rules.messages import (
 )
 from thinkmesh.protocol.rules.rewards import total_reward
 from thinkmesh.protocol.rules.strategies import validate_strategy
-from thinkmesh.protocol.p2p.transport import Receipt, RefusalReason, UploadHeader, refusal
+from thinkmesh.protocol.p2p.transport import Receipt, RefusalReason, UploadHeader, refusal, refusal_for_verdict
 
 DETAIL_CHARS = 200  # a stored refusal's detail, in characters
 KEPT_PER_REASON = 4  # refusals kept in full per reason and round; the rest are counted
 KEPT_REFUSALS = 32  # and at most this many in all
-
-# The receipt a failed verdict gets: the wire's refusal reasons predate verification, so every
-# verdict without its own reason is reported as malformed, with the verdict named in the detail.
-VERDICT_REFUSALS = {
-    "bad-signature": RefusalReason.BAD_SIGNATURE,
-    "wrong-round": RefusalReason.WRONG_ROUND,
-    "unknown-node": RefusalReason.UNKNOWN_NODE,
-}
 
 
 def clip_text(text: str, limit: int = DETAIL_CHARS) -> str:
@@ -358,7 +350,7 @@ class ContributionIntake:
             self.admit_verdict(outcome.verified)
         if isinstance(outcome, RejectedContribution):
             current.rejected[outcome.node_key] = outcome
-            return self.refuse(sender, header.round_id, VERDICT_REFUSALS.get(outcome.reason, RefusalReason.MALFORMED),
+            return self.refuse(sender, header.round_id, refusal_for_verdict(outcome.reason),
                                 outcome.detail)
         current.accepted[outcome.node_key] = outcome
         return refusal(outcome.round_id, RefusalReason.OK, f"accepted {outcome.samples} samples")

@@ -28,6 +28,7 @@ from enum import Enum
 from thinkmesh.protocol.rules.encoding import Hash32, PublicKey32, decode_record, encode_record
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.messages import KiB, MiB
+from thinkmesh.protocol.rules.slashing import SlashReason
 
 HEADER_BYTES = 8
 FRAME_BYTES = 1 * MiB  # body frames of an upload; a model chunk frame is chunk_size + overhead
@@ -46,19 +47,33 @@ def contribute_handler(run_id: str) -> str:
 
 
 class RefusalReason(str, Enum):
-    """Why the coordinator refused an upload or a model request (wire value: `.value`)."""
+    """Why the coordinator refused an upload or a model request (wire value: `.value`).
+
+    Most refusals happen before any verdict (late, oversized, a duplicate). The three a verdict
+    can also give are spelled by the verdict's own enum, `SlashReason`, so a receipt and a verdict
+    never name one failure two ways; every other failed verdict is reported as `malformed`, the
+    verdict named in the detail (`refusal_for_verdict`).
+    """
 
     OK = "ok"
     LATE = "late"  # after the round's deadline, or no round open
     OVERSIZED = "oversized"  # over the size limit
-    WRONG_ROUND = "wrong-round"  # for a round other than the open one
-    UNKNOWN_NODE = "unknown-node"  # a node key the coordinator does not admit
+    WRONG_ROUND = SlashReason.WRONG_ROUND.verdict_reason  # for a round other than the open one
+    UNKNOWN_NODE = SlashReason.UNKNOWN_NODE.verdict_reason  # a node key the coordinator does not admit
     WRONG_PEER = "wrong-peer"  # sent from a libp2p peer other than the node key's PeerID
-    BAD_SIGNATURE = "bad-signature"
+    BAD_SIGNATURE = SlashReason.BAD_SIGNATURE.verdict_reason
     MALFORMED = "malformed"  # not the canonical encoding, or a gradient that does not decode
     WRONG_MODEL = "wrong-model"  # computed on a model other than the announced one
     DUPLICATE = "duplicate"  # this node already contributed to this round
     UNKNOWN_MODEL = "unknown-model"  # a model hash the coordinator does not serve
+
+
+def refusal_for_verdict(reason: str) -> RefusalReason:
+    """The receipt's reason for a failed verdict: its own where the wire has one, else `malformed`."""
+    try:
+        return RefusalReason(reason)
+    except ValueError:
+        return RefusalReason.MALFORMED
 
 
 class TransportError(ProtocolError):
