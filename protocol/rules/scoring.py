@@ -21,7 +21,7 @@ from torch import Tensor
 
 from thinkmesh.protocol.rules.errors import ProtocolError
 
-SCORING_TOLERANCE_FP32 = 1e-4  # max |recorded - rescored| accepted for float32 models
+SCORING_TOLERANCE_FP32 = 1e-4  # max |recorded - rescored| / max(1, |rescored|) for float32 models
 SCORING_TOLERANCE_BF16 = 5e-2
 
 
