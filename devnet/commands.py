@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "switching an existing devnet between full and adapter rounds needs --fresh")
     up.add_argument("--cache-dir", type=Path, default=None, help="where cold-started models are kept (default: beside the state dir)")
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    up.add_argument("--seed", default=None, metavar="TEXT",
+                    help="the text the rounds' seeds derive from (prompts, sampling streams): another run of the same "
+                         "devnet to see the spread")
     up.set_defaults(handler=up_command)
 
     status = commands.add_parser("status", help="show the running devnet and what the chain records")
@@ -92,7 +95,7 @@ def up_command(args: argparse.Namespace) -> int:
         profile=profile_named(args.model).with_coldstart_examples(args.coldstart_examples).with_adapter(args.adapter),
         nodes=args.nodes,
         cheater=args.cheater, rounds=args.rounds, fresh=args.fresh, base_port=args.base_port,
-        dashboard=not args.no_dashboard,
+        dashboard=not args.no_dashboard, seed=args.seed,
     )  # fmt: skip
     stream = sys.stderr if args.json else sys.stdout
 

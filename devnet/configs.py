@@ -51,6 +51,7 @@ class RoundPlan:
     template: str = "r1"  # the base model's cold-start template
     lr: float = 1e-3
     adapter_rank: int = 0  # > 0: adapter rounds (the coordinator's [adapter] section)
+    seed: str | None = None  # the text every round seed derives from; None: the coordinator's default
 
 
 def coordinator_config(
@@ -76,6 +77,8 @@ def coordinator_config(
         "eval": {"prompts": plan.eval_prompts, "max_new_tokens": plan.eval_max_new_tokens},
         "observability": {"http_port": http_port, "port_file": str(port_file), "console": False},
     }  # fmt: skip
+    if plan.seed is not None:
+        values["round"]["seed"] = plan.seed
     if chain is not None:
         values["chain"] = chain.section()
     if plan.adapter_rank:

@@ -85,6 +85,7 @@ class UpOptions:
     fresh: bool = False
     base_port: int = 8545
     dashboard: bool = True
+    seed: str | None = None  # the rounds' seed text (prompts and sampling streams); None: the coordinator's default
 
 
 class StopRequested(Exception):
@@ -224,6 +225,7 @@ def round_plan(options: UpOptions, node_count: int, first_round: int) -> configs
         min_peers=node_count, eval_prompts=profile.eval_prompts, eval_max_new_tokens=profile.eval_max_new_tokens,
         group_size=profile.group_size, max_new_tokens=profile.max_new_tokens, task_family=profile.task_family,
         template=profile.recipe.coldstart.template, lr=profile.lr, adapter_rank=profile.adapter_rank,
+        seed=options.seed,
     )  # fmt: skip
 
 

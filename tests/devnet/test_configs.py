@@ -38,6 +38,23 @@ def test_coordinator_config_round_trips_through_its_loader(tmp_path):
     assert loaded.chain.deployment_file == CHAIN.deployment_file
 
 
+def test_a_seed_in_the_plan_sets_the_rounds_seed_and_none_keeps_the_coordinators_default(tmp_path):
+    from dataclasses import replace
+
+    from thinkmesh.coordinator.config import RoundConfig
+
+    def seed_of(plan: RoundPlan) -> str:
+        built = coordinator_config(
+            base_model=tmp_path / "model", data_dir=tmp_path / "data", key_dir=tmp_path / "keys",
+            password_file=None, p2p_port=None, port_file=tmp_path / "port", maddrs_file=tmp_path / "maddrs",
+            plan=plan, chain=None,
+        )  # fmt: skip
+        return load_coordinator_config(write_config(built, tmp_path / "coordinator.toml"), environ={}).round.seed
+
+    assert seed_of(replace(PLAN, seed="devlearn-2")) == "devlearn-2"
+    assert seed_of(PLAN) == RoundConfig().seed
+
+
 def test_node_config_round_trips_through_its_loader(tmp_path):
     built = node_config(
         coordinator_peer_id="12D3KooWExample", bootstrap=["/ip4/127.0.0.1/tcp/9002/p2p/12D3KooWExample"],
