@@ -147,6 +147,12 @@ def _check_page(url: str, addresses: list[str]) -> None:
         )
         points = page.evaluate("Chart.getChart('reward-chart').data.datasets[0].data")
         assert points == pytest.approx([0.20, 0.35, 0.45])
+        # The curve in words from the same figures, and what it cannot show said next to it
+        labels = page.evaluate("Chart.getChart('reward-chart').data.labels")
+        summary = page.evaluate("document.getElementById('heldout-summary').innerText")
+        assert summary == f"Held-out accuracy: first 20.0% ({labels[0]}), best 45.0% ({labels[2]}), last 45.0% ({labels[2]})."
+        note = page.evaluate("document.getElementById('heldout-note').innerText")
+        assert "slip planted in its cold start" in note and "bench/scaling.py" in note
         # Strategies by their values on chain, pooled over rounds 1-2: mean and 95% interval each
         chart = page.evaluate("(() => { const c = Chart.getChart('strategy-chart'); "
                               "return {labels: c.data.labels, intervals: c.data.datasets[0].data, "

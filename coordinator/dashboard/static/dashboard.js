@@ -125,6 +125,7 @@ function render(s) {
     label: "held-out accuracy", data: curve.map((r) => r.held_out_accuracy), borderColor: "#6ea8fe",
     backgroundColor: "rgba(110,168,254,.2)", fill: true, tension: 0.25,
   }], "accuracy");
+  document.getElementById("heldout-summary").textContent = heldOutSummary(curve);
   // Each strategy's contribution values pooled over every round on chain: the mean, and its 95%
   // interval as a floating bar (none for a single value).
   drawChart("strategy-chart", "bar", s.strategies.map((x) => x.strategy), [{
@@ -139,6 +140,14 @@ function render(s) {
       "Value: the change in expected reward on the round's public validation batch from one contribution's " +
       "update alone. Overlapping intervals: the chain does not tell those strategies apart."
     : "No contribution values on chain yet: training rounds publish them per strategy when they settle.";
+}
+
+// The curve in words, from the chain's figures alone: first, best and last round.
+function heldOutSummary(curve) {
+  if (!curve.length) return "No held-out accuracy on chain yet: each settled training round publishes one.";
+  const at = (r) => `${pct(r.held_out_accuracy)} (r${r.round_id})`;
+  const best = curve.reduce((a, b) => (b.held_out_accuracy > a.held_out_accuracy ? b : a));
+  return `Held-out accuracy: first ${at(curve[0])}, best ${at(best)}, last ${at(curve[curve.length - 1])}.`;
 }
 
 // A model version: its hash, or base + adapter in adapter rounds.
