@@ -9,6 +9,15 @@ checkpoint (model, tokenizer, optimizer, step, RNG state) to `<run_dir>/checkpoi
 temp dir and renamed into place. Started again with the same run dir, training resumes from the
 checkpoint and trims metric lines logged after it, so a killed run continues as if never stopped
 (sampling seeds are derived from (seed, step), not from RNG history).
+
+With `adapter_rank` set, the run trains a LoRA adapter instead of the whole model, through the
+network's own wrapper (`protocol.adapters.attach_adapter`: peft LoRA on every linear layer but the
+head, the AdapterSpec an adapter round announces); the base stays frozen, the optimizer holds the
+adapter's tensors alone, and the checkpoint keeps only the adapter (`adapter.safetensors`, the
+network's adapter file, with its architecture in `adapter.json`) and the trainer state: a resumed
+run re-attaches it to the same base (`model_dir`, whose tokenizer it uses). "LoRA Without Regret"
+(Schulman et al., 2025) finds LoRA's best RL learning rate about 10x full fine-tuning's:
+`default_lr` applies that factor, `LORA_LR_SCALE`.
 """
 
 from __future__ import annotations
@@ -23,17 +32,39 @@ from pathlib import Path
 
 import torch
 
-from thinkmesh.node.model.model_dir import load_model, load_tokenizer, save_model_atomically
+from thinkmesh.node.model.model_dir import (
+    ModelDirError,
+    load_model,
+    load_tokenizer,
+    save_directory_atomically,
+    save_model_atomically,
+)
 from thinkmesh.node.local.multi_epoch import multi_epoch_update
 from thinkmesh.node.work.train_step import collect_rollouts, policy_gradient
 from thinkmesh.protocol.rules.evaluation import HELDOUT_SEED_TEXT, EvalSettings, evaluate
 from thinkmesh.protocol.rules.strategies import StrategySpec, strategy_from_name, validate_strategy
 from thinkmesh.protocol.rules.tasks import Task, TaskSpec, trainable_task
+from thinkmesh.protocol.rules.adapters import (
+    AdapterSpec,
+    adapter_architecture,
+    adapter_file_bytes,
+    attach_adapter,
+    linear_module_names,
+    load_adapter_file,
+    trainable_count,
+    trainable_named_parameters,
+)
+from thinkmesh.protocol.rules.model_manifest import canonical_architecture, model_parameters, parameters_hash
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_SEED_DOMAIN = b"thinkmesh/train-local/v1"
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_SPEC_FILE = "adapter.json"
+FULL_FT_LR = 1e-4  # `train local`'s and bench/learning.py's default: 5e-4 erodes the tiny model's cold start
+LORA_LR_SCALE = 10.0  # LoRA Without Regret: LoRA's best lr is ~10x full fine-tuning's, in RL as in SFT
+LORA_ALPHA = 32.0  # the paper's fixed alpha, under which that 10x holds across ranks
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,8 @@ class LocalTrainConfig:
     dtype: str = "float32"
     max_minutes: float | None = None  # wall-clock budget: stop (eval + checkpoint) after the step that passes it
     update_epochs: int = 1  # >1: that many clipped updates per rollout batch (node.multi_epoch); local only
+    adapter_rank: int | None = None  # LoRA of this rank on all linear layers (protocol.adapters); None: full model
+    adapter_alpha: float = LORA_ALPHA
 
     def strategy_spec(self) -> StrategySpec:
         spec = strategy_from_name(self.strategy)
@@ -86,12 +119,53 @@ class LocalTrainConfig:
 
 @dataclass(frozen=True)
 class TrainSummary:
-    """Where a run ended: steps done, the evaluations (step, accuracy), wall seconds."""
+    """Where a run ended: steps done, the evaluations (step, accuracy), wall seconds, and how many
+    parameters the optimizer trained (the adapter's alone in a LoRA run)."""
 
     step: int
     evals: tuple[tuple[int, float], ...]
     seconds: float
     resumed_from: int
+    trainable_parameters: int
+
+
+def default_lr(adapter_rank: int | None, full_lr: float = FULL_FT_LR) -> float:
+    """`full_lr` for full fine-tuning, `LORA_LR_SCALE` times it for a LoRA run."""
+    return full_lr if adapter_rank is None else full_lr * LORA_LR_SCALE
+
+
+def run_adapter_spec(config: LocalTrainConfig, base) -> AdapterSpec | None:
+    """The AdapterSpec an adapter round on this base would announce: the base pinned by its hash,
+    the configured rank and alpha, every linear layer but the head. None for full fine-tuning."""
+    if config.adapter_rank is None:
+        return None
+    base_hash = parameters_hash(model_parameters(base), canonical_architecture(base.config.to_dict()))
+    return AdapterSpec(base_hash=base_hash, rank=config.adapter_rank, alpha=float(config.adapter_alpha),
+                       target_modules=linear_module_names(base))
+
+
+def load_policy(config: LocalTrainConfig, checkpoint: Path | None = None):
+    """(model, adapter spec) as the run trains it: the full model (from `checkpoint` when given,
+    else `model_dir`), or `model_dir`'s frozen base with the LoRA attached, its adapter tensors
+    from `checkpoint` when given (ModelDirError if that checkpoint holds another adapter)."""
+    if config.adapter_rank is None:
+        return load_model(checkpoint or config.model_dir, config.device, config.dtype), None
+    base = load_model(config.model_dir, config.device, config.dtype)
+    spec = run_adapter_spec(config, base)
+    model = attach_adapter(base, spec, seed=config.seed)
+    if checkpoint is not None:
+        saved = checkpoint / ADAPTER_SPEC_FILE
+        if not saved.is_file() or saved.read_text() != adapter_architecture(spec):
+            raise ModelDirError(f"expected {checkpoint} to hold the adapter {adapter_architecture(spec)}, "
+                                f"found {saved.read_text() if saved.is_file() else 'a full-model checkpoint'}")
+        load_adapter_file(model, checkpoint / ADAPTER_FILE)
+    return model, spec
+
+
+def load_trained_model(config: LocalTrainConfig):
+    """The run's model as last checkpointed (the starting model if it has no checkpoint), in eval mode."""
+    checkpoint = Path(config.run_dir) / CHECKPOINT_DIR
+    return load_policy(config, checkpoint if (checkpoint / TRAINER_STATE_FILE).is_file() else None)[0].eval()
 
 
 def eval_settings(config: LocalTrainConfig, max_new_tokens: int) -> EvalSettings:
@@ -123,11 +197,21 @@ def learning_rate(config: LocalTrainConfig, step: int) -> float:
     return config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
 
 
-def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, step: int) -> None:
+def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, step: int, adapter: AdapterSpec | None = None) -> None:
+    """The whole model, or with `adapter` only the adapter's tensors: the base is `model_dir`, unchanged."""
     state = io.BytesIO()
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, state)
-    save_model_atomically(model, tokenizer, run_dir / CHECKPOINT_DIR, extra_files={TRAINER_STATE_FILE: state.getvalue()})
+    if adapter is None:
+        save_model_atomically(model, tokenizer, run_dir / CHECKPOINT_DIR, extra_files={TRAINER_STATE_FILE: state.getvalue()})
+        return
+
+    def write(staging: Path) -> None:
+        (staging / ADAPTER_FILE).write_bytes(adapter_file_bytes(model))
+        (staging / ADAPTER_SPEC_FILE).write_text(adapter_architecture(adapter))
+        (staging / TRAINER_STATE_FILE).write_bytes(state.getvalue())
+
+    save_directory_atomically(run_dir / CHECKPOINT_DIR, write)
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
@@ -147,11 +231,14 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT_DIR
     resume = (checkpoint / TRAINER_STATE_FILE).is_file()
-    source = checkpoint if resume else Path(config.model_dir)
-    tokenizer = load_tokenizer(source)
-    model = load_model(source, config.device, config.dtype)
+    tokenizer = load_tokenizer(checkpoint if resume and config.adapter_rank is None else Path(config.model_dir))
+    model, adapter = load_policy(config, checkpoint if resume else None)
+    trainable = [p for _, p in trainable_named_parameters(model)]
+    if adapter is not None:
+        log(f"LoRA rank {adapter.rank}, alpha {adapter.alpha:g} on {','.join(adapter.target_modules)}: "
+            f"{trainable_count(model):,} trainable parameters, base frozen")
     strategy = config.strategy_spec()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     start_step = 0
     if resume:
         state = torch.load(checkpoint / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
@@ -204,7 +291,7 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
             else:
                 optimizer.zero_grad(set_to_none=True)
                 result = policy_gradient(model, rollouts, strategy, tokenizer.pad_token_id, reference)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
                 if result.kept_groups:
                     optimizer.step()
                 last_clip = result.stats.clip_fraction
@@ -227,7 +314,7 @@ def train_local(config: LocalTrainConfig, progress: bool = True, log=print) -> T
             if done % config.eval_every == 0 or last:
                 run_eval(done, metrics)
             if done % config.checkpoint_every == 0 or last:
-                save_checkpoint(run_dir, model, tokenizer, optimizer, done)
+                save_checkpoint(run_dir, model, tokenizer, optimizer, done, adapter)
             if out_of_time:
                 break
-    return TrainSummary(done, tuple(evals), time.monotonic() - started, start_step)
+    return TrainSummary(done, tuple(evals), time.monotonic() - started, start_step, trainable_count(model))

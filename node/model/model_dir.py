@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from thinkmesh.protocol.rules.errors import ProtocolError
@@ -80,14 +81,24 @@ def weights_sha256(directory: str | Path) -> str:
 
 def save_model_atomically(model, tokenizer, directory: str | Path, extra_files: dict[str, bytes] | None = None) -> None:
     """Writes model + tokenizer (+ extra files) to a temp sibling, then swaps it in by rename."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         for name, payload in (extra_files or {}).items():
             (staging / name).write_bytes(payload)
+
+    save_directory_atomically(directory, write)
+
+
+def save_directory_atomically(directory: str | Path, write: Callable[[Path], None]) -> None:
+    """Calls `write(staging)` on an empty temp sibling of `directory`, then swaps it in by rename:
+    a reader sees the old directory or the complete new one, never a half-written one."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write(staging)
         replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -65,8 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--max-new-tokens", type=int, default=40)
     local.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warmup")
     local.add_argument("--temperature", type=float, default=None)
-    local.add_argument("--lr", type=float, default=1e-4,
-                       help="on the tiny model, 5e-4 erodes a cold start's greedy accuracy (docs/learning.md)")
+    local.add_argument("--lr", type=float, default=None,
+                       help="default 1e-4 (on the tiny model, 5e-4 erodes a cold start's greedy accuracy: "
+                            "docs/learning.md), 10x that with --adapter lora (LoRA Without Regret)")
+    local.add_argument("--adapter", choices=("lora",), default=None,
+                       help="train a LoRA adapter on every linear layer (the network's adapter rounds' wrapper) "
+                            "instead of the whole model; the base stays frozen")
+    local.add_argument("--rank", type=int, default=8, help="LoRA rank (with --adapter lora)")
+    local.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (with --adapter lora)")
     local.add_argument("--eval-every", type=int, default=10)
     local.add_argument("--eval-tasks", type=int, default=128)
     local.add_argument("--checkpoint-every", type=int, default=10)
@@ -148,19 +154,23 @@ def train_local_command(args: argparse.Namespace) -> int:
     _quiet_transformers()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from thinkmesh.node.local.train_local import LocalTrainConfig, train_local
+    from thinkmesh.node.local.train_local import LocalTrainConfig, default_lr, train_local
     from thinkmesh.protocol.rules.tasks import TaskSpec
 
     TaskSpec(args.task, args.difficulty)
+    rank = args.rank if args.adapter == "lora" else None
     config = LocalTrainConfig(
         model_dir=args.model, run_dir=args.run_dir, task=args.task, difficulty=args.difficulty,
         template=args.template, strategy=args.strategy, steps=args.steps, prompts_per_step=args.prompts_per_step,
-        group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
+        group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        lr=default_lr(rank) if args.lr is None else args.lr,
         eval_every=args.eval_every, eval_tasks=args.eval_tasks, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=args.device, dtype=args.dtype, max_minutes=args.max_minutes,
         warmup_steps=args.warmup_steps, update_epochs=args.update_epochs,
+        adapter_rank=rank, adapter_alpha=args.lora_alpha,
     )
     summary = train_local(config)
     curve = ", ".join(f"{step}:{accuracy:.3f}" for step, accuracy in summary.evals)
-    print(f"train local: {summary.step} steps in {summary.seconds:.0f}s; held-out accuracy by step {curve}")
+    print(f"train local: {summary.step} steps in {summary.seconds:.0f}s, {summary.trainable_parameters:,} trainable "
+          f"parameters (lr {config.lr:g}); held-out accuracy by step {curve}")
     return 0

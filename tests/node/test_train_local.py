@@ -128,3 +128,39 @@ def test_dynamic_sampling_skips_uninformative_groups_without_changing_the_gradie
     for slow_grad, fast_grad in zip((p.grad for p in model.parameters()), fast):
         torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in fast)
+
+
+@pytest.mark.timeout(120)
+def test_lora_run_trains_the_adapter_alone_and_resumes_it(tmp_path, coldstarted_micro_dir):
+    """`train local` with an adapter (protocol.adapters' LoRA, as adapter rounds train): the base's
+    weights come out bit for bit as they went in, the adapter moved, the checkpoint holds the
+    adapter alone, and a killed run resumes to the same adapter as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from thinkmesh.node.model.model_dir import load_model
+    from thinkmesh.node.local.train_local import ADAPTER_FILE, load_trained_model
+    from thinkmesh.protocol.rules.adapters import detach_adapter, trainable_parameters
+
+    lora = dict(strategy="grpo", adapter_rank=2, lr=5e-3)
+    base_sha = weights_sha256(coldstarted_micro_dir)
+    straight = _config(coldstarted_micro_dir, tmp_path / "straight", **lora)
+    summary = train_local(straight, progress=False, log=lambda _: None)
+    interrupted = _config(coldstarted_micro_dir, tmp_path / "interrupted", **lora)
+    train_local(_config(coldstarted_micro_dir, tmp_path / "interrupted", **{**lora, "steps": 2}), progress=False)
+    assert train_local(interrupted, progress=False, log=lambda _: None).resumed_from == 2
+
+    trained = load_trained_model(straight)
+    adapter = trainable_parameters(trained)
+    assert adapter and all("lora_A" in name or "lora_B" in name for name in adapter)
+    assert summary.trainable_parameters == sum(t.numel() for t in adapter.values())
+    assert summary.trainable_parameters < sum(p.numel() for p in load_model(coldstarted_micro_dir).parameters()) / 10
+    assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name), "B starts at zero: it must move"
+    assert weights_sha256(coldstarted_micro_dir) == base_sha
+    base, unloaded = load_model(coldstarted_micro_dir).state_dict(), detach_adapter(trained).state_dict()
+    assert sorted(base) == sorted(unloaded) and all(torch.equal(base[n], unloaded[n]) for n in base)
+
+    checkpoint = tmp_path / "straight" / CHECKPOINT_DIR
+    assert not list(checkpoint.glob("model*.safetensors")), "an adapter run's checkpoint holds the adapter alone"
+    resumed = load_file(str(tmp_path / "interrupted" / CHECKPOINT_DIR / ADAPTER_FILE))
+    assert all(torch.equal(resumed[n], t) for n, t in load_file(str(checkpoint / ADAPTER_FILE)).items())
+    assert [(l["kind"], l["step"]) for l in _lines(tmp_path / "interrupted")] == [(l["kind"], l["step"]) for l in _lines(tmp_path / "straight")]
