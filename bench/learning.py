@@ -12,7 +12,7 @@ minutes, greedy accuracy] per evaluation), mean_completion_tokens (per evaluatio
 setting, the trainable parameter count and the settings.
 
 `--adapter lora --rank R` (R may be a list, `4,16`) trains a LoRA adapter through the network's own
-wrapper (`protocol.adapters`, via `train local`), at 10x full fine-tuning's learning rate (`--lr`)
+wrapper (`protocol.rules.adapters`, via `train local`), at 10x full fine-tuning's learning rate (`--lr`)
 unless `--lora-lr` says otherwise (`train_local.LORA_LR_SCALE`, after "LoRA Without Regret"), and
 runs full fine-tuning with the same budget and seed beside it. `--seeds 0,1,2` repeats every arm per
 RL seed on the same cold start (`--coldstart-seed`); the JSON then reports, per arm, the gains, their
@@ -35,7 +35,7 @@ RL setting tried lowered greedy accuracy; docs/learning.md has the measurements 
 
     .venv/bin/python bench/learning.py                 # CPU, 10 minutes of RL
     .venv/bin/python bench/learning.py --device cuda   # same on a GPU
-    .venv/bin/python bench/learning.py --adapter lora --rank 4,16 --seeds 0,1,2 --max-steps 40
+    .venv/bin/python bench/learning.py --adapter lora --rank 4,16 --seeds 0,1,2 --max-steps 60 --minutes 30
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _label(rank: int | None) -> str:
 
 
 def _load(directory):
-    from thinkmesh.node.model_dir import load_model
+    from thinkmesh.node.model.model_dir import load_model
 
     return load_model(directory)
 
@@ -145,7 +145,7 @@ def run_arm(args, tuned: Path, run: Path, rank: int | None, seed: int, context: 
     the result kept in `run/result.json` is returned as is when its settings match."""
     import torch
 
-    from thinkmesh.node.train_local import (
+    from thinkmesh.node.local.train_local import (
         METRICS_FILE,
         LocalTrainConfig,
         default_lr,
@@ -153,9 +153,9 @@ def run_arm(args, tuned: Path, run: Path, rank: int | None, seed: int, context: 
         load_trained_model,
         train_local,
     )
-    from thinkmesh.protocol.evaluation import evaluate
-    from thinkmesh.protocol.tasks import PARTITION_ID, TaskSpec
-    from thinkmesh.node.model_dir import load_model, load_tokenizer
+    from thinkmesh.protocol.rules.evaluation import evaluate
+    from thinkmesh.protocol.rules.tasks import PARTITION_ID, TaskSpec
+    from thinkmesh.node.model.model_dir import load_model, load_tokenizer
 
     lr = args.lora_lr if rank is not None and args.lora_lr is not None else default_lr(rank, args.lr)
     config = LocalTrainConfig(

@@ -11,7 +11,7 @@ checkpoint and trims metric lines logged after it, so a killed run continues as 
 (sampling seeds are derived from (seed, step), not from RNG history).
 
 With `adapter_rank` set, the run trains a LoRA adapter instead of the whole model, through the
-network's own wrapper (`protocol.adapters.attach_adapter`: peft LoRA on every linear layer but the
+network's own wrapper (`protocol.rules.adapters.attach_adapter`: peft LoRA on every linear layer but the
 head, the AdapterSpec an adapter round announces); the base stays frozen, the optimizer holds the
 adapter's tensors alone, and the checkpoint keeps only the adapter (`adapter.safetensors`, the
 network's adapter file, with its architecture in `adapter.json`) and the trainer state: a resumed
