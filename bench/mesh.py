@@ -170,35 +170,16 @@ def where_time_goes(status: dict, nodes: dict[str, dict], timeline: Timeline) ->
 
 def run_mesh(root: Path, base: Path, keys: dict, mode: str, rounds: int, eval_prompts: int, work: Workload) -> dict:
     env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    (root / "coordinator.toml").write_text(f"""
-run_id = "bench-{mode}"
-base_model = "{base}"
-data_dir = "{root / 'coordinator'}"
-[identity]
-key_dir = "{keys['coordinator']}"
-[network]
-maddrs_file = "{root / 'maddrs'}"
-[round]
-rounds = {rounds}
-deadline_s = 300
-close_when = 3
-min_peers = 3
-start_delay_s = 1.0
-prompts_per_node = {work.prompts}
-group_sizes = [{work.group}]
-max_new_tokens = [{work.max_tokens}]
-task_family = "{TASK}"
-task_difficulty = {DIFFICULTY}
-template = "{work.template}"
-[aggregation]
-lr = {work.lr}
-[eval]
-prompts = {eval_prompts}
-max_new_tokens = {work.max_tokens}
-[observability]
-port_file = "{root / 'coordinator.port'}"
-console = false
-""")
+    from thinkmesh.devnet.configs import RoundPlan, coordinator_config, node_config, write_config
+
+    plan = RoundPlan(rounds=rounds, deadline_s=300, close_when=3, prompts_per_node=work.prompts, min_peers=3,
+                     eval_prompts=eval_prompts, eval_max_new_tokens=work.max_tokens, group_size=work.group,
+                     max_new_tokens=work.max_tokens, task_family=TASK, template=work.template, lr=work.lr)
+    write_config(coordinator_config(
+        base_model=base, data_dir=root / "coordinator", key_dir=keys["coordinator"], password_file=None, p2p_port=None,
+        port_file=root / "coordinator.port", maddrs_file=root / "maddrs", plan=plan, chain=None, run_id=f"bench-{mode}",
+        overrides={"round": {"task_difficulty": DIFFICULTY}, "aggregation": {"rule": "mean"}},
+    ), root / "coordinator.toml")  # fmt: skip
     procs = []
     timeline = Timeline()
     try:
@@ -213,26 +194,12 @@ console = false
 
         coordinator_peer = peer_id_from_public_key(read_binding(keys["coordinator"]).ed25519_public_key)
         for name in STRATEGIES:
-            (root / f"{name}.toml").write_text(f"""
-run_id = "bench-{mode}"
-coordinator_peer_id = "{coordinator_peer}"
-base_model = "{base}"
-data_dir = "{root / name}"
-[identity]
-key_dir = "{keys[name]}"
-[network]
-initial_peers = {json.dumps(maddrs)}
-[strategy]
-preset = "{name}"
-group_size = {work.group}
-max_new_tokens = {work.max_tokens}
-[round]
-poll_s = 0.3
-compression = "{mode}"
-[observability]
-port_file = "{root / (name + '.port')}"
-console = false
-""")
+            write_config(node_config(
+                coordinator_peer_id=coordinator_peer, bootstrap=maddrs, base_model=base, data_dir=root / name,
+                key_dir=keys[name], password_file=None, strategy=name, port_file=root / f"{name}.port", plan=plan,
+                chain=None, run_id=f"bench-{mode}",
+                overrides={"round": {"compression": mode, "sync_interval_s": 10.0}},
+            ), root / f"{name}.toml")  # fmt: skip
             log = open(root / f"{name}.log", "ab")
             procs.append(subprocess.Popen([sys.executable, "-m", "thinkmesh.protocol.cli.main", "node", "run",
                                            "--config", str(root / f"{name}.toml")], env=env, stdout=log, stderr=log,

@@ -83,19 +83,21 @@ def coordinator_config(
         values["chain"] = chain.section()
     if plan.adapter_rank:
         values["adapter"] = {"rank": plan.adapter_rank, "alpha": 2.0 * plan.adapter_rank}
-    return _validated(CoordinatorConfig, _merged(values, overrides or {}), "coordinator")
+    return _validated(CoordinatorConfig, merge_tables(values, overrides or {}), "coordinator")
 
 
 def node_config(
-    *, coordinator_peer_id: str, bootstrap: list[str], base_model: Path, data_dir: Path, key_dir: Path,
+    *, coordinator_peer_id: str | None, bootstrap: list[str], base_model: Path, data_dir: Path, key_dir: Path,
     password_file: Path | None, strategy: str, port_file: Path, plan: RoundPlan, chain: ChainEndpoint | None,
     console: bool = False, run_id: str = RUN_ID, overrides: dict | None = None,
 ):
-    """A node's config; `overrides` as for `coordinator_config`."""
+    """A node's config; `overrides` as for `coordinator_config`. `coordinator_peer_id` None and no `bootstrap`:
+    the node finds both on the ledger (a `[chain]` section, or `--rpc` and `--ledger`)."""
     from thinkmesh.node.config import NodeConfig
 
     values: dict = {
-        "run_id": run_id, "coordinator_peer_id": coordinator_peer_id, "base_model": str(base_model),
+        "run_id": run_id, **({"coordinator_peer_id": coordinator_peer_id} if coordinator_peer_id else {}),
+        "base_model": str(base_model),
         "data_dir": str(data_dir),
         "identity": {"key_dir": str(key_dir), **({"password_file": str(password_file)} if password_file else {})},
         "network": {"initial_peers": list(bootstrap)},
@@ -105,7 +107,7 @@ def node_config(
     }  # fmt: skip
     if chain is not None:
         values["chain"] = chain.section()
-    return _validated(NodeConfig, _merged(values, overrides or {}), "node")
+    return _validated(NodeConfig, merge_tables(values, overrides or {}), "node")
 
 
 def require_cheat_mode(mode: str) -> None:
@@ -127,12 +129,13 @@ def config_toml(config: BaseModel) -> str:
     return tomli_w.dumps(config.model_dump(mode="json", exclude_unset=True, exclude_none=True))
 
 
-def _merged(values: dict, overrides: dict) -> dict:
-    """`values` with `overrides` laid over it: tables merge key by key, anything else replaces."""
+def merge_tables(values: dict, overrides: dict) -> dict:
+    """`values` with `overrides` laid over it: tables merge key by key, anything else replaces. Also for
+    a caller that layers its own overrides (a test mesh's subclass over its base class's)."""
     merged = dict(values)
     for key, value in overrides.items():
         both_tables = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merged(merged[key], value) if both_tables else value
+        merged[key] = merge_tables(merged[key], value) if both_tables else value
     return merged
 
 

@@ -20,6 +20,7 @@ from tests.e2e.models import boost_eos
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.test_settlement import PASSWORD, PaidMesh, anvil  # noqa: F401 (the fixture)
+from thinkmesh.devnet.configs import merge_tables
 from thinkmesh.protocol.cli.main import main as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -46,21 +47,17 @@ class AdapterMesh(PaidMesh):
             anvil.rpc("anvil_setBalance", [self.keys[name].evm_address, hex(10**20)])
             self.admin.mint(self.keys[name].evm_address, tokens(50))
 
-    def coordinator_config(self, rounds: int, min_peers: int | None = None):
-        path = super().coordinator_config(rounds, min_peers)
-        text = path.read_text().replace("close_when = 3\n", f"close_when = {len(NODES)}\n")
-        text = text.replace("min_peers = 3\n", f"min_peers = {len(NODES)}\n")
-        path.write_text(text + f"\n[adapter]\nrank = {RANK}\nalpha = 4.0\n")
-        return path
+    def coordinator_config(self, rounds: int, min_peers: int | None = None, overrides: dict | None = None):
+        ours = {"round": {"close_when": len(NODES), "min_peers": len(NODES)}, "adapter": {"rank": RANK, "alpha": 4.0}}
+        return super().coordinator_config(rounds, min_peers, merge_tables(ours, overrides or {}))
 
     def start_nodes(self) -> None:
         wait_for(lambda: (self.root / "coordinator.maddrs").exists(), 120, "the coordinator's multiaddrs")
         for name, preset, compression, special in NODES:
-            path = self.node_config(name, preset, compression)
+            own_base = {"base_model": str(self.other_base)} if special == "other-base" else {}
+            path = self.node_config(name, preset, compression, own_base)
             argv = ["node", "run", "--config", str(path)]
-            if special == "other-base":
-                path.write_text(path.read_text().replace(f'base_model = "{self.base}"', f'base_model = "{self.other_base}"'))
-            elif special:
+            if special and not own_base:
                 argv = ["devnet", "node-run", "--config", str(path), "--cheat", special]
             self.start(name, argv)
 

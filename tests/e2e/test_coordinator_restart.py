@@ -7,12 +7,12 @@ a restarted coordinator's DHT starts with no peers, so one on a new port is foun
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.polling import wait_for
+from tests.e2e.processes import free_port
 from tests.e2e.test_mesh import Mesh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -20,21 +20,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 NODES = ("grpo", "dapo")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class RestartMesh(Mesh):
     """Two nodes; the coordinator listens on a port the test chooses, so a restart can keep it."""
 
     def coordinator_config(self, rounds: int, deadline_s: float, port: int = 0) -> Path:
-        path = super().coordinator_config(rounds, deadline_s)
-        text = path.read_text().replace("[network]\n", f'[network]\nhost_maddrs = ["/ip4/127.0.0.1/tcp/{port}"]\n')
-        path.write_text(text.replace("close_when = 3", f"close_when = {len(NODES)}")
-                        .replace("min_peers = 3", f"min_peers = {len(NODES)}"))
-        return path
+        everyone = {"close_when": len(NODES), "min_peers": len(NODES)}
+        return super().coordinator_config(rounds, deadline_s, p2p_port=port, overrides={"round": everyone})
 
     def start_coordinator(self, rounds: int, deadline_s: float, port: int = 0) -> None:
         self.start("coordinator", ["-m", "thinkmesh.protocol.cli.main", "coordinator", "run", "--config",

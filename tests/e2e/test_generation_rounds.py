@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.polling import wait_for
 from tests.e2e.test_mesh import get_status
 from tests.e2e.test_settlement import PaidMesh, anvil  # noqa: F401 (the fixture)
+from thinkmesh.devnet.configs import merge_tables
 from thinkmesh.protocol.cli.main import main as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -40,21 +41,15 @@ class GenerationMesh(PaidMesh):
         run_coldstart(micro, ColdStartSettings(families=("linear",), num_examples=1024, epochs=2, batch_size=16,
                                                lr=1e-2), out=self.base, progress=False)
 
-    def coordinator_config(self, rounds, min_peers=None):
-        path = super().coordinator_config(rounds, min_peers)
-        text = path.read_text().replace("group_sizes = [4, 16]", f"group_sizes = [{GROUP}]")
-        text = text.replace("max_new_tokens = [8]", f"max_new_tokens = [{TOKENS}]")
-        text = text.replace("prompts_per_node = 2", f"prompts_per_node = {PROMPTS}")
-        text = text.replace("start_delay_s = 1.0", 'start_delay_s = 1.0\ntask_family = "linear"\ntemplate = "r1-compact"\n'
-                                                    "generation_every = 1")
-        text = text.replace('reward_per_prompt = "0.5"', 'reward_per_prompt = "0.5"\nreward_per_trace = "0.25"')
-        path.write_text(text)
-        return path
+    def coordinator_config(self, rounds, min_peers=None, overrides=None):
+        ours = {"round": {"group_sizes": [GROUP], "max_new_tokens": [TOKENS], "prompts_per_node": PROMPTS,
+                          "task_family": "linear", "template": "r1-compact", "generation_every": 1},
+                "chain": {"reward_per_trace": "0.25"}}
+        return super().coordinator_config(rounds, min_peers, merge_tables(ours, overrides or {}))
 
-    def node_config(self, name, preset, compression):
-        path = super().node_config(name, preset, compression)
-        path.write_text(path.read_text().replace("max_new_tokens = 8", f"max_new_tokens = {TOKENS}"))
-        return path
+    def node_config(self, name, preset, compression, overrides=None):
+        ours = {"strategy": {"max_new_tokens": TOKENS}}
+        return super().node_config(name, preset, compression, merge_tables(ours, overrides or {}))
 
 
 @pytest.mark.timeout(240)

@@ -6,7 +6,6 @@ with its reason, and contributes to a round of a real coordinator process over r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,10 @@ import pytest
 
 from tests.e2e.models import boost_eos
 from tests.e2e.polling import wait_for
+from tests.e2e.processes import stop_groups
 from tests.e2e.test_mesh import get_status
 from tests.node.mesh_parts import anvil_ledger, closed_port
+from thinkmesh.devnet import configs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,57 +29,23 @@ def ledger():
     yield from anvil_ledger()
 
 
+PLAN = configs.RoundPlan(rounds=1, deadline_s=60, close_when=1, prompts_per_node=2, min_peers=1, eval_prompts=2,
+                         eval_max_new_tokens=8, group_size=4, max_new_tokens=8)
+
+
 def coordinator_config(root: Path, base: Path) -> Path:
-    path = root / "coordinator.toml"
-    path.write_text(f"""
-run_id = "join"
-base_model = "{base}"
-data_dir = "{root / 'coordinator'}"
-[identity]
-key_dir = "{root / 'keys' / 'coordinator'}"
-[network]
-maddrs_file = "{root / 'coordinator.maddrs'}"
-[round]
-rounds = 1
-deadline_s = 60
-close_when = 1
-prompts_per_node = 2
-group_sizes = [4]
-max_new_tokens = [8]
-start_delay_s = 1.0
-min_peers = 1
-[eval]
-prompts = 2
-max_new_tokens = 8
-[observability]
-port_file = "{root / 'coordinator.port'}"
-console = false
-""")
-    return path
+    return configs.write_config(configs.coordinator_config(
+        base_model=base, data_dir=root / "coordinator", key_dir=root / "keys" / "coordinator", password_file=None,
+        p2p_port=None, port_file=root / "coordinator.port", maddrs_file=root / "coordinator.maddrs", plan=PLAN,
+        chain=None, run_id="join"), root / "coordinator.toml")
 
 
-def node_config(root: Path, base: Path) -> Path:
-    """No [network] initial_peers, no coordinator_peer_id: `--rpc` and `--ledger` fill in the rest."""
-    path = root / "node.toml"
-    path.write_text(f"""
-run_id = "join"
-base_model = "{base}"
-data_dir = "{root / 'node'}"
-[identity]
-key_dir = "{root / 'keys' / 'node'}"
-[strategy]
-preset = "grpo"
-group_size = 4
-max_new_tokens = 8
-[round]
-poll_s = 0.3
-[observability]
-port_file = "{root / 'node.port'}"
-console = false
-[chain]
-auto_register = false
-""")
-    return path
+def node_config(root: Path, base: Path, rpc_url: str) -> Path:
+    """No [network] initial_peers, no coordinator_peer_id, no ledger: `--rpc` and `--ledger` fill in the rest."""
+    return configs.write_config(configs.node_config(
+        coordinator_peer_id=None, bootstrap=[], base_model=base, data_dir=root / "node", key_dir=root / "keys" / "node",
+        password_file=None, strategy="grpo", port_file=root / "node.port", plan=PLAN, chain=None, run_id="join",
+        overrides={"chain": {"rpc_url": rpc_url, "auto_register": False}}), root / "node.toml")
 
 
 @pytest.mark.timeout(240)
@@ -112,7 +79,7 @@ def test_a_node_joins_from_the_ledger_past_a_dead_bootstrap_peer(ledger, tmp_pat
         for multiaddr in (dead, *live):  # the deployer holds the coordinator role
             admin.add_bootstrap_peer(multiaddr)
 
-        start("node", ["node", "run", "--config", str(node_config(tmp_path, base)),
+        start("node", ["node", "run", "--config", str(node_config(tmp_path, base, deployed.rpc_url)),
                        "--rpc", deployed.rpc_url, "--ledger", deployed.address])
         final = wait_for(lambda: (s := get_status(tmp_path / "coordinator.port")) and s["phase"] == "done" and s,
                          150, "the round to close")
@@ -128,12 +95,4 @@ def test_a_node_joins_from_the_ledger_past_a_dead_bootstrap_peer(ledger, tmp_pat
             print(f"===== {name} =====\n{(tmp_path / f'{name}.log').read_text(errors='replace')[-3000:]}")
         raise
     finally:
-        for proc in procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
+        stop_groups(procs)

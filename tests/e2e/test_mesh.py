@@ -16,6 +16,8 @@ import pytest
 
 from tests.e2e.models import boost_eos
 from tests.e2e.polling import wait_for
+from tests.e2e.processes import stop_groups
+from thinkmesh.devnet.configs import RoundPlan, coordinator_config, node_config, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,65 +59,27 @@ class Mesh:
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
-    def coordinator_config(self, rounds: int, deadline_s: float) -> Path:
-        path = self.root / "coordinator.toml"
-        path.write_text(f"""
-run_id = "e2e"
-base_model = "{self.base}"
-data_dir = "{self.root / 'coordinator'}"
-[identity]
-key_dir = "{self.root / 'keys' / 'coordinator'}"
-[network]
-maddrs_file = "{self.root / 'coordinator.maddrs'}"
-[round]
-rounds = {rounds}
-deadline_s = {deadline_s}
-close_when = 3
-prompts_per_node = 2
-group_sizes = [4]
-max_new_tokens = [12]
-start_delay_s = 1.0
-min_peers = 3
-[aggregation]
-rule = "norm_clip"
-clip_norm = 10.0
-lr = 0.001
-[eval]
-prompts = 4
-max_new_tokens = 16
-[observability]
-port_file = "{self.root / 'coordinator.port'}"
-console = false
-""")
-        return path
+    def plan(self, rounds: int, deadline_s: float) -> RoundPlan:
+        return RoundPlan(rounds=rounds, deadline_s=deadline_s, close_when=3, prompts_per_node=2, min_peers=3,
+                         eval_prompts=4, eval_max_new_tokens=16, group_size=4, max_new_tokens=12)
+
+    def coordinator_config(self, rounds: int, deadline_s: float, *, p2p_port: int | None = None,
+                           overrides: dict | None = None) -> Path:
+        """`p2p_port` None: any free port; `overrides` as for devnet/configs.py's builder."""
+        return write_config(coordinator_config(
+            base_model=self.base, data_dir=self.root / "coordinator", key_dir=self.root / "keys" / "coordinator",
+            password_file=None, p2p_port=p2p_port, port_file=self.root / "coordinator.port",
+            maddrs_file=self.root / "coordinator.maddrs", plan=self.plan(rounds, deadline_s), chain=None,
+            run_id="e2e", overrides=overrides), self.root / "coordinator.toml")
 
     def node_config(self, name: str, compression: str) -> Path:
         maddrs = [m for m in (self.root / "coordinator.maddrs").read_text().split() if m]
-        path = self.root / f"node-{name}.toml"
-        path.write_text(f"""
-run_id = "e2e"
-coordinator_peer_id = "{self.keys['coordinator'].identity.peer_id}"
-base_model = "{self.base}"
-data_dir = "{self.root / ('node-' + name)}"
-[identity]
-key_dir = "{self.root / 'keys' / name}"
-[network]
-initial_peers = {json.dumps(maddrs)}
-[strategy]
-preset = "{name}"
-group_size = 4
-max_new_tokens = 12
-overlong_buffer = 11
-dynamic_sampling = false
-[round]
-poll_s = 0.3
-sync_interval_s = 1.0
-compression = "{compression}"
-[observability]
-port_file = "{self.root / ('node-' + name + '.port')}"
-console = false
-""")
-        return path
+        return write_config(node_config(
+            coordinator_peer_id=self.keys["coordinator"].identity.peer_id, bootstrap=maddrs, base_model=self.base,
+            data_dir=self.root / f"node-{name}", key_dir=self.root / "keys" / name, password_file=None,
+            strategy=name, port_file=self.root / f"node-{name}.port", plan=self.plan(0, 60.0), chain=None,  # the node reads the group and token sizes
+            run_id="e2e", overrides={"strategy": {"overlong_buffer": 11, "dynamic_sampling": False},
+                                     "round": {"compression": compression}}), self.root / f"node-{name}.toml")
 
     def start(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.log", "ab")
@@ -140,13 +104,7 @@ console = false
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
-        for name, proc in list(self.procs.items()):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                self.kill(name) if name in self.procs else None
-            self.procs.pop(name, None)
+        stop_groups(self.procs, grace_s=10)
 
     def status(self, name: str) -> dict | None:
         return get_status(self.root / (f"{name}.port" if name == "coordinator" else f"node-{name}.port"))

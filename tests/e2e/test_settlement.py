@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,10 @@ import pytest
 
 from tests.anvil_required import require_anvil
 from tests.e2e.polling import wait_for
+from tests.e2e.processes import free_port, stop_groups
 from tests.e2e.test_mesh import get_status
 from tests.e2e.models import boost_eos
+from thinkmesh.devnet.configs import ChainEndpoint, RoundPlan, coordinator_config, merge_tables, node_config, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,11 +35,6 @@ HONEST = (("alice", "dapo", "uniform8"), ("bob", "gspo", "fp16"), ("carol", "grp
 CHEATER = ("mallory", "dapo", "uniform8")
 CHEATER_PRESET = CHEATER[1:]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 
@@ -75,83 +71,37 @@ class PaidMesh:
                 self.admin.mint(self.keys[name].evm_address, tokens(50))  # the node stakes it itself
         self.reader = LedgerClient.connect(anvil.rpc_url, self.deployment)
         self.p2p_port = free_port()
+        self.chain = ChainEndpoint(anvil.rpc_url, self.deployment.ledger, root / "deployment.json")
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = dict(os.environ, THINKMESH_KEY_PASSWORD=PASSWORD, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
     def address(self, name: str) -> str:
         return self.keys[name].evm_address
 
-    def coordinator_config(self, rounds: int, min_peers: int | None = None) -> Path:
+    def plan(self, rounds: int, min_peers: int | None = None) -> RoundPlan:
         everyone = len(self.honest) + len(self.cheaters)
-        min_peers = everyone if min_peers is None else min_peers
-        path = self.root / "coordinator.toml"
-        path.write_text(f"""
-run_id = "settle"
-base_model = "{self.base}"
-data_dir = "{self.root / 'coordinator'}"
-[identity]
-key_dir = "{self.root / 'keys' / 'coordinator'}"
-[network]
-host_maddrs = ["/ip4/127.0.0.1/tcp/{self.p2p_port}"]
-maddrs_file = "{self.root / 'coordinator.maddrs'}"
-[round]
-rounds = {rounds}
-deadline_s = 90
-close_when = {everyone}
-prompts_per_node = 2
-group_sizes = [4, 16]
-max_new_tokens = [8]
-start_delay_s = 1.0
-min_peers = {min_peers}
-[aggregation]
-rule = "norm_clip"
-clip_norm = 10.0
-lr = 0.001
-[eval]
-prompts = 4
-max_new_tokens = 12
-[observability]
-port_file = "{self.root / 'coordinator.port'}"
-console = false
-[chain]
-rpc_url = "{self.anvil.rpc_url}"
-deployment_file = "{self.root / 'deployment.json'}"
-reward_per_prompt = "0.5"
-slash_amount = "7"
-""")
-        return path
+        return RoundPlan(rounds=rounds, deadline_s=90, close_when=everyone, prompts_per_node=2,
+                         min_peers=everyone if min_peers is None else min_peers, eval_prompts=4,
+                         eval_max_new_tokens=12, group_size=4, max_new_tokens=8)
 
-    def node_config(self, name: str, preset: str, compression: str) -> Path:
+    def coordinator_config(self, rounds: int, min_peers: int | None = None, overrides: dict | None = None) -> Path:
+        """`overrides` (a subclass's) over this mesh's own, table by table."""
+        ours = {"round": {"group_sizes": [4, 16]}, "chain": {"reward_per_prompt": "0.5", "slash_amount": "7"}}
+        return write_config(coordinator_config(
+            base_model=self.base, data_dir=self.root / "coordinator", key_dir=self.root / "keys" / "coordinator",
+            password_file=None, p2p_port=self.p2p_port, port_file=self.root / "coordinator.port",
+            maddrs_file=self.root / "coordinator.maddrs", plan=self.plan(rounds, min_peers), chain=self.chain,
+            run_id="settle", overrides=merge_tables(ours, overrides or {})), self.root / "coordinator.toml")
+
+    def node_config(self, name: str, preset: str, compression: str, overrides: dict | None = None) -> Path:
         maddrs = [m for m in (self.root / "coordinator.maddrs").read_text().split() if m]
-        path = self.root / f"node-{name}.toml"
-        path.write_text(f"""
-run_id = "settle"
-coordinator_peer_id = "{self.keys['coordinator'].identity.peer_id}"
-base_model = "{self.base}"
-data_dir = "{self.root / ('node-' + name)}"
-[identity]
-key_dir = "{self.root / 'keys' / name}"
-[network]
-initial_peers = {json.dumps(maddrs)}
-[strategy]
-preset = "{preset}"
-group_size = {self.group_sizes.get(name, 4)}
-max_new_tokens = 8
-overlong_buffer = 7
-dynamic_sampling = false
-[round]
-poll_s = 0.3
-sync_interval_s = 1.0
-compression = "{compression}"
-[observability]
-port_file = "{self.root / ('node-' + name + '.port')}"
-console = false
-[chain]
-rpc_url = "{self.anvil.rpc_url}"
-deployment_file = "{self.root / 'deployment.json'}"
-stake = "20"
-""")
-        return path
+        ours = {"strategy": {"group_size": self.group_sizes.get(name, 4), "overlong_buffer": 7, "dynamic_sampling": False},
+                "round": {"compression": compression}, "chain": {"stake": "20"}}
+        return write_config(node_config(
+            coordinator_peer_id=self.keys["coordinator"].identity.peer_id, bootstrap=maddrs, base_model=self.base,
+            data_dir=self.root / f"node-{name}", key_dir=self.root / "keys" / name, password_file=None,
+            strategy=preset, port_file=self.root / f"node-{name}.port", plan=self.plan(0), chain=self.chain,
+            run_id="settle", overrides=merge_tables(ours, overrides or {})), self.root / f"node-{name}.toml")
 
     def start(self, name: str, argv: list[str], extra_env: dict | None = None) -> None:
         log = open(self.root / f"{name}.log", "ab")
@@ -188,16 +138,7 @@ stake = "20"
         return code
 
     def stop_all(self) -> None:
-        for name, proc in list(self.procs.items()):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-        self.procs.clear()
+        stop_groups(self.procs)
 
     def journal(self):
         from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal

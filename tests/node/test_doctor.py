@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from tests.node.mesh_parts import anvil_ledger, closed_port
+from thinkmesh.devnet import configs
 from thinkmesh.protocol.cli.main import main
 from thinkmesh.node.config import ChainConfig, NodeConfig
 from thinkmesh.node.ops.doctor import check_device, check_disk, check_p2pd, check_ports
@@ -69,17 +70,11 @@ def test_a_cuda_device_must_exist_and_the_disk_hold_the_model(tmp_path):
     assert too_big.failed and "data_dir" in too_big.fix
 
 
-def write_config(tmp_path, body: str):
-    path = tmp_path / "node.toml"
-    path.write_text(f"""
-run_id = "doctor"
-base_model = "{tmp_path / 'model'}"
-data_dir = "{tmp_path / 'data'}"
-{body}
-[identity]
-key_dir = "{tmp_path / 'keys'}"
-""")
-    return path
+def write_config(tmp_path, **values):
+    """A node config of `values` over the doctor's minimum, written as its TOML file."""
+    config = NodeConfig(run_id="doctor", base_model=tmp_path / "model", data_dir=tmp_path / "data",
+                        identity={"key_dir": tmp_path / "keys"}, **values)
+    return configs.write_config(config, tmp_path / "node.toml")
 
 
 @pytest.mark.timeout(60)
@@ -88,7 +83,7 @@ def test_doctor_names_a_missing_p2pd_a_closed_bootstrap_port_and_a_wrong_chain_i
     keys = create_keys(tmp_path / "keys", PASSWORD, kdf="light")
     monkeypatch.setenv("THINKMESH_KEY_PASSWORD", PASSWORD)
     dead = f"/ip4/127.0.0.1/tcp/{closed_port()}/p2p/{keys.identity.peer_id}"
-    config = write_config(tmp_path, f'chain_id = 5\n[network]\ninitial_peers = ["{dead}"]')
+    config = write_config(tmp_path, chain_id=5, network={"initial_peers": [dead]})
 
     code = main(["node", "doctor", "--config", str(config), "--rpc", deployed.rpc_url, "--ledger", deployed.address,
                  "--p2pd", str(tmp_path / "missing-p2pd")])
