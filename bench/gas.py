@@ -5,6 +5,9 @@
 Prints one JSON object (last line of stdout): gas for open, settle with 1, 10 and 100 nodes, the
 marginal settle gas per node ((settle_100 - settle_10) / 90, calldata included), claim, register,
 slash, fund, and the deployments. The bar: settle's marginal gas per node under 30,000.
+`settleRoundWithDetails` publishes a round's details (kind, base model hash, pay rate, one value
+summary per strategy): `details_1_strategy` / `details_5_strategies` are what they add to a
+10-node settlement, and `settle_marginal_gas_per_node_with_details` shows the per-node cost stays.
 Figures are receipts' `gasUsed` (intrinsic + calldata + execution), deterministic for a given build.
 """
 
@@ -19,10 +22,13 @@ from thinkmesh.protocol.chain.client import LedgerClient, deploy
 from thinkmesh.protocol.chain.artifacts import LEDGER_CONTRACT, load_artifact
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
 from thinkmesh.protocol.chain.ledger import Award, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.round_details import RoundDetails, StrategyValue
 from thinkmesh.protocol.rules.merkle import MerkleTree
 
 MARGINAL_GAS_BAR = 30_000
 NODE_COUNTS = (1, 10, 100)
+DETAILED = ((1, 10), (5, 10), (5, 100))  # (strategies, nodes) of the settlements with details
+STRATEGIES = ("grpo", "dapo", "gspo", "rloo", "reinforce")
 STAKE = tokens(100)
 
 
@@ -49,16 +55,22 @@ def main() -> int:
         traces = MerkleTree.from_items([i.to_bytes(32, "big") for i in range(1, 65)])
         open_gas: list[int] = []
         settle_gas: dict[int, int] = {}
-        for round_id, count in enumerate(NODE_COUNTS, start=1):
+        detailed_gas: dict[tuple[int, int], int] = {}
+        plain = [(count, None) for count in NODE_COUNTS]
+        for round_id, (count, strategies) in enumerate(plain + [(n, k) for k, n in DETAILED], start=1):
             seed = round_id.to_bytes(32, "big")
             open_gas.append(coordinator.open_round(round_id, b"\x11" * 32, seed_commitment(seed)).gas_used)
             awards = [
                 Award(node=account.address, verified_samples=64, score=812_500, payout=tokens(3) + i)
                 for i, account in enumerate(node_accounts[:count])
             ]
-            settlement = coordinator.settle_round(round_id, seed, traces.root, awards)
+            details = None if strategies is None else round_details(strategies)
+            settlement = coordinator.settle_round(round_id, seed, traces.root, awards, details=details)
             assert settlement.tx is not None
-            settle_gas[count] = settlement.tx.gas_used
+            if details is None:
+                settle_gas[count] = settlement.tx.gas_used
+            else:
+                detailed_gas[(strategies, count)] = settlement.tx.gas_used
 
         claimer = LedgerClient.connect(chain.rpc_url, deployment, private_key=node_accounts[0].private_key)
         _, claim_tx = claimer.claim()
@@ -75,6 +87,9 @@ def main() -> int:
         "settle_100": settle_gas[100],
         "settle_marginal_gas_per_node": round(marginal),
         "settle_marginal_gas_per_node_1_to_10": round((settle_gas[10] - settle_gas[1]) / 9),
+        "details_1_strategy": detailed_gas[(1, 10)] - settle_gas[10],
+        "details_5_strategies": detailed_gas[(5, 10)] - settle_gas[10],
+        "settle_marginal_gas_per_node_with_details": round((detailed_gas[(5, 100)] - detailed_gas[(5, 10)]) / 90),
         "marginal_bar": MARGINAL_GAS_BAR,
         "marginal_under_bar": marginal < MARGINAL_GAS_BAR,
         "claim": claim_tx.gas_used,
@@ -86,6 +101,12 @@ def main() -> int:
     }
     print(json.dumps(report))
     return 0 if report["marginal_under_bar"] else 1
+
+
+def round_details(strategies: int) -> RoundDetails:
+    """An adapter round's details (a base model hash, a pay rate) with `strategies` value summaries."""
+    values = tuple(StrategyValue(name, 3, 412_500 + i, 91_000) for i, name in enumerate(STRATEGIES[:strategies]))
+    return RoundDetails(base_model_hash=b"\x22" * 32, reward_rate=tokens("0.5"), values=values)
 
 
 def chain_gas_of_deployment(client: LedgerClient, ledger_block: int) -> dict[str, int]:
