@@ -2,7 +2,7 @@
 
 Order of start: anvil (its saved state if any), the ledger (deployed or reused), identities and
 their registrations, the coordinator, N nodes with different strategies (plus one cheater if
-asked), the dashboard. Order of stop: dashboard, nodes and the nodes `devnet join` added
+asked), the dashboard (which looks serving nodes up in the devnet's DHT). Order of stop: dashboard, nodes and the nodes `devnet join` added
 together, the coordinator, anvil last (it dumps its state on SIGTERM, and that dump becomes the
 next `up`'s chain). Stopping happens on Ctrl-C, on SIGTERM (which is what `devnet down` sends),
 after `--rounds R`, or when anvil dies; in every case no child outlives this process.
@@ -192,15 +192,22 @@ def start_roles(
                    else ["devnet", "node-run", "--config", path, "--cheat", node.cheater])
     dashboard_url = None
     if with_dashboard:
-        start_role(group, layout, "dashboard", [
-            "dashboard", "--rpc", chain.rpc_url, "--ledger", deployment.ledger,
-            "--from-block", str(deployment.block_number), "--port", str(ports.dashboard),
-            "--evidence-dir", str(layout.data_dir("coordinator") / "evidence"),
-        ])  # fmt: skip
+        start_role(group, layout, "dashboard", dashboard_argv(
+            rpc_url=chain.rpc_url, deployment=deployment, port=ports.dashboard,
+            evidence_dir=layout.data_dir("coordinator") / "evidence", dht_peers=bootstrap,
+        ))  # fmt: skip
         dashboard_url = f"http://127.0.0.1:{ports.dashboard}/"
     state = replace(state, phase="running", bootstrap=tuple(bootstrap), dashboard_url=dashboard_url)
     _save(state, group, layout)
     return state
+
+
+def dashboard_argv(*, rpc_url: str, deployment, port: int, evidence_dir: Path, dht_peers: list[str]) -> list[str]:
+    """The dashboard's command line: the ledger from its deployment block, the coordinator's evidence,
+    and serving nodes looked up in the devnet's DHT through the coordinator's multiaddrs, so a
+    `thinkmesh serve --announce` on the devnet shows up (a lookup that fails leaves the page up)."""
+    return ["dashboard", "--rpc", rpc_url, "--ledger", deployment.ledger, "--from-block", str(deployment.block_number),
+            "--port", str(port), "--evidence-dir", str(evidence_dir), "--find-servers", "--initial-peers", *dht_peers]
 
 
 def register_nodes(layout: DevnetLayout, chain: DevChain, deployment, count: int, cheater: str | None) -> tuple[NodeEntry, ...]:

@@ -32,7 +32,7 @@ from thinkmesh.coordinator.dashboard.ledger_snapshot import read_snapshot
 from thinkmesh.coordinator.dashboard.ledger_view import SERVING_UNKNOWN, LedgerSnapshot, LedgerSummary, build_summary
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.hashing import keccak_256
-from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup
+from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup, UnstartedLookup
 
 STATIC_DIR = Path(__file__).with_name("static")
 EVIDENCE_NAME = re.compile(r"^0x[0-9a-f]{64}$")
@@ -107,7 +107,7 @@ class Dashboard:
     """Holds one chain client and a cached summary; `app()` builds the aiohttp application."""
 
     def __init__(self, client, evidence_dir: Path | None = None, refresh_s: float = 2.0,
-                 servers: ServerLookup | None = None) -> None:
+                 servers: ServerLookup | UnstartedLookup | None = None) -> None:
         self._client = client
         self._servers = servers
         self._evidence_dir = evidence_dir
@@ -188,7 +188,7 @@ class Dashboard:
 
 
 async def serve_dashboard(client, host: str, port: int, evidence_dir: Path | None, stop: asyncio.Event,
-                          servers: ServerLookup | None = None) -> None:
+                          servers: ServerLookup | UnstartedLookup | None = None) -> None:
     runner = web.AppRunner(Dashboard(client, evidence_dir, servers=servers).app())
     await runner.setup()
     site = web.TCPSite(runner, host, port)

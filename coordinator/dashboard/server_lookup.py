@@ -7,7 +7,9 @@ those whose signature, model hash and expiry check. A record is the server's cla
 weights, not a proof: answers are checked by their receipts (`thinkmesh verify-receipt`, `ask`).
 
 Lifecycle: `ServerLookup.start(initial_peers)` starts the DHT (its own process, with p2pd),
-`await find(model_hashes)` looks up, `shutdown()` stops it.
+`await find(model_hashes)` looks up, `shutdown()` stops it. `start_or_report` is the dashboard's:
+a DHT that does not start gives an `UnstartedLookup`, whose every lookup fails with the reason, so
+the page stays up and says why serving nodes are unknown.
 """
 
 from __future__ import annotations
@@ -51,3 +53,28 @@ class ServerLookup:
 
     def shutdown(self) -> None:
         self._dht.shutdown()
+
+
+class UnstartedLookup:
+    """A lookup whose DHT did not start: each `find` raises with the reason, which the page shows."""
+
+    description = "unknown: the DHT lookup did not start"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def find(self, model_hashes: Iterable[bytes], timeout_s: float = LOOKUP_TIMEOUT_S) -> dict[bytes, list]:
+        raise RuntimeError(f"the DHT did not start: {self.reason}")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def start_or_report(initial_peers: Sequence[str]) -> ServerLookup | UnstartedLookup:
+    """`ServerLookup.start`, or an `UnstartedLookup` naming why it failed (logged as a warning)."""
+    try:
+        return ServerLookup.start(initial_peers)
+    except Exception as exc:  # p2pd or hivemind failing in any way: the chain's figures still show
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logger.warning("dashboard: cannot join the DHT to look serving nodes up: %s", reason)
+        return UnstartedLookup(reason)

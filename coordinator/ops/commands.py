@@ -61,13 +61,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
     client = LedgerClient.connect(args.rpc, discover_deployment(args.rpc, args.ledger, from_block=args.from_block))
     servers = None
     if args.find_servers:
-        from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup
+        from thinkmesh.coordinator.dashboard.server_lookup import start_or_report
 
         peers = args.initial_peers or client.bootstrap_peers()
         if not peers:
             raise SystemExit("dashboard --find-servers: expected --initial-peers or a bootstrap list on the ledger, "
                              "found neither")
-        servers = ServerLookup.start(peers)
+        servers = start_or_report(peers)
     try:
         run_until_stopped(lambda stop: serve_dashboard(client, args.host, args.port, args.evidence_dir, stop, servers))
     finally:

@@ -218,3 +218,18 @@ def test_a_failed_lookup_leaves_serving_nodes_unknown_and_the_page_up():
     assert status == 200 and summary["rounds"]  # the chain's figures are there
     assert summary["serving"] == "unknown: the DHT lookup failed (TimeoutError)"
     assert all(v["servers"] is None for v in summary["versions"])
+
+
+def test_a_dht_that_does_not_start_leaves_the_page_up_saying_why(monkeypatch):
+    from thinkmesh.coordinator.dashboard import server_lookup
+
+    def no_p2pd(peers):
+        raise FileNotFoundError("no p2pd binary")
+
+    monkeypatch.setattr(server_lookup.ServerLookup, "start", staticmethod(no_p2pd))
+    lookup = server_lookup.start_or_report(["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWExample"])
+    status, summary = versions_served(lookup)
+    assert status == 200 and summary["rounds"]
+    assert summary["serving"] == ("unknown: the DHT lookup failed (RuntimeError: the DHT did not start: "
+                                  "FileNotFoundError: no p2pd binary)")
+    assert all(v["servers"] is None for v in summary["versions"])

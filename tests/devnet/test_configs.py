@@ -144,3 +144,16 @@ def test_a_bench_s_overrides_merge_table_by_table_and_are_validated(tmp_path):
             key_dir=tmp_path / "keys", password_file=None, strategy="dapo", port_file=tmp_path / "port", plan=PLAN,
             chain=None, overrides={"round": {"upload_timeout": 5}},
         )  # fmt: skip
+
+
+def test_the_devnets_dashboard_looks_serving_nodes_up_in_the_devnets_dht(tmp_path):
+    from thinkmesh.devnet.up import dashboard_argv
+    from thinkmesh.protocol.chain.ledger import Deployment
+    from thinkmesh.protocol.cli.main import build_parser
+
+    deployment = Deployment(chain_id=31337, ledger="0x" + "11" * 20, token="0x" + "22" * 20, block_number=3)
+    bootstrap = ["/ip4/127.0.0.1/tcp/8547/p2p/12D3KooWExample", "/ip4/10.0.0.2/tcp/8547/p2p/12D3KooWExample"]
+    args = build_parser().parse_args(dashboard_argv(rpc_url="http://127.0.0.1:8545", deployment=deployment, port=8546,
+                                                    evidence_dir=tmp_path / "evidence", dht_peers=bootstrap))
+    assert args.find_servers and args.initial_peers == bootstrap
+    assert (args.ledger, args.from_block, args.port, args.evidence_dir) == (deployment.ledger, 3, 8546, tmp_path / "evidence")
