@@ -21,6 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
@@ -101,71 +102,134 @@ def _scalars_ok(values: Any, tp: type) -> bool:
     return True
 
 
-def _check_scalar(value: Any, tp: Any, path: str) -> Any:
+def _check_scalar(value: Any, tp: Any, path: str, error: type[ProtocolError] = EncodingError) -> Any:
     if tp is bool:
         if type(value) is not bool:
-            raise EncodingError(f"{path}: expected bool, got {type(value).__name__}")
+            raise error(f"{path}: expected bool, got {type(value).__name__}")
     elif tp is int:
         if type(value) is not int:
-            raise EncodingError(f"{path}: expected int, got {type(value).__name__}")
+            raise error(f"{path}: expected int, got {type(value).__name__}")
         if not MIN_INT <= value <= MAX_INT:
-            raise EncodingError(f"{path}: integer {value} is outside the 64-bit range")
+            raise error(f"{path}: integer {value} is outside the 64-bit range")
     elif tp is float:
         if type(value) is not float:
-            raise EncodingError(f"{path}: expected float, got {type(value).__name__}")
+            raise error(f"{path}: expected float, got {type(value).__name__}")
         if not math.isfinite(value):
-            raise EncodingError(f"{path}: expected a finite float, got {value}")
+            raise error(f"{path}: expected a finite float, got {value}")
     elif tp is str:
         if type(value) is not str:
-            raise EncodingError(f"{path}: expected str, got {type(value).__name__}")
+            raise error(f"{path}: expected str, got {type(value).__name__}")
     elif tp is bytes:
         if type(value) is not bytes:
-            raise EncodingError(f"{path}: expected bytes, got {type(value).__name__}")
+            raise error(f"{path}: expected bytes, got {type(value).__name__}")
     else:
-        raise EncodingError(f"{path}: type {tp!r} cannot be encoded")
+        raise error(f"{path}: type {tp!r} cannot be encoded")
     return value
 
 
-def _from_wire(wire: Any, tp: Any, path: str) -> Any:
+class _WireForm:
+    """How a decoded msgpack body holds a record: its fields as an array, bytes as bin."""
+
+    error: type[ProtocolError] = EncodingError
+
+    def field_values(self, wire: Any, tp: type, names: list[str], path: str) -> list:
+        if type(wire) is not list:
+            raise self.error(f"{path}: expected {tp.__name__} as an array, got {_wire_name(wire)}")
+        if len(wire) != len(names):
+            raise self.error(f"{path}: {tp.__name__} has {len(names)} fields, got {len(wire)}")
+        return wire
+
+    def scalar(self, wire: Any, tp: Any, path: str) -> Any:
+        return _check_scalar(wire, tp, path, self.error)
+
+
+class _JsonForm(_WireForm):
+    """How JSON holds a record: its fields as an object by name, bytes as 0x-hex, 1 for 1.0."""
+
+    def __init__(self, error: type[ProtocolError]) -> None:
+        self.error = error
+
+    def field_values(self, wire: Any, tp: type, names: list[str], path: str) -> list:
+        if not isinstance(wire, Mapping):
+            raise self.error(f"{path}: expected an object, got {type(wire).__name__}")
+        extra = sorted(set(wire) - set(names))
+        if extra:
+            raise self.error(f"{path}: unknown field {extra[0]!r}")
+        missing = [n for n in names if n not in wire]
+        if missing:
+            raise self.error(f"{path}: missing field {missing[0]!r}")
+        return [wire[n] for n in names]
+
+    def scalar(self, wire: Any, tp: Any, path: str) -> Any:
+        if tp is bytes:
+            if not isinstance(wire, str) or not wire.startswith("0x"):
+                raise self.error(f"{path}: expected 0x-hex bytes, got {wire!r}")
+            try:
+                return bytes.fromhex(wire[2:])
+            except ValueError as exc:
+                raise self.error(f"{path}: not hex: {wire!r}") from exc
+        if tp is float and type(wire) is int:  # 0 and 0.0 are the same JSON number
+            wire = float(wire)
+        return super().scalar(wire, tp, path)
+
+
+_WIRE = _WireForm()
+
+
+def _from_wire(wire: Any, tp: Any, path: str, form: _WireForm = _WIRE) -> Any:
     origin = typing.get_origin(tp)
     if origin is Annotated:
-        base = typing.get_args(tp)[0]
-        value = _from_wire(wire, base, path)
-        _to_wire(value, tp, path)  # re-checks sizes
+        base, *meta = typing.get_args(tp)
+        value = _from_wire(wire, base, path, form)
+        for m in meta:
+            if isinstance(m, Size) and len(value) != m.n:
+                raise form.error(f"{path}: expected {m.n} bytes, got {len(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if wire is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _from_wire(wire, inner, path)
+        return _from_wire(wire, inner, path, form)
     if origin is tuple:
         (inner, _ellipsis) = typing.get_args(tp)
         if type(wire) is not list:
-            raise EncodingError(f"{path}: expected an array, got {_wire_name(wire)}")
+            raise form.error(f"{path}: expected an array, got {_wire_name(wire)}")
         if inner in _SCALARS and _scalars_ok(wire, inner):
             return tuple(wire)
-        return tuple(_from_wire(v, inner, f"{path}[{i}]") for i, v in enumerate(wire))
+        return tuple(_from_wire(v, inner, f"{path}[{i}]", form) for i, v in enumerate(wire))
     if dataclasses.is_dataclass(tp):
         fields = _field_types(tp)
-        if type(wire) is not list:
-            raise EncodingError(f"{path}: expected {tp.__name__} as an array, got {_wire_name(wire)}")
-        if len(wire) != len(fields):
-            raise EncodingError(
-                f"{path}: {tp.__name__} has {len(fields)} fields, got {len(wire)}"
-            )
-        kwargs = {n: _from_wire(w, t, f"{path}.{n}") for (n, t), w in zip(fields, wire)}
+        values = form.field_values(wire, tp, [n for n, _ in fields], path)
+        kwargs = {n: _from_wire(w, t, f"{path}.{n}", form) for (n, t), w in zip(fields, values)}
         try:
             return tp(**kwargs)
         except ProtocolError as exc:
-            raise EncodingError(f"{path}: {exc}") from exc
+            raise form.error(f"{path}: {exc}") from exc
         except (TypeError, ValueError) as exc:
-            raise EncodingError(f"{path}: invalid {tp.__name__}: {exc}") from exc
-    return _check_scalar(wire, tp, path)
+            raise form.error(f"{path}: invalid {tp.__name__}: {exc}") from exc
+    return form.scalar(wire, tp, path)
 
 
 def _wire_name(wire: Any) -> str:
     return {list: "array", dict: "map", bytes: "bin", str: "str"}.get(type(wire), type(wire).__name__)
+
+
+def record_to_json(record: Any) -> Any:
+    """A record as JSON-ready values: fields as an object, bytes as 0x-hex, tuples as lists."""
+    if dataclasses.is_dataclass(record):
+        return {f.name: record_to_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, bytes):
+        return "0x" + record.hex()
+    if isinstance(record, tuple):
+        return [record_to_json(v) for v in record]
+    return record
+
+
+def record_from_json(doc: Any, expected: type[T], error: type[ProtocolError] = EncodingError) -> T:
+    """The inverse of `record_to_json`, as strict as the msgpack decoder (the same walk over the
+    record's types): `error` names the field path that does not map and what came there."""
+    return _from_wire(doc, expected, expected.__name__, _JsonForm(error))
 
 
 def _pack(obj: Any) -> bytes:

@@ -42,16 +42,16 @@ Pure: no I/O, no clock (a caller passes `created_ms`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from thinkmesh.protocol.rules.encoding import Hash32, Message, PublicKey32, Signature64
+from thinkmesh.protocol.rules.encoding import (
+    Hash32, Message, PublicKey32, Signature64, record_from_json, record_to_json,
+)
 from thinkmesh.protocol.rules.errors import EncodingError, ProtocolError, SignatureError
 from thinkmesh.protocol.rules.identity import NodeIdentity
 from thinkmesh.protocol.rules.messages import EMPTY_SIGNATURE, KiB, MiB, sign_message, verify_message
@@ -225,62 +225,13 @@ def check_announcement(announcement: ServerAnnouncement, *, model_hash: bytes, n
 
 # ---- JSON form -----------------------------------------------------------------------------
 def receipt_to_json(record: Any) -> Any:
-    """A record as JSON-ready values: fields as an object, bytes as 0x-hex, tuples as lists."""
-    if dataclasses.is_dataclass(record):
-        return {f.name: receipt_to_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
-    if isinstance(record, bytes):
-        return "0x" + record.hex()
-    if isinstance(record, tuple):
-        return [receipt_to_json(v) for v in record]
-    return record
+    """A receipt (or any record of this module) as JSON-ready values: encoding.py's `record_to_json`."""
+    return record_to_json(record)
 
 
 def receipt_from_json(doc: Any, cls: type = InferenceReceipt) -> Any:
     """The inverse of `receipt_to_json`: ReceiptError names the field that does not map."""
-    return _from_json(doc, cls, cls.__name__)
-
-
-def _from_json(doc: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _from_json(doc, typing.get_args(tp)[0], path)
-    if origin in (typing.Union, __import__("types").UnionType):
-        if doc is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _from_json(doc, inner, path)
-    if origin is tuple:
-        if not isinstance(doc, list):
-            raise ReceiptError(f"{path}: expected a list, got {type(doc).__name__}")
-        inner = typing.get_args(tp)[0]
-        return tuple(_from_json(v, inner, f"{path}[{i}]") for i, v in enumerate(doc))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(doc, Mapping):
-            raise ReceiptError(f"{path}: expected an object, got {type(doc).__name__}")
-        hints = typing.get_type_hints(tp, include_extras=True)
-        names = [f.name for f in dataclasses.fields(tp)]
-        extra = sorted(set(doc) - set(names))
-        if extra:
-            raise ReceiptError(f"{path}: unknown field {extra[0]!r}")
-        missing = [n for n in names if n not in doc]
-        if missing:
-            raise ReceiptError(f"{path}: missing field {missing[0]!r}")
-        try:
-            return tp(**{n: _from_json(doc[n], hints[n], f"{path}.{n}") for n in names})
-        except ProtocolError as exc:
-            raise ReceiptError(f"{path}: {exc}") from exc
-    if tp is bytes:
-        if not isinstance(doc, str) or not doc.startswith("0x"):
-            raise ReceiptError(f"{path}: expected 0x-hex bytes, got {doc!r}")
-        try:
-            return bytes.fromhex(doc[2:])
-        except ValueError as exc:
-            raise ReceiptError(f"{path}: not hex: {doc!r}") from exc
-    if tp is float and type(doc) is int:  # 0 and 0.0 are the same JSON number
-        return float(doc)
-    if type(doc) is not tp:
-        raise ReceiptError(f"{path}: expected {tp.__name__}, got {type(doc).__name__}")
-    return doc
+    return record_from_json(doc, cls, ReceiptError)
 
 
 # ---- re-check ------------------------------------------------------------------------------
