@@ -9,30 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from thinkmesh.protocol.runtime.config_files import load_config
+from thinkmesh.protocol.runtime.config_files import ConfigSection, IdentityConfig, load_config
 from thinkmesh.protocol.rules.errors import EncodingError
 from thinkmesh.protocol.rules.messages import COMPRESSIONS, MiB, RoundTerms
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IdentityConfig(_Section):
-    key_dir: Path
-    password_file: Path | None = None  # else THINKMESH_KEY_PASSWORD
-
-
-class NetworkConfig(_Section):
+class NetworkConfig(ConfigSection):
     host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
     announce_maddrs: list[str] = []
     initial_peers: list[str] = []
     maddrs_file: Path | None = None  # where to write the visible multiaddrs, one per line
 
 
-class RoundConfig(_Section):
+class RoundConfig(ConfigSection):
     rounds: int = Field(3, ge=0)  # training rounds to run; 0 runs forever
     deadline_s: float = Field(60.0, gt=0)
     # Close before the deadline once every node expected in the round arrived (round_close.py) and at
@@ -76,13 +67,13 @@ class RoundConfig(_Section):
         return self
 
 
-class IntakeConfig(_Section):
+class IntakeConfig(ConfigSection):
     max_contribution_bytes: int = Field(64 * MiB, gt=0)
     allowed_nodes: list[str] = []  # PeerIDs; empty admits every well-signed node
     compressions: list[Literal["none", "fp16", "uniform8", "blockwise8"]] = list(COMPRESSIONS)
 
 
-class AggregationConfig(_Section):
+class AggregationConfig(ConfigSection):
     rule: Literal["mean", "norm_clip", "centered_clip"] = "mean"
     clip_norm: float = Field(1.0, gt=0)  # for norm_clip and centered_clip
     centered_clip_iters: int = Field(3, ge=1)
@@ -92,7 +83,7 @@ class AggregationConfig(_Section):
     max_grad_norm: float = Field(0.0, ge=0)  # clip of the aggregate before the step; 0 = off
 
 
-class AdapterConfig(_Section):
+class AdapterConfig(ConfigSection):
     """Adapter rounds (protocol/rules/adapters.py): `base_model` stays frozen, pinned by its hash, and a
     LoRA adapter is what rounds train, verify and sync. Without this section rounds move the whole
     model (fine for small models; a node refuses a round whose gradient would not fit the wire)."""
@@ -103,7 +94,7 @@ class AdapterConfig(_Section):
     seed: int = Field(0, ge=0)  # the LoRA A initialisation of version 0 (B starts at zero)
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     prompts: int = Field(8, ge=0)  # 0 disables the held-out evaluation
     max_new_tokens: int = Field(32, ge=1)
     seed: str = "thinkmesh-heldout"
@@ -117,7 +108,7 @@ class EvalConfig(_Section):
     value_max_contributions: int = Field(16, ge=1)
 
 
-class ChainConfig(_Section):
+class ChainConfig(ConfigSection):
     """Settlement on an EVM chain. The coordinator's EVM key is its keystore's (`identity.key_dir`)
     unless `private_key_env` names an environment variable holding a 0x-hex key. Token amounts are
     decimal strings of whole tokens (e.g. "0.05")."""
@@ -134,7 +125,7 @@ class ChainConfig(_Section):
     publish_bootstrap: bool = True  # keep this coordinator's multiaddrs in the ledger's bootstrap list
 
 
-class VerificationConfig(_Section):
+class VerificationConfig(ConfigSection):
     """Re-scoring of every contribution (docs/verification.md). Runs whenever `[chain]` is set;
     `enabled = true` turns it on for a mesh without a chain (no registry, nothing paid)."""
 
@@ -145,14 +136,14 @@ class VerificationConfig(_Section):
     probe_tensors: int = Field(1, ge=1)  # the final norm: a whole-gradient fake shows there; partial fakes are the full audit's
 
 
-class ObservabilityConfig(_Section):
+class ObservabilityConfig(ConfigSection):
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)  # 0 picks a free port (written to port_file)
     port_file: Path | None = None
     console: bool = True
 
 
-class CoordinatorConfig(_Section):
+class CoordinatorConfig(ConfigSection):
     chain_id: int = 31337
     run_id: str = "devnet"
     base_model: Path  # a causal-LM directory: version 0 of the model

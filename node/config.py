@@ -9,22 +9,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from thinkmesh.protocol.runtime.config_files import load_config
+from thinkmesh.protocol.runtime.config_files import ConfigSection, IdentityConfig, load_config
 from thinkmesh.protocol.rules.strategies import StrategySpec, strategy_from_name, validate_strategy
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IdentityConfig(_Section):
-    key_dir: Path
-    password_file: Path | None = None  # else THINKMESH_KEY_PASSWORD
-
-
-class NetworkConfig(_Section):
+class NetworkConfig(ConfigSection):
     # The coordinator's multiaddrs (bootstrap); empty: read from the ledger of `[chain]` (node/work/bootstrap.py)
     initial_peers: list[str] = []
     host_maddrs: list[str] = ["/ip4/127.0.0.1/tcp/0"]
@@ -33,7 +24,7 @@ class NetworkConfig(_Section):
     use_auto_relay: bool = False  # find a libp2p relay to become reachable behind NAT
 
 
-class StrategyConfig(_Section):
+class StrategyConfig(ConfigSection):
     preset: str = "grpo"
     group_size: int | None = None
     max_new_tokens: int | None = None
@@ -56,7 +47,7 @@ class StrategyConfig(_Section):
         return validate_strategy(spec)
 
 
-class RoundConfig(_Section):
+class RoundConfig(ConfigSection):
     poll_s: float = Field(1.0, gt=0)  # how often to read the announcement from the DHT
     sync_interval_s: float = Field(10.0, gt=0)  # how often an idle node checks the coordinator's head
     # blockwise8: the same bytes as uniform8 (a quarter of fp32) at ~1.3% per-tensor error where
@@ -68,7 +59,7 @@ class RoundConfig(_Section):
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
 
-class ChainConfig(_Section):
+class ChainConfig(ConfigSection):
     """The ledger this node is paid on. The node registers itself (signing with its keystore's EVM
     key) unless it already is; `stake` is a decimal string of whole tokens."""
 
@@ -80,7 +71,7 @@ class ChainConfig(_Section):
     endpoint: str = ""  # published with the registration (a multiaddr or URL)
 
 
-class MemoryConfig(_Section):
+class MemoryConfig(ConfigSection):
     """Batch sizes in sequences (0: planned from the model and free memory on the first round, see
     node/model/memory_fit.py); an out-of-memory error halves them either way."""
 
@@ -90,14 +81,14 @@ class MemoryConfig(_Section):
     cpu_cap_mb: int = Field(0, ge=0)  # on CPU, plan within min(MemAvailable, this); 0: no cap
 
 
-class ObservabilityConfig(_Section):
+class ObservabilityConfig(ConfigSection):
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)
     port_file: Path | None = None
     console: bool = True
 
 
-class NodeConfig(_Section):
+class NodeConfig(ConfigSection):
     chain_id: int = 31337
     run_id: str = "devnet"
     # `12D3KooW...`: whose announcements and models to trust; unset: the first ledger bootstrap peer that answers

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from thinkmesh.protocol.rules.errors import ProtocolError
 
@@ -24,6 +24,19 @@ ENV_PREFIX = "THINKMESH_"
 ENV_SEPARATOR = "__"
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class ConfigSection(BaseModel):
+    """A table of a role's config: unknown keys are errors, and a loaded config does not change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(ConfigSection):
+    """`[identity]`, the same for every role: the keystore directory and how its password is given."""
+
+    key_dir: Path
+    password_file: Path | None = None  # else THINKMESH_KEY_PASSWORD
 
 
 class ConfigError(ProtocolError):
