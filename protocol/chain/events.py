@@ -58,11 +58,7 @@ class LedgerEvents:
         self, *, round_id: int | None = None, node: str | None = None, from_block: int | None = None
     ) -> list[Compensation]:
         """`NodeCompensated` events, filtered by round and/or node."""
-        filters: dict[str, Any] = {}
-        if round_id is not None:
-            filters["roundId"] = round_id
-        if node is not None:
-            filters["node"] = checksum_address(node)
+        filters = _filters(round_id=round_id, node=node)
         return [
             Compensation(
                 round_id=args["roundId"],
@@ -80,11 +76,7 @@ class LedgerEvents:
         self, *, round_id: int | None = None, node: str | None = None, from_block: int | None = None
     ) -> list[SlashRecord]:
         """`NodeSlashed` events, filtered by round and/or node."""
-        filters: dict[str, Any] = {}
-        if round_id is not None:
-            filters["roundId"] = round_id
-        if node is not None:
-            filters["node"] = checksum_address(node)
+        filters = _filters(round_id=round_id, node=node)
         return [
             SlashRecord(
                 round_id=args["roundId"],
@@ -101,7 +93,7 @@ class LedgerEvents:
 
     def settlements(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundSettlementRecord]:
         """`RoundSettled` events."""
-        filters = {"roundId": round_id} if round_id is not None else {}
+        filters = _filters(round_id=round_id)
         return [
             RoundSettlementRecord(
                 round_id=args["roundId"],
@@ -119,7 +111,7 @@ class LedgerEvents:
 
     def round_openings(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundOpening]:
         """`RoundOpened` events: every round the coordinator opened, with its model and seed commitment."""
-        filters = {"roundId": round_id} if round_id is not None else {}
+        filters = _filters(round_id=round_id)
         return [
             RoundOpening(
                 round_id=args["roundId"],
@@ -133,7 +125,7 @@ class LedgerEvents:
 
     def round_metrics(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundMetricsRecord]:
         """`RoundMetrics` events (one per settled round), fixed-point figures as floats."""
-        filters = {"roundId": round_id} if round_id is not None else {}
+        filters = _filters(round_id=round_id)
         return [
             RoundMetricsRecord(
                 round_id=args["roundId"],
@@ -149,7 +141,7 @@ class LedgerEvents:
 
     def round_details(self, *, round_id: int | None = None, from_block: int | None = None) -> list[RoundDetailsRecord]:
         """`RoundDescribed` events (rounds settled with `settleRoundWithDetails`): kind, base model, pay rate."""
-        filters = {"roundId": round_id} if round_id is not None else {}
+        filters = _filters(round_id=round_id)
         return [
             RoundDetailsRecord(
                 round_id=args["roundId"],
@@ -166,7 +158,7 @@ class LedgerEvents:
         self, *, round_id: int | None = None, from_block: int | None = None
     ) -> list[StrategyValueRecord]:
         """`StrategyValueRecorded` events: each round's contribution values per strategy, as floats."""
-        filters = {"roundId": round_id} if round_id is not None else {}
+        filters = _filters(round_id=round_id)
         return [
             StrategyValueRecord(
                 round_id=args["roundId"],
@@ -182,7 +174,7 @@ class LedgerEvents:
 
     def claims(self, *, node: str | None = None, from_block: int | None = None) -> list[ClaimRecord]:
         """`RewardClaimed` events, optionally of one node."""
-        filters = {"node": checksum_address(node)} if node is not None else {}
+        filters = _filters(node=node)
         return [
             ClaimRecord(
                 node=to_checksum_address(args["node"]),
@@ -238,3 +230,13 @@ class LedgerEvents:
             start = end + 1
         ordered = sorted(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))
         return [(log["args"], log["blockNumber"], bytes(log["transactionHash"])) for log in ordered]
+
+
+def _filters(*, round_id: int | None = None, node: str | None = None) -> dict[str, Any]:
+    """An event query's indexed-argument filters: the round and/or the node (checksummed), where given."""
+    filters: dict[str, Any] = {}
+    if round_id is not None:
+        filters["roundId"] = round_id
+    if node is not None:
+        filters["node"] = checksum_address(node)
+    return filters
