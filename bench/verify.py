@@ -15,6 +15,14 @@ check, the planned audit, the evidence file and the accepted-contribution archiv
 split into phases (`produce_breakdown_s`, `verify_breakdown_s`: mean seconds per contribution)
 by timing the pipeline's own functions where they are looked up, so the code measured is the
 code that runs. The accuracy part is `bench/verify_accuracy.py`. Prints one JSON object last.
+
+`cost_ratio_at_policy_rates` weights each audit level's mean cost by the policy's rates; the full
+level's mean includes a full audit of every `--full-every`-th contribution, since a low
+`full_gradient_rate` draws too few for a mean. `probe_weights_ab` times the policy's weighted
+probe against the same with other floors (`--ab-floors`; 1 is the uniform draw over all
+parameters) on the same contributions, in rotating order, at the old and the current full audit
+rate. `partial_gradient_weight_aware` measures a cheater who knows the weights
+(the window's tensors honest, the rest over half the samples) against the predicted detection.
 """
 
 from __future__ import annotations
@@ -45,13 +53,15 @@ from thinkmesh.coordinator.work.verifier import ContributionArchive, Contributio
 from thinkmesh.devnet.cheats import CHEAT_MODES, CheatInputs, apply_cheat, honest_contribution  # noqa: E402
 from thinkmesh.node.model.tiny_model import TinyModelSpec, qwen2_config  # noqa: E402
 from thinkmesh.node.model.tokenizer import build_tokenizer, vocabulary  # noqa: E402
-from thinkmesh.protocol.rules.audit import AuditPolicy, rescore_logprobs  # noqa: E402
+from thinkmesh.protocol.rules.audit import AuditPolicy, probe_weights, probe_window_overlap, rescore_logprobs  # noqa: E402
 from thinkmesh.protocol.rules.sampling import SAMPLING_TOLERANCE_BF16, SAMPLING_TOLERANCE_FP32  # noqa: E402
-from thinkmesh.protocol.rules.audit_economics import detection_probability  # noqa: E402
+from thinkmesh.protocol.rules.audit_economics import detection_probability, minimum_probe_floor  # noqa: E402
 from thinkmesh.protocol.rules.gradient_codec import decode_gradient  # noqa: E402
 from thinkmesh.protocol.rules.identity import NodeIdentity  # noqa: E402
 from thinkmesh.protocol.rules.strategies import strategy_from_name  # noqa: E402
 from thinkmesh.protocol.rules.verification import (  # noqa: E402
+from thinkmesh.coordinator.config import ChainConfig, RoundConfig  # noqa: E402
+from thinkmesh.protocol.rules.adapters import trainable_named_parameters  # noqa: E402
     VerificationContext,
     verify_contribution,
     with_seen,
@@ -163,6 +173,9 @@ def main() -> None:
     parser.add_argument("--honest", type=int, default=200)
     parser.add_argument("--cheats", type=int, default=50)
     parser.add_argument("--partial-trials", type=int, default=60)
+    parser.add_argument("--full-every", type=int, default=4, help="also fully audit every n-th honest contribution (timing)")
+    parser.add_argument("--ab-floors", type=lambda text: [float(x) for x in text.split(",") if x], default=[1.0, 0.2],
+                        help="probe floors timed against the policy's on the same contributions (1: uniform)")
     parser.add_argument("--bf16-nodes", type=int, default=24, help="honest contributions sampled by a bfloat16 copy")
     parser.add_argument("--max-new-tokens", type=int, default=STRATEGY.max_new_tokens)
     parser.add_argument("--template", default="r1-compact", choices=("r1", "r1-compact"))
@@ -199,7 +212,17 @@ def main() -> None:
 
     verifier = make_verifier("main", policy)
     cheap = make_verifier("cheap", AuditPolicy(probe_rate=0.1, full_gradient_rate=0.05))
-    for item in (verifier, cheap):
+    # A/B of the probe's weights on the same contributions: the policy's weighted draw against other
+    # floors (1: uniform over all parameters), everything else equal, verified in rotating order.
+    arms = {"weighted": (policy, verifier)}
+    for floor in args.ab_floors:
+        label = "uniform" if floor == 1.0 else f"floor_{floor}"
+        arms[label] = (dataclasses.replace(policy, probe_floor=floor), make_verifier(label, dataclasses.replace(
+            policy, probe_floor=floor)))
+    # At a low full_gradient_rate the plan draws a handful of full audits (200 x 0.01: 2 +- 1.4), too few
+    # for a mean: a verifier that fully audits every `--full-every`-th contribution times that level.
+    full_only = make_verifier("full", dataclasses.replace(policy, full_gradient_rate=1.0))
+    for item in (cheap, full_only, *(v for _, v in arms.values())):
         item.open_round(current.round_id)
     # Warm-up, untimed: first-use imports (torch kernels, the codec) and
     # allocator growth happen once per process on either side, not once per round.
@@ -208,12 +231,27 @@ def main() -> None:
         verify_contribution(current, honest_contribution(model, tokenizer, current, warm, strategy, compression), model,
                             tokenizer, dataclasses.replace(context, registered_nodes=None))
     produce_clock, verify_clock = PhaseClock(PRODUCE_PHASES), PhaseClock(VERIFY_PHASES)
-    honest, produce_s, verify_s, cheap_s, false_positives = [], [], [], [], []
+    honest, produce_s, verify_s, cheap_s, full_s, false_positives = [], [], [], [], [], []
     levels: dict[str, list[float]] = defaultdict(list)
+    arm_levels: dict[str, dict[str, list[float]]] = {label: defaultdict(list) for label in arms if label != "weighted"}
+    arm_levels["weighted"] = levels
     for index, node in enumerate(nodes):
         contribution, produced = produce_clock.run(
             honest_contribution, model, tokenizer, current, node, strategy, COMPRESSIONS[index % 4])
-        outcome, verified = verify_clock.run(verifier.verify, current, contribution)
+        labels = list(arms)
+        for label in labels[index % len(labels):] + labels[: index % len(labels)]:
+            if label == "weighted":
+                outcome, verified = verify_clock.run(verifier.verify, current, contribution)
+                continue
+            arm_outcome = arms[label][1].verify(current, contribution)
+            arm_levels[label][arm_outcome.report.gradient_audit].append(arm_outcome.seconds)
+            if not arm_outcome.accepted:
+                false_positives.append({"node": index, "reason": arm_outcome.report.reason, "policy": label})
+        if index % args.full_every == 0:
+            full_outcome = full_only.verify(current, contribution)
+            full_s.append(full_outcome.seconds)
+            if not full_outcome.accepted:
+                false_positives.append({"node": index, "reason": full_outcome.report.reason, "policy": "full"})
         cheap_outcome = cheap.verify(current, contribution)
         cheap_s.append(cheap_outcome.seconds)
         if not cheap_outcome.accepted:
@@ -255,6 +293,36 @@ def main() -> None:
         cheat = apply_cheat("made-up-logprobs", inputs)
         partial_caught += not verify_contribution(current, cheat, model, tokenizer, blind).accepted
 
+    # A cheater who knows the probe's weights: the tensors the window holds (the ones drawn most
+    # often, and the cheapest to compute) over all samples, the rest over half of them. Caught with
+    # q + (1 - q) * W(faked tensors) per contribution, which is below 99% by design: what deters it is
+    # money (docs/verification.md, "The probe"), checked here at the default stake and pay.
+    trainable = trainable_named_parameters(model)
+    names, sizes = [name for name, _ in trainable], [p.numel() for _, p in trainable]
+    windowed = tuple(name for name, m in zip(names, probe_window_overlap(sizes, policy.probe_window)) if m)
+    stake, payout = float(ChainConfig.model_fields["slash_amount"].default), float(
+        ChainConfig.model_fields["reward_per_prompt"].default) * RoundConfig.model_fields["prompts_per_node"].default
+    weight_aware = {"honest_tensors": list(windowed), "trials": args.partial_trials}
+    for label, (audit, _) in arms.items():
+        weights = probe_weights(sizes, audit.probe_floor, audit.probe_window)
+        faked_weight = sum(w for name, w in zip(names, weights) if name not in windowed) / sum(weights)
+        checked, outcomes = dataclasses.replace(context, policy=audit), defaultdict(int)
+        for i in range(args.partial_trials):
+            cheat = apply_cheat("partial-gradient", CheatInputs(current, nodes[i], honest[i], model, tokenizer,
+                                                                 honest_tensors=windowed))
+            report = verify_contribution(current, cheat, model, tokenizer, checked)
+            outcomes[f"{report.gradient_audit}: {report.reason}"] += 1
+        caught = sum(count for outcome, count in outcomes.items() if not outcome.endswith(": ok"))
+        q = audit.full_gradient_rate
+        weight_aware[label] = {"measured": round(caught / args.partial_trials, 3),
+                               "predicted": round(q + (1 - q) * audit.probe_rate * faked_weight, 3),
+                               "outcomes": dict(sorted(outcomes.items()))}
+    weight_aware["default_stake_and_payout"] = {"slash": stake, "payout_at_most": payout}
+    weight_aware["break_even_detection_if_it_saved_the_whole_payout"] = round(payout / (payout + stake), 4)
+    weight_aware["minimum_probe_floor"] = round(minimum_probe_floor(stake, payout, policy.full_gradient_rate,
+                                                                    policy.probe_rate), 4)
+    weight_aware["minimum_probe_floor_without_full_audit"] = round(minimum_probe_floor(stake, payout), 4)
+
     # The sampling proof's honest mismatch: fp32 node vs fp32 verifier (kernel order only), and a
     # bfloat16 node (what a GPU node runs) against the float32 verifier, on this CPU.
     sampling_fp32 = draw_gap_rates(honest, current, model, tokenizer)
@@ -266,20 +334,41 @@ def main() -> None:
     accuracy = (accuracy_with_and_without_cheater(args.accuracy_rounds, args.accuracy_heldout, trials=args.accuracy_trials)
                 if args.accuracy_rounds > 0 else {"accuracy_all_honest": None, "accuracy_with_cheater": None})
     n = len(honest[0].samples)
+    produce_mean = statistics.fmean(produce_s)
+
     # The plan's draws give each level its share only on average (200 contributions: full ~20 +- 4):
     # the same means weighted by the policy's own rates, so a lucky draw cannot flatter the ratio.
-    shares = {"full": policy.full_gradient_rate, "probe": (1 - policy.full_gradient_rate) * policy.probe_rate}
-    shares["none"] = 1 - shares["full"] - shares["probe"]
-    nominal = (sum(share * statistics.fmean(levels[level]) for level, share in shares.items() if share > 0)
-               if all(levels.get(level) for level, share in shares.items() if share > 0) else None)
+    # The full level's mean pools the plan's own full audits with the dedicated ones.
+    def at_rates(by_level, audit: AuditPolicy, full_rate: float | None = None) -> float | None:
+        full = audit.full_gradient_rate if full_rate is None else full_rate
+        shares = {"full": full, "probe": (1 - full) * audit.probe_rate}
+        shares["none"] = 1 - shares["full"] - shares["probe"]
+        by_level = {**by_level, "full": by_level.get("full", []) + full_s}
+        if not all(by_level.get(level) for level, share in shares.items() if share > 0):
+            return None
+        return sum(share * statistics.fmean(by_level[level]) for level, share in shares.items() if share > 0)
+
+    nominal = at_rates(levels, policy)
+    probe_ab = {}
+    for label, (audit, _) in arms.items():
+        by_level = arm_levels[label]
+        row = {f"{level}_s": {"contributions": len(times), "mean": round(statistics.fmean(times), 4)}
+               for level, times in sorted(by_level.items())}
+        for rate in sorted({0.1, policy.full_gradient_rate}):
+            cost = at_rates(by_level, audit, rate)
+            row[f"cost_ratio_at_full_rate_{rate}"] = round(cost / produce_mean, 4) if cost else None
+        probe_ab[label] = {"probe_floor": audit.probe_floor, "probe_window": audit.probe_window, **row}
     print(json.dumps({
         "cost_ratio": round(statistics.fmean(verify_s) / statistics.fmean(produce_s), 4),
-        "cost_ratio_at_policy_rates": round(nominal / statistics.fmean(produce_s), 4) if nominal else None,
+        "cost_ratio_at_policy_rates": round(nominal / produce_mean, 4) if nominal else None,
+        "probe_weights_ab": probe_ab,
         "verify_s_mean": round(statistics.fmean(verify_s), 4),
         "verify_breakdown_s": verify_clock.per_call(),
         "produce_breakdown_s": produce_clock.per_call(),
         "verify_s_by_audit_level": {level: {"contributions": len(times), "mean_s": round(statistics.fmean(times), 4)}
                                     for level, times in sorted(levels.items())},
+        "verify_s_full_audit_of_every_nth": {"every": args.full_every, "contributions": len(full_s),
+                                             "mean_s": round(statistics.fmean(full_s), 4) if full_s else None},
         "cost_ratio_cheap_policy": round(statistics.fmean(cheap_s) / statistics.fmean(produce_s), 4),
         "cheap_policy": "probe_rate 0.1, full_gradient_rate 0.05: gradient cheats caught with p ~0.15 per contribution",
         "produce_s_mean": round(statistics.fmean(produce_s), 4),
@@ -297,6 +386,7 @@ def main() -> None:
             "measured": round(partial_caught / args.partial_trials, 3),
             "predicted": round(detection_probability(n, strategy.group_size, 2), 3),
         },
+        "partial_gradient_weight_aware": weight_aware,
         **accuracy,
         "policy": dataclasses.asdict(policy),
         "setup": {"model_params": sum(p.numel() for p in model.parameters()), "samples_per_contribution": n,

@@ -132,8 +132,10 @@ class VerificationConfig(ConfigSection):
     enabled: bool = False
     logprob_samples: int = Field(8, ge=1)
     probe_rate: float = Field(1.0, ge=0, le=1)
-    full_gradient_rate: float = Field(0.1, ge=0, le=1)
-    probe_tensors: int = Field(1, ge=1)  # the final norm: a whole-gradient fake shows there; partial fakes are the full audit's
+    full_gradient_rate: float = Field(0.01, ge=0, le=1)  # the probe deters partial fakes; this sees every tensor at once
+    probe_tensors: int = Field(1, ge=1)  # drawn after the deadline (protocol/rules/audit.py probe_weights)
+    probe_floor: float = Field(0.1, gt=0, le=1)  # share of probe draws uniform over all parameters: deters partial fakes
+    probe_window: float = Field(0.1, gt=0, le=1)  # the rest: uniform over this last share of them (cheap to reach)
 
 
 class ObservabilityConfig(ConfigSection):

@@ -19,8 +19,8 @@ gradient agree. Every cheap check therefore passes; what catches each mode is a 
                       round's logprobs                           -> sampling-mismatch
     crafted-samples   one reference answer and bare EOS per group, never sampled, with
                       their true logprobs and gradient           -> sampling-mismatch
-    partial-gradient  the gradient of half the prompt groups, except the tensors a fixed probe
-                      would look at (the trailing ones), computed in full -> gradient-mismatch
+    partial-gradient  the gradient of half the prompt groups, except the tensor a fixed probe
+                      would look at (the trailing one), computed in full -> gradient-mismatch
 
 `fraction` (where it applies) is the share of prompt groups that are cheated, whole groups at a
 time so the prompt set stays well formed. A cheat that changes nothing (`changes_nothing`: say,
@@ -80,6 +80,7 @@ class CheatInputs:
     seed: int = 0
     temperature: float = OFF_POLICY_TEMPERATURE  # off-policy: what it really samples at
     top_p: float | None = None  # off-policy: its real top_p (None: the declared one)
+    honest_tensors: tuple[str, ...] = ()  # partial-gradient: computed over all samples (empty: the trailing one)
 
 
 
@@ -98,7 +99,7 @@ def _cheated_groups(contribution: Contribution, fraction: float) -> set[int]:
 def _consistent_gradient(inputs: CheatInputs, samples: tuple[Sample, ...], model) -> dict[str, torch.Tensor]:
     """The gradient the cheated samples imply, so the cheater's gradient agrees with its claims."""
     prompts = prompt_ids_for(inputs.announcement, inputs.identity.public_key, inputs.tokenizer)
-    names = audited_parameter_names(model, "full", 1)
+    names = audited_parameter_names(model, "full")
     pad = inputs.tokenizer.pad_token_id or 0
     return recompute_gradient(model, prompts, samples, [s.rewards for s in samples], inputs.honest.strategy,
                               names, pad).gradients
@@ -217,17 +218,24 @@ def crafted_samples(inputs: CheatInputs) -> Contribution:
 
 def partial_gradient(inputs: CheatInputs, shapes: dict[str, tuple[int, ...]]) -> Contribution:
     """The gradient of the first half of the prompt groups only (half the backward saved), except
-    the model's trailing tensor, which a probe fixed in advance would check, computed over all."""
+    the model's trailing tensor, which a probe fixed in advance would check, computed over all; with
+    `inputs.honest_tensors`, those instead (say, the tensors a weighted probe draws most often)."""
     strategy, samples = inputs.honest.strategy, inputs.honest.samples
     kept = samples[: max(1, len(samples) // strategy.group_size // 2) * strategy.group_size]
     prompts = prompt_ids_for(inputs.announcement, inputs.identity.public_key, inputs.tokenizer)
-    names = audited_parameter_names(inputs.model, "full", 1)
+    names = audited_parameter_names(inputs.model, "full")
     half = recompute_gradient(inputs.model, prompts, kept, [s.rewards for s in kept], strategy, names,
                               inputs.tokenizer.pad_token_id or 0).gradients
-    honest = _decoded(inputs.honest, shapes)
-    trailing = names[-1]
-    gradient = {name: honest[name] if name == trailing else half[name] for name in names}
-    return resign(inputs.honest, inputs.identity, gradient=encode_gradient(gradient, inputs.honest.gradient.compression))
+    kept_honest = set(inputs.honest_tensors or names[-1:])
+    unknown = kept_honest - set(shapes)
+    if unknown:
+        raise CheatError(f"partial-gradient: the model has no tensors {sorted(unknown)[:3]}")
+    # The honest tensors keep the honest encoded bytes: an 8-bit code decoded and encoded again
+    # is not always the same code, and a competent cheater splices blobs (each tensor is encoded alone).
+    faked = encode_gradient({name: half[name] for name in names}, inputs.honest.gradient.compression)
+    honest = {blob.name: blob for blob in inputs.honest.gradient.tensors}
+    blobs = tuple(honest[blob.name] if blob.name in kept_honest else blob for blob in faked.tensors)
+    return resign(inputs.honest, inputs.identity, gradient=dataclasses.replace(faked, tensors=blobs))
 
 
 def copy_peer(inputs: CheatInputs) -> Contribution:

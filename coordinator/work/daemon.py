@@ -401,7 +401,8 @@ class Coordinator:
         cfg = self.config
         ver = cfg.verification
         policy = AuditPolicy(logprob_samples=ver.logprob_samples, probe_rate=float(ver.probe_rate),
-                             full_gradient_rate=float(ver.full_gradient_rate), probe_tensors=ver.probe_tensors)
+                             full_gradient_rate=float(ver.full_gradient_rate), probe_tensors=ver.probe_tensors,
+                             probe_floor=float(ver.probe_floor), probe_window=float(ver.probe_window))
         chain = self.chain = connect_chain(cfg, self.evm_private_key) if cfg.chain is not None else None
         evidence_dir = (cfg.chain.evidence_dir if cfg.chain and cfg.chain.evidence_dir else cfg.data_dir / "evidence")
         import torch

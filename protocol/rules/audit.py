@@ -9,13 +9,18 @@ beacon) picks, per contribution, a gradient audit level and a logprob subset:
 - `full` (probability `full_gradient_rate`): one forward over *all* samples with autograd on,
   `strategy_loss` exactly as the node computes it, and the gradient of every parameter;
 - `probe` (probability `probe_rate` of the rest): the same forward, but the gradient of only
-  `probe_tensors` parameters drawn uniformly from all of the model's, by the same post-deadline
-  draws (`probe_names`). No tensor is safe to fake: a node learns which were probed only after it
-  sent its gradient, so a fake confined to some tensors is caught with the probability that one of
-  them is drawn, and a fake of the whole gradient (random, scaled, computed over a subset of the
-  samples) is caught at once. Only the probed tensors require grad (`gradient_only_for`), so
-  autograd records nothing before the earliest of them: a probe costs the forward plus the backward
-  from the output down to that tensor, half a backward on average;
+  `probe_tensors` parameters drawn after the deadline by the same draws (`probe_names`), with
+  weights that favour the tensors nearest the output, which are the cheapest to reach, while every
+  tensor keeps a floor (`probe_weights`): the probe draws one trainable *scalar* and recomputes its
+  tensor, uniformly over all N with probability `probe_floor`, else uniformly over the last
+  `probe_window` share of them in model order. Only the probed tensors require grad
+  (`gradient_only_for`), so autograd records nothing before the earliest of them: a probe costs the
+  forward plus the backward from the output down to that tensor. A node learns what was probed
+  only after it sent its gradient, so a fake of the whole gradient (random, scaled, computed over a
+  subset of the samples) is caught by any probe, and a fake confined to a set T of tensors is caught
+  with probability W(T) >= `probe_floor` * (T's share of the parameters), about the floor times
+  the share of the backward that faking T saves: enough to make every such fake lose money at the
+  default stake and pay (`audit_economics.minimum_probe_floor`; docs/verification.md, "The probe");
 - `none`: a no-grad prefill of `logprob_samples` samples drawn without replacement.
 Any gradient audit re-scores the logprobs of every sample for free (its forward computes them).
 Every forward here runs each distinct prompt once (`protocol/rules/prefix_scoring.py`): a group's G
@@ -104,13 +109,18 @@ class AuditPolicy:
     """How hard the coordinator looks; travels inside evidence so a re-run uses the same numbers.
 
     Rates are probabilities per contribution; `logprob_samples` counts samples; tolerances are
-    in nats per token (logprobs) and in the units of `GradientTolerance`.
+    in nats per token (logprobs) and in the units of `GradientTolerance`. `probe_floor` and
+    `probe_window` shape the probe's draw (`probe_weights`): the floor must exceed
+    `audit_economics.minimum_probe_floor` for the stake and pay in force (0.060 at the coordinator's
+    defaults), and with the probe on every contribution the full audit is a backstop.
     """
 
     logprob_samples: int = 8
     probe_rate: float = 1.0
-    full_gradient_rate: float = 0.1
+    full_gradient_rate: float = 0.01
     probe_tensors: int = 1
+    probe_floor: float = 0.1
+    probe_window: float = 0.1
     logprob_tolerance: float = SCORING_TOLERANCE_FP32
     sampling_tolerance: float = SAMPLING_TOLERANCE_FP32
     gradient_tolerances: tuple[GradientTolerance, ...] = GRADIENT_TOLERANCES
@@ -124,6 +134,10 @@ class AuditPolicy:
             raise AuditError(
                 f"audit policy rates: expected <= 1, got probe {self.probe_rate}, full {self.full_gradient_rate}"
             )
+        for name in ("probe_floor", "probe_window"):  # > 0: every tensor can be drawn; a window of nothing is no window
+            value = getattr(self, name)
+            if type(value) is not float or not 0 < value <= 1:
+                raise AuditError(f"audit policy {name}: expected a float in (0, 1], got {value!r}")
         for name in ("logprob_samples", "probe_tensors"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
@@ -179,26 +193,92 @@ def audit_plan(
     return AuditPlan(GRADIENT_NONE, tuple(sorted(order[: min(policy.logprob_samples, num_samples)])))
 
 
-def probe_names(names: Sequence[str], probe_tensors: int, probe_key: bytes) -> tuple[str, ...]:
-    """`probe_tensors` distinct names drawn uniformly by a partial Fisher-Yates shuffle keyed by
-    `probe_key`, in model order."""
-    draws, order = DrawStream(probe_key), list(range(len(names)))
-    count = min(probe_tensors, len(names))
-    for i in range(count):
-        j = i + draws.below(len(names) - i)
-        order[i], order[j] = order[j], order[i]
-    return tuple(names[i] for i in sorted(order[:count]))
+def probe_weights(sizes: Sequence[int], floor: float, window: float) -> tuple[int, ...]:
+    """Integer draw weights of tensors of `sizes` elements (model order), exact on every platform.
+
+    With N elements in all and the window the last M = ceil(window * N) of them, tensor i holding
+    n_i elements, m_i of them inside the window, is drawn with probability
+
+        w_i = floor * n_i / N + (1 - floor) * m_i / M
+
+    (floor and window as parts per million, like the rates): a draw picks one scalar, uniformly
+    over the whole model with probability `floor`, else uniformly over the window, and probes its
+    tensor. Every tensor with an element gets w_i >= floor * n_i / N > 0; the window holds the
+    tensors nearest the output, whose gradient needs the least of the backward."""
+    if any(type(n) is not int or n < 1 for n in sizes) or not sizes:
+        raise AuditError(f"probe weights: expected tensor sizes >= 1, got {list(sizes)[:4]}...")
+    floor_ppm = round(floor * RATE_SCALE)
+    if not 0 < floor_ppm <= RATE_SCALE:
+        raise AuditError(f"probe weights: expected a floor in (0, 1], got {floor}")
+    total, inside = sum(sizes), probe_window_overlap(sizes, window)
+    kept = sum(inside)
+    return tuple(floor_ppm * n * kept + (RATE_SCALE - floor_ppm) * m * total for n, m in zip(sizes, inside))
 
 
-def audited_parameter_names(model, level: str, probe_tensors: int, probe_key: bytes = b"") -> tuple[str, ...]:
-    """Every trainable parameter for `full`; for `probe`, `probe_names` of them. A tied head is
-    registered once, under the embedding's name. Trainable: all of a plain model's parameters, an
-    adapter's alone under peft (protocol/rules/adapters.py)."""
-    names = tuple(name for name, _ in trainable_named_parameters(model))
+def probe_window_overlap(sizes: Sequence[int], window: float) -> tuple[int, ...]:
+    """m_i of `probe_weights`: how many of each tensor's elements lie in the last
+    M = ceil(window * N) of the model's N (at least one), in model order."""
+    window_ppm = round(window * RATE_SCALE)
+    if not 0 < window_ppm <= RATE_SCALE:
+        raise AuditError(f"probe window: expected a share in (0, 1], got {window}")
+    total = sum(sizes)
+    kept = max(1, -(-total * window_ppm // RATE_SCALE))
+    start, inside = 0, []
+    for n in sizes:
+        inside.append(max(0, start + n - max(start, total - kept)))  # overlap of [start, start + n) with [N - M, N)
+        start += n
+    return tuple(inside)
+
+
+def _below(draws: DrawStream, n: int) -> int:
+    """A uniform integer in 0..n-1 for any n >= 1 (weights outgrow 64 bits on a large model):
+    `DrawStream.below` itself up to 2**62, else base-2**62 digits by rejection."""
+    if n <= 1 << 62:
+        return draws.below(n)
+    digits = -(-n.bit_length() // 62)
+    span = 1 << (62 * digits)
+    limit = span - span % n
+    while True:
+        value = 0
+        for _ in range(digits):
+            value = (value << 62) | draws.below(1 << 62)
+        if value < limit:
+            return value % n
+
+
+def probe_names(
+    names: Sequence[str], sizes: Sequence[int], probe_tensors: int, probe_key: bytes,
+    floor: float = AuditPolicy.probe_floor, window: float = AuditPolicy.probe_window,
+) -> tuple[str, ...]:
+    """`probe_tensors` distinct names drawn by `probe_weights` without replacement (each draw over
+    the tensors not yet drawn, in proportion to their weights), keyed by `probe_key`, in model order."""
+    if len(names) != len(sizes):
+        raise AuditError(f"probe names: {len(names)} names for {len(sizes)} sizes")
+    draws, weights = DrawStream(probe_key), list(probe_weights(sizes, floor, window))
+    chosen: set[int] = set()
+    for _ in range(min(probe_tensors, len(names))):
+        point = _below(draws, sum(weights))
+        for i, weight in enumerate(weights):
+            if point < weight:
+                break
+            point -= weight
+        chosen.add(i)
+        weights[i] = 0
+    return tuple(names[i] for i in sorted(chosen))
+
+
+def audited_parameter_names(model, level: str, policy: AuditPolicy | None = None, probe_key: bytes = b"") -> tuple[str, ...]:
+    """Every trainable parameter for `full`; for `probe`, `probe_names` of them under `policy`'s
+    count and weights. A tied head is registered once, under the embedding's name. Trainable: all of
+    a plain model's parameters, an adapter's alone under peft (protocol/rules/adapters.py)."""
+    trainable = trainable_named_parameters(model)
+    names = tuple(name for name, _ in trainable)
     if level == GRADIENT_FULL:
         return names
     if level == GRADIENT_PROBE:
-        return probe_names(names, probe_tensors, probe_key)
+        policy = policy or AuditPolicy()
+        return probe_names(names, [p.numel() for _, p in trainable], policy.probe_tensors, probe_key,
+                           policy.probe_floor, policy.probe_window)
     raise AuditError(f"gradient audit level: expected probe or full, got {level!r}")
 
 

@@ -80,3 +80,36 @@ def expected_cheating_loss(detection: float, payout: float, slash: float, gain: 
     if not 0.0 <= detection <= 1.0:
         raise AuditEconomicsError(f"detection: expected a probability in [0, 1], got {detection}")
     return detection * (payout + slash) - gain
+
+
+def minimum_probe_floor(
+    stake: float, payout: float, full_gradient_rate: float = 0.0, probe_rate: float = 1.0, cost_factor: float = 1.0,
+) -> float:
+    """The least `AuditPolicy.probe_floor` that makes every partial-gradient fake lose money.
+
+    A node that fakes the gradient of tensors holding a share f of the parameters saves at most
+    `cost_factor` * f of the backward (cost_factor: a tensor's share of the backward over its share
+    of the parameters; ~1 for the blocks of a transformer, measured in docs/verification.md), and
+    the backward costs at most `payout` (a node is paid at least what its work costs). The probe
+    draws one of those tensors with probability >= floor * f, the full audit catches it whenever it
+    runs, so with q = `full_gradient_rate`, p = `probe_rate` the fake loses for every f in (0, 1] iff
+
+        (q + (1 - q) p floor f) (payout + stake) > cost_factor f payout,
+
+    which is linear in f and tightest at f = 1: floor > (cost_factor payout / (payout + stake) - q)
+    / ((1 - q) p). Returns that bound, 0 where the full audit alone suffices; above 1, no floor does
+    (raise the stake or the audit rates).
+    """
+    for name, value in (("stake", stake), ("payout", payout), ("cost_factor", cost_factor)):
+        if not math.isfinite(value) or value < 0:
+            raise AuditEconomicsError(f"{name}: expected a finite amount >= 0, got {value}")
+    for name, value in (("full_gradient_rate", full_gradient_rate), ("probe_rate", probe_rate)):
+        if not 0.0 <= value <= 1.0:
+            raise AuditEconomicsError(f"{name}: expected a probability in [0, 1], got {value}")
+    if payout == 0 or cost_factor == 0:
+        return 0.0
+    needed = cost_factor * payout / (payout + stake) - full_gradient_rate
+    if needed < 0:
+        return 0.0
+    reach = (1 - full_gradient_rate) * probe_rate
+    return math.inf if reach == 0 else needed / reach

@@ -480,7 +480,7 @@ def _model_audit(announcement, contribution, digests, model, tokenizer, context,
     strategy = validate_strategy(contribution.strategy)
     plan = audit_plan(announcement.seed, digests.contribution_hash, context.beacon, len(samples), policy)
     shapes = trainable_shapes(model)  # an adapter round's gradient is the adapter's
-    names = (audited_parameter_names(model, plan.gradient, policy.probe_tensors, plan.probe_key)
+    names = (audited_parameter_names(model, plan.gradient, policy, plan.probe_key)
              if plan.gradient != GRADIENT_NONE else ())
     try:
         claimed = decode_audited_gradient(contribution.gradient, shapes, names)

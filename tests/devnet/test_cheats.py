@@ -104,3 +104,29 @@ def test_a_cheat_that_changes_nothing_sends_the_honest_contribution_itself():
     assert apply_cheat("scaled-gradient", dataclasses.replace(inputs, honest=flat)) is flat
     assert apply_cheat("stale-model", dataclasses.replace(inputs, stale_model=w.model)) is inputs.honest
     assert apply_cheat("scaled-gradient", inputs) is not inputs.honest
+
+
+def test_a_partial_gradient_keeps_the_honest_bytes_of_the_tensors_it_computes_in_full():
+    """A cheater splices the honest encoded tensors in (an 8-bit code decoded and encoded again can
+    move), so a probe of one of them matches exactly and only a probe of a faked one catches it."""
+    import dataclasses
+
+    from thinkmesh.protocol.rules.audit import audited_parameter_names
+
+    w = world()
+    names = audited_parameter_names(w.model, "full")
+    kept = names[-3:]
+    for compression in ("uniform8", "none"):
+        honest = w.honest[0]
+        if honest.gradient.compression != compression:
+            from thinkmesh.devnet.cheats import honest_contribution
+            from tests.verification_world import STRATEGY
+
+            honest = honest_contribution(w.model, w.tokenizer, w.round, w.nodes[0], STRATEGY, compression)
+        cheat = apply_cheat("partial-gradient", dataclasses.replace(w.cheat_inputs(), honest=honest, honest_tensors=kept))
+        blobs = {b.name: b for b in cheat.gradient.tensors}
+        original = {b.name: b for b in honest.gradient.tensors}
+        assert all(blobs[name] == original[name] for name in kept)
+        assert any(blobs[name] != original[name] for name in names if name not in kept)
+    with pytest.raises(CheatError):
+        apply_cheat("partial-gradient", w.cheat_inputs(honest_tensors=("no.such.weight",)))

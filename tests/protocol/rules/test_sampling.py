@@ -157,11 +157,14 @@ def test_a_probe_aware_partial_gradient_is_caught_by_the_probe_under_almost_ever
     digests = contribution_digests(cheat)
     names = [n for n, _ in w.model.named_parameters()]
     beacons = [bytes([i]) * 32 for i in range(40)]
-    probed = {audited_parameter_names(w.model, "probe", 1, audit_plan(
-        w.round.seed, digests.contribution_hash, b, len(cheat.samples), AuditPolicy()).probe_key)[0] for b in beacons}
-    assert len(probed) > 10  # the probe wanders over the model, not only its trailing tensor
+    probed = [audited_parameter_names(w.model, "probe", AuditPolicy(), audit_plan(
+        w.round.seed, digests.contribution_hash, b, len(cheat.samples), AuditPolicy()).probe_key)[0] for b in beacons]
+    # Mostly the window's tensors next to the output (cheap to reach), but the floor reaches into
+    # the body too, and the trailing tensor (the one a fixed probe used to check) almost never.
+    assert len(set(probed)) > 3 and any(".layers.0." in name for name in probed)
+    assert probed.count(names[-1]) <= 1
     caught = sum(verify(cheat, beacon=b).reason == REASON_GRADIENT_MISMATCH for b in beacons[:12])
-    assert caught >= 10, (caught, len(names))
+    assert caught >= 11, (caught, len(names))
 
 
 # ---- the round's terms ----------------------------------------------------------------------
