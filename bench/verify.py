@@ -59,9 +59,9 @@ from thinkmesh.protocol.rules.audit_economics import detection_probability, mini
 from thinkmesh.protocol.rules.gradient_codec import decode_gradient  # noqa: E402
 from thinkmesh.protocol.rules.identity import NodeIdentity  # noqa: E402
 from thinkmesh.protocol.rules.strategies import strategy_from_name  # noqa: E402
-from thinkmesh.protocol.rules.verification import (  # noqa: E402
 from thinkmesh.coordinator.config import ChainConfig, RoundConfig  # noqa: E402
 from thinkmesh.protocol.rules.adapters import trainable_named_parameters  # noqa: E402
+from thinkmesh.protocol.rules.verification import (  # noqa: E402
     VerificationContext,
     verify_contribution,
     with_seen,

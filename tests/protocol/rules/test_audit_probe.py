@@ -209,7 +209,7 @@ def test_the_synthetic_shapes_are_the_bench_models():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from bench.verify import build_model
     from thinkmesh.protocol.rules.adapters import trainable_named_parameters
 
