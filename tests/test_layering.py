@@ -97,3 +97,19 @@ def _readme_map() -> set[str]:
 
 def test_readme_layout_names_every_package():
     assert _readme_map() == _packages()
+
+
+def test_pyproject_ships_every_package_and_its_data():
+    """A package missing from `packages` works from a checkout and breaks an install."""
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        "thinkmesh." + ".".join(init.parent.relative_to(REPO).parts)
+        for layer in LAYERS
+        for init in (REPO / layer).rglob("__init__.py")
+    }
+    assert set(setup["packages"]) - {"thinkmesh"} == on_disk
+    for package, patterns in setup["package-data"].items():
+        directory = REPO.joinpath(*package.split(".")[1:])
+        assert all(list(directory.glob(pattern)) for pattern in patterns), package
