@@ -22,7 +22,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,12 @@ from thinkmesh.coordinator.dashboard.ledger_snapshot import read_snapshot
 from thinkmesh.coordinator.dashboard.ledger_view import SERVING_UNKNOWN, LedgerSnapshot, LedgerSummary, build_summary
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.hashing import keccak_256
-from thinkmesh.coordinator.dashboard.server_lookup import ServerLookup, UnstartedLookup
+from thinkmesh.coordinator.dashboard.server_lookup import JoiningLookup, ServerLookup, UnstartedLookup
 
 STATIC_DIR = Path(__file__).with_name("static")
 EVIDENCE_NAME = re.compile(r"^0x[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
+JOIN_WAIT_S = 120  # on the way out, for a DHT join still under way (its process must not outlive us)
 
 
 HASH_CHUNK = 1 << 20
@@ -107,9 +109,9 @@ class Dashboard:
     """Holds one chain client and a cached summary; `app()` builds the aiohttp application."""
 
     def __init__(self, client, evidence_dir: Path | None = None, refresh_s: float = 2.0,
-                 servers: ServerLookup | UnstartedLookup | None = None) -> None:
+                 servers: ServerLookup | UnstartedLookup | JoiningLookup | None = None) -> None:
         self._client = client
-        self._servers = servers
+        self.servers = servers
         self._evidence_dir = evidence_dir
         self._evidence_files = EvidenceFiles(evidence_dir) if evidence_dir is not None else None
         self._refresh_s = refresh_s
@@ -134,10 +136,11 @@ class Dashboard:
 
     async def _find_servers(self, snapshot: LedgerSnapshot) -> tuple[dict | None, str]:
         """The DHT's serve records of the snapshot's model versions, and how they were found."""
-        if self._servers is None:
+        servers = self.servers
+        if servers is None:
             return None, SERVING_UNKNOWN
         try:
-            return await self._servers.find(r.model_hash for r in snapshot.rounds), self._servers.description
+            return await servers.find(r.model_hash for r in snapshot.rounds), servers.description
         except Exception as exc:  # the DHT is best effort: the chain's figures are shown without it
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("dashboard: cannot look serving nodes up in the DHT: %s", reason)
@@ -188,13 +191,25 @@ class Dashboard:
 
 
 async def serve_dashboard(client, host: str, port: int, evidence_dir: Path | None, stop: asyncio.Event,
-                          servers: ServerLookup | UnstartedLookup | None = None) -> None:
-    runner = web.AppRunner(Dashboard(client, evidence_dir, servers=servers).app())
+                          find_servers: Callable[[], ServerLookup | UnstartedLookup] | None = None) -> None:
+    """Serves until `stop`. `find_servers` starts the DHT lookup in a thread once the page is
+    listening (joining the DHT takes seconds; meanwhile the page says so), and the lookup it
+    returns is shut down on the way out, even if it finished joining only after `stop`."""
+    dashboard = Dashboard(client, evidence_dir, servers=JoiningLookup() if find_servers else None)
+    runner = web.AppRunner(dashboard.app())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     print(f"dashboard on http://{host}:{port}/ (ledger {client.deployment.ledger})", flush=True)
+    joined: Future | None = None
+    if find_servers is not None:
+        joined = Future()
+        joined.add_done_callback(lambda done: setattr(dashboard, "servers", done.result()))
+        threading.Thread(target=lambda: joined.set_result(find_servers()), name="dht-join", daemon=True).start()
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
+        if joined is not None:
+            lookup = await asyncio.to_thread(joined.result, JOIN_WAIT_S)
+            lookup.shutdown()

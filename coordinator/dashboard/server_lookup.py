@@ -7,9 +7,10 @@ those whose signature, model hash and expiry check. A record is the server's cla
 weights, not a proof: answers are checked by their receipts (`thinkmesh verify-receipt`, `ask`).
 
 Lifecycle: `ServerLookup.start(initial_peers)` starts the DHT (its own process, with p2pd),
-`await find(model_hashes)` looks up, `shutdown()` stops it. `start_or_report` is the dashboard's:
-a DHT that does not start gives an `UnstartedLookup`, whose every lookup fails with the reason, so
-the page stays up and says why serving nodes are unknown.
+`await find(model_hashes)` looks up, `shutdown()` stops it. `start_or_report` is the dashboard's,
+run once its page is listening (a `JoiningLookup` answers meanwhile): a DHT that does not start
+gives an `UnstartedLookup`, whose every lookup fails with the reason, so the page stays up and
+says why serving nodes are unknown.
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ class UnstartedLookup:
 
     async def find(self, model_hashes: Iterable[bytes], timeout_s: float = LOOKUP_TIMEOUT_S) -> dict[bytes, list]:
         raise RuntimeError(f"the DHT did not start: {self.reason}")
+
+    def shutdown(self) -> None:
+        pass
+
+
+class JoiningLookup:
+    """The lookup while the dashboard joins the DHT in the background: the page is up at once and
+    says serving nodes are not known yet, rather than refusing connections for the seconds p2pd
+    takes to start."""
+
+    description = "unknown: still joining the DHT"
+
+    async def find(self, model_hashes: Iterable[bytes], timeout_s: float = LOOKUP_TIMEOUT_S) -> dict[bytes, list]:
+        raise RuntimeError("still joining the DHT")
 
     def shutdown(self) -> None:
         pass

@@ -59,18 +59,16 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from thinkmesh.protocol.runtime.process_lifecycle import run_until_stopped
 
     client = LedgerClient.connect(args.rpc, discover_deployment(args.rpc, args.ledger, from_block=args.from_block))
-    servers = None
+    find_servers = None
     if args.find_servers:
+        from functools import partial
+
         from thinkmesh.coordinator.dashboard.server_lookup import start_or_report
 
         peers = args.initial_peers or client.bootstrap_peers()
         if not peers:
             raise SystemExit("dashboard --find-servers: expected --initial-peers or a bootstrap list on the ledger, "
                              "found neither")
-        servers = start_or_report(peers)
-    try:
-        run_until_stopped(lambda stop: serve_dashboard(client, args.host, args.port, args.evidence_dir, stop, servers))
-    finally:
-        if servers is not None:
-            servers.shutdown()
+        find_servers = partial(start_or_report, peers)
+    run_until_stopped(lambda stop: serve_dashboard(client, args.host, args.port, args.evidence_dir, stop, find_servers))
     return 0

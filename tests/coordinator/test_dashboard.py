@@ -233,3 +233,57 @@ def test_a_dht_that_does_not_start_leaves_the_page_up_saying_why(monkeypatch):
     assert summary["serving"] == ("unknown: the DHT lookup failed (RuntimeError: the DHT did not start: "
                                   "FileNotFoundError: no p2pd binary)")
     assert all(v["servers"] is None for v in summary["versions"])
+
+
+def test_the_page_answers_while_the_dht_join_is_under_way_and_the_lookup_is_shut_down_after(monkeypatch):
+    """Joining the DHT takes seconds; the page must not refuse connections meanwhile (the devnet
+    reports the dashboard's URL as soon as it starts it), and a lookup that finishes joining only
+    after the stop is still shut down, so its p2pd does not outlive the dashboard."""
+    import socket
+    import threading
+    import types
+    import urllib.request
+
+    from thinkmesh.coordinator.dashboard.server import serve_dashboard
+
+    monkeypatch.setattr(dashboard_module, "read_snapshot", lambda client: SNAPSHOT)
+    release, shut = threading.Event(), threading.Event()
+
+    class Lookup:
+        description = "fake"
+
+        async def find(self, model_hashes):
+            return {}
+
+        def shutdown(self):
+            shut.set()
+
+    def join():
+        release.wait(30)
+        return Lookup()
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = types.SimpleNamespace(deployment=types.SimpleNamespace(ledger="0x" + "1" * 40))
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_dashboard(client, "127.0.0.1", port, None, stop, join))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            try:
+                body = await asyncio.to_thread(lambda: urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/summary", timeout=5).read())
+                break
+            except OSError:
+                continue
+        else:
+            raise AssertionError("the page never answered while the DHT join was under way")
+        assert b"still joining the DHT" in body
+        stop.set()
+        release.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
+    assert shut.is_set()
