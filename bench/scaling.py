@@ -1,6 +1,6 @@
 """Learning that comes from the network's size: held-out gain after R rounds for 1, 2, 4, 8 nodes.
 
-    .venv/bin/python bench/scaling.py [--nodes 1,2,4,8] [--rounds 3] [--seeds 2] [--prompts 4] [--group 8]
+    .venv/bin/python bench/scaling.py [--nodes 1,2,4,8] [--rounds 3] [--seeds 8] [--prompts 4] [--group 8]
 
 The model is a perfect teacher's student (`tiny` shape, 24,000 linear-1 examples, `teacher_slip_rate`
 0; built once through devnet/model_cache.py and cached in --cache-dir), on which one node's batch is
@@ -15,7 +15,7 @@ Trials: seed s fixes the round seeds and the node keys; n nodes use keys 0..n-1 
 the comparison across n is paired (same rounds, nested nodes). `spread` is the sample standard
 deviation of the gain over trials. The bar: gain(4) - gain(1) > max(spread(1), spread(4)), on
 greedy accuracy (the on-chain figure) and, with --eval-samples k, on sampled accuracy at T = 1 (the
-quantity the objective raises). The defaults fit ~15 minutes on a loaded 2-core CPU. Prints one JSON object as its last line.
+quantity the objective raises). The defaults take ~2.5 minutes on an idle 2-core CPU. Prints one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1,2,4,8")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4, help="prompts per node per round")
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=40)
