@@ -25,7 +25,7 @@ model with everything the pure pipeline leaves to its caller:
   link to it (one verdict per node and round: what traces export and operators look up). In an
   adapter round the round's adapter is written once beside them, `<model hash hex>.adapter.safetensors`
   (kilobytes to megabytes): with the public base it is the round's model a re-run needs. A
-  failing verdict that cannot be slashed (`UNSLASHABLE_REASONS`, or a key with no registered
+  failing verdict that cannot be slashed (`protocol.rules.slashing.slashable`, or a key with no registered
   address) gets a short JSON record, `<contribution hash hex>.verdict.json`, instead: nobody
   will ever need its megabytes to back a slash. The accepted contribution itself lies under
   `<data_dir>/contributions/` (replay evidence and trace export read it back), as a hard link
@@ -62,7 +62,7 @@ from thinkmesh.protocol.rules.adapters import adapter_file_bytes, adapter_file_n
 from thinkmesh.protocol.rules.hashing import keccak256
 from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.rules.seeds import audit_beacon
-from thinkmesh.protocol.rules.slashing import UNSLASHABLE_REASONS
+from thinkmesh.protocol.rules.slashing import slashable
 from thinkmesh.protocol.rules.verification import (
     REASON_REPLAY,
     VerificationContext,
@@ -139,7 +139,7 @@ class VerifiedContribution:
 
     @property
     def slashable(self) -> bool:
-        return not self.report.accepted and self.report.reason not in UNSLASHABLE_REASONS and self.address is not None
+        return slashable(self.report.reason) and self.address is not None
 
 
 class ContributionArchive:
@@ -368,9 +368,9 @@ class ContributionVerifier:
             directory = round_dir(self.evidence_dir, contribution.round_id)
             directory.mkdir(parents=True, exist_ok=True)
             stem = report.contribution_hash.hex()
-            unslashable = report.reason in UNSLASHABLE_REASONS or address is None
+            unslashable = not slashable(report.reason) or address is None
             if not report.accepted and unslashable:
-                why = "unslashable reason" if report.reason in UNSLASHABLE_REASONS else "no registered address"
+                why = "no registered address" if slashable(report.reason) else "unslashable reason"
                 record = short_record(contribution, report, len(encoded), why)
                 path = unused_path(directory, stem, ".verdict.json")
                 write_atomic(path, record)
