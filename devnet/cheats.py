@@ -44,7 +44,6 @@ from thinkmesh.protocol.rules.identity import NodeIdentity
 from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, Sample, samples_root, sign_message
 from thinkmesh.protocol.rules.rewards import reference_completion, score_completion
 from thinkmesh.protocol.rules.scoring import completion_text
-from thinkmesh.protocol.rules.strategies import StrategySpec
 from thinkmesh.protocol.rules.verification import CLAIMED_REWARD_OVERLONG_BUFFER, node_tasks, prompt_ids_for
 
 CHEAT_MODES = (

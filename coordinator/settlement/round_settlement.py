@@ -58,7 +58,6 @@ from thinkmesh.protocol.chain.ledger import (
     SlashReason,
     seed_commitment,
 )
-from thinkmesh.protocol.rules.messages import Contribution
 from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION, ROUND_KIND_TRAINING
 from thinkmesh.protocol.rules.payout import contribution_score, generation_payout, payout_for, verified_prompts
 from thinkmesh.protocol.rules.rewards import total_reward

@@ -12,7 +12,7 @@ import pytest
 from thinkmesh.protocol.cli.main import main
 from thinkmesh.node.local.distill import (
     DATASET_FILE, DISTILL_STREAM_KEY, SUMMARY_FILE, Dataset, DistillError, RejectionSettings, distill_prompts,
-    rejection_sample, spec_seed, teacher_hash, train_student,
+    spec_seed, teacher_hash, train_student,
 )
 from thinkmesh.node.model.model_dir import load_model, load_tokenizer, weights_sha256
 from thinkmesh.protocol.rules.evaluation import heldout_tasks

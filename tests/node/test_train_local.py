@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from thinkmesh.node.local.coldstart import ColdStartSettings, run_coldstart
 from thinkmesh.node.model.model_dir import weights_sha256
 from thinkmesh.node.local.train_local import CHECKPOINT_DIR, METRICS_FILE, LocalTrainConfig, train_local
 
