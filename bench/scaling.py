@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/scaling.py [--nodes 1,2,4,8] [--rounds 3] [--seeds 8] [--prompts 4] [--group 8]
 
-The model is a perfect teacher's student (`tiny` shape, 24,000 linear-1 examples, `teacher_slip_rate`
-0; built once through devnet/model_cache.py and cached in --cache-dir), on which one node's batch is
+The model is a perfect teacher's student (`tiny` shape, 24,000 linear-1 examples or
+--coldstart-examples, `teacher_slip_rate` 0; built once through devnet/model_cache.py and cached in
+--cache-dir), on which one node's batch is
 too noisy to improve it (docs/learning.md: gradients of independent 16-prompt batches have cosine
 0.007). Every configuration runs the same per-node batch (dapo, --prompts x --group samples) in a
 mesh simulated in one process from the real parts (bench/inprocess_mesh.py: `honest_contribution`
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tasks", type=int, default=150, help="held-out problems (linear-1 has 150)")
     parser.add_argument("--eval-samples", type=int, default=0, help="k > 0: also sampled accuracy at T = 1 (k per task)")
     parser.add_argument("--eval-every-round", action="store_true", help="greedy accuracy after every round, not only the last")
+    parser.add_argument("--coldstart-examples", type=int, default=24000,
+                        help="the perfect teacher's demonstrations the student is cold-started on")
     parser.add_argument("--model-dir", default=None, help="default: the perfect teacher's student, built and cached")
     parser.add_argument("--cache-dir", default=".thinkmesh/bench-scaling")
     parser.add_argument("--threads", type=int, default=0)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
     recipe = ModelRecipe(RECIPE_NAME, TinyModelSpec(), ColdStartSettings(
-        families=("linear",), num_examples=24000, teacher_slip_rate=0.0))
+        families=("linear",), num_examples=args.coldstart_examples, teacher_slip_rate=0.0))
     model_dir = Path(args.model_dir) if args.model_dir else ensure_model(recipe, Path(args.cache_dir), progress=True).path
     settings = MeshSettings(template=recipe.coldstart.template, prompts=args.prompts, group=args.group,
                             max_new_tokens=args.max_new_tokens, lr=args.lr)

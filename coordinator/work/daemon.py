@@ -323,6 +323,7 @@ class Coordinator:
                        "duration_s": round(time.time() - started, 3)})
         intent = None
         if self.settler is not None:
+            await asyncio.to_thread(self.verifier.sync_round, round_id)  # the intent names these files
             intent = await asyncio.to_thread(
                 self.settler.record, round_id, announcement.seed, [c.verified for c in closed.accepted.values()],
                 [r.verified for r in closed.rejected.values()], self.evals[-1].get("accuracy", 0.0),

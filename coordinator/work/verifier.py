@@ -34,7 +34,9 @@ model with everything the pure pipeline leaves to its caller:
   everything: one sha256 pass gives the signature's payload hash and, from it, the
   contribution hash; the evidence file embeds them as they are. Only a rejection's evidence
   hash goes on chain (as the slash's evidence), so an accepted verdict's is computed from its
-  file when first asked for, not on the verification path.
+  file when first asked for, not on the verification path. None of these files is fsynced on
+  the verification path: `sync_round` makes a round's files durable in one barrier before its
+  settlement intent names them (a crash before it re-runs the round and discards them).
 
 Thread-safety: `verify` may be called from worker threads; model work is serialized by `lock`,
 and the replay state (committed, open round, pending) by a short lock of its own, so `admit` and
@@ -57,9 +59,9 @@ from pathlib import Path
 from thinkmesh.protocol.rules.audit import AuditPolicy
 from thinkmesh.protocol.rules.encoding import decode_message, encode_message
 from thinkmesh.protocol.rules.errors import EncodingError
-from thinkmesh.protocol.rules.evidence import Evidence, build_evidence, evidence_bytes
+from thinkmesh.protocol.rules.evidence import Evidence, build_evidence, evidence_parts
 from thinkmesh.protocol.rules.adapters import adapter_file_bytes, adapter_file_name
-from thinkmesh.protocol.rules.hashing import keccak256
+from thinkmesh.protocol.rules.hashing import keccak256, keccak256_of_parts
 from thinkmesh.protocol.rules.messages import Contribution, RoundAnnouncement, sample_hash
 from thinkmesh.protocol.rules.seeds import audit_beacon
 from thinkmesh.protocol.rules.slashing import slashable
@@ -71,6 +73,7 @@ from thinkmesh.protocol.rules.verification import (
     gradient_digest,
     verify_contribution,
 )
+from thinkmesh.protocol.runtime import atomic_files
 from thinkmesh.protocol.runtime.atomic_files import atomic_path, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -81,10 +84,11 @@ SHORT_RECORD_FINDINGS = 8  # findings a short verdict record keeps
 
 
 def store_evidence(path: Path, evidence, hashed: bool) -> bytes | None:
-    """Writes the evidence file; its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
-    data = evidence_bytes(evidence)
-    write_atomic(path, data)
-    return keccak256(data) if hashed else None
+    """Writes the evidence file (its contribution's megabytes as they are, not copied into one
+    buffer first); its keccak256 when `hashed` (a rejection: the hash goes on chain)."""
+    parts = evidence_parts(evidence)
+    write_atomic(path, parts, durable=False)
+    return keccak256_of_parts(parts) if hashed else None
 
 
 def round_dir(root: Path, round_id: int) -> Path:
@@ -161,8 +165,15 @@ class ContributionArchive:
         path.parent.mkdir(parents=True, exist_ok=True)
         if evidence is not None and _link(evidence, path):
             return path
-        write_atomic(path, encode_message(contribution) if encoded is None else encoded)
+        write_atomic(path, encode_message(contribution) if encoded is None else encoded, durable=False)
         return path
+
+    def sync_round(self, round_id: int) -> None:
+        """Makes the round's files durable (they are written without fsync: see `ContributionVerifier.sync_round`)."""
+        directory = round_dir(self.root, round_id)
+        if directory.exists():
+            atomic_files.fsync_tree(directory)
+            atomic_files.fsync_directory(self.root)
 
     def load(self, round_id: int, node_key: bytes) -> Contribution | None:
         path = self.path(round_id, node_key)
@@ -183,9 +194,10 @@ class ContributionArchive:
 
 
 def _link(source: Path, path: Path) -> bool:
-    """Atomically makes `path` a hard link to `source`; False where the file system refuses."""
+    """Atomically makes `path` a hard link to `source` (durable at the round's `sync_round`);
+    False where the file system refuses."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=False) as tmp:
             tmp.unlink()
             os.link(source, tmp)  # the temporary becomes a second name of the evidence file
     except OSError:
@@ -290,6 +302,19 @@ class ContributionVerifier:
         shutil.rmtree(round_dir(self.evidence_dir, round_id), ignore_errors=True)
         self.refresh_registry()
 
+    def sync_round(self, round_id: int) -> None:
+        """fsyncs the round's evidence files, short records, adapter and archived contributions,
+        and their directories: the one durability barrier of a round's verdicts, run before its
+        settlement intent names them (the daemon's close). Every verdict's files are written with
+        an atomic rename but no fsync, so a verification pays for no disk flush of megabytes it may
+        never need: a crash before this barrier re-runs the round, whose files `open_round`
+        discards anyway."""
+        directory = round_dir(self.evidence_dir, round_id)
+        if directory.exists():
+            atomic_files.fsync_tree(directory)
+            atomic_files.fsync_directory(self.evidence_dir)
+        self.archive.sync_round(round_id)
+
     def commit_round(self, round_id: int, accepted: Iterable[VerifiedContribution]) -> None:
         with self._state:
             for item in accepted:
@@ -373,7 +398,7 @@ class ContributionVerifier:
                 why = "no registered address" if slashable(report.reason) else "unslashable reason"
                 record = short_record(contribution, report, len(encoded), why)
                 path = unused_path(directory, stem, ".verdict.json")
-                write_atomic(path, record)
+                write_atomic(path, record, durable=False)
                 digest, short = keccak256(record), True
             else:
                 prior = self._prior(contribution, seen, pending) if report.reason == REASON_REPLAY else []
@@ -383,7 +408,7 @@ class ContributionVerifier:
                 if announcement.adapter is not None:  # the adapter a re-run attaches to the public base
                     adapter_path = directory / adapter_file_name(announcement.model_hash)
                     if not adapter_path.exists():
-                        write_atomic(adapter_path, adapter_file_bytes(self.model))
+                        write_atomic(adapter_path, adapter_file_bytes(self.model), durable=False)
             outcome = VerifiedContribution(contribution, report, path, digest, address,
                                            time.perf_counter() - started, short)
             if report.accepted:

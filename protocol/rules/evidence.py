@@ -29,7 +29,9 @@ the round's model is the base with that adapter attached (`verify-evidence --mod
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,27 @@ def evidence_bytes(evidence: Evidence) -> bytes:
     """The canonical bytes: what an evidence file holds (its writer is the caller's, e.g. the
     coordinator's through `protocol/runtime/atomic_files.py`), and what `evidence_hash` hashes."""
     return encode_message(evidence)
+
+
+def evidence_parts(evidence: Evidence) -> tuple[bytes, bytes, bytes]:
+    """(head, contribution bytes, tail): `evidence_bytes` in three pieces, the megabytes untouched,
+    so a writer can put them on disk (and a hash can take them) without first copying them into
+    one new buffer. The head and tail come from encoding the evidence with a random 32-byte stand-in
+    for the contribution, which is then swapped for the real bytes' msgpack bin header: a stand-in
+    nobody can predict cannot be planted anywhere else in the encoding (a prior's bytes included)."""
+    marker = os.urandom(32)
+    small = encode_message(dataclasses.replace(evidence, contribution_bytes=marker))
+    at = small.find(b"\xc4\x20" + marker)
+    if at < 0 or small.count(marker) != 1:
+        raise EncodingError("evidence parts: the contribution's stand-in is not where it was put")
+    blob = evidence.contribution_bytes
+    size = len(blob)
+    header = (b"\xc4" + size.to_bytes(1, "big") if size < 1 << 8 else b"\xc5" + size.to_bytes(2, "big")
+              if size < 1 << 16 else b"\xc6" + size.to_bytes(4, "big"))
+    head, tail = small[:at] + header, small[at + 2 + len(marker):]
+    if len(head) + size + len(tail) > Evidence.MAX_BYTES:
+        raise EncodingError(f"Evidence is {len(head) + size + len(tail)} bytes, over its limit of {Evidence.MAX_BYTES}")
+    return head, blob, tail
 
 
 def evidence_hash(evidence: Evidence) -> bytes:

@@ -66,10 +66,20 @@ def stream_uniforms(key: bytes, steps: int) -> list[float]:
 
 
 def uniforms_tensor(keys: Sequence[bytes], steps: int) -> Tensor:
-    """[len(keys), steps] float64: row i is `stream_uniforms(keys[i], steps)`."""
-    if not keys:
-        return torch.zeros((0, steps), dtype=torch.float64)
-    return torch.tensor([stream_uniforms(key, steps) for key in keys], dtype=torch.float64)
+    """[len(keys), steps] float64: row i is `stream_uniforms(keys[i], steps)`, converted in one
+    pass over the digests' bytes rather than word by word (the same values: a 53-bit integer and
+    its scaling by 2**-53 are exact in float64)."""
+    blocks = (steps + _WORDS_PER_BLOCK - 1) // _WORDS_PER_BLOCK
+    if not keys or not blocks:
+        return torch.zeros((len(keys), steps), dtype=torch.float64)
+    digests = b"".join(hashlib.sha256(key + block.to_bytes(4, "big")).digest() for key in keys for block in range(blocks))
+    words = torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(-1, 8).to(torch.int64)
+    top = torch.zeros(words.shape[0], dtype=torch.int64)  # the top 53 bits of each big-endian 64-bit word
+    for byte in range(6):
+        top = top * 256 + words[:, byte]
+    top = top * 32 + (words[:, 6] >> 3)
+    values = top.to(torch.float64) / _UNIFORM_SCALE
+    return values.reshape(len(keys), blocks * _WORDS_PER_BLOCK)[:, :steps].contiguous()
 
 
 def group_row_keys(round_seed: bytes, node_key: bytes, prompts: int, group_size: int) -> list[bytes]:
@@ -124,18 +134,21 @@ GAP_CHUNK_ELEMENTS = 1 << 22  # positions x vocabulary per step: bounds the floa
 
 def completion_draw_gaps(logits: Tensor, targets: Tensor, mask: Tensor, check: DrawCheck) -> Tensor:
     """`draw_gaps` of every completion token: logits [N, T, V] at the positions that drew targets
-    [N, T] -> float64 [N, T], 0 on padding. In chunks of positions, so a 150k-token vocabulary
-    costs a bounded float64 CDF, not one of N x T x V."""
+    [N, T] -> float64 [N, T], 0 on padding. The real positions of all rows are taken together and
+    replayed in chunks of positions, so a 150k-token vocabulary costs a bounded float64 CDF, not one
+    of N x T x V, and a small one costs a few calls, not a few per row."""
     n, width = targets.shape
     gaps = torch.zeros((n, width), dtype=torch.float64)
     step = max(1, GAP_CHUNK_ELEMENTS // logits.shape[-1])
     with torch.no_grad():
-        for row in range(n):
-            length = int(mask[row].sum())
-            for start in range(0, length, step):
-                end = min(start + step, length)
-                probs = token_distribution(logits[row, start:end], check.temperature, check.top_p)
-                gaps[row, start:end] = draw_gaps(probs, targets[row, start:end], check.uniforms[row, start:end])
+        real = mask.to("cpu").bool()
+        rows, columns = real.nonzero(as_tuple=True)
+        device_rows, device_columns = rows.to(logits.device), columns.to(logits.device)
+        uniforms = check.uniforms[rows, columns]
+        for start in range(0, len(rows), step):
+            at = slice(start, start + step)
+            probs = token_distribution(logits[device_rows[at], device_columns[at]], check.temperature, check.top_p)
+            gaps[rows[at], columns[at]] = draw_gaps(probs, targets[device_rows[at], device_columns[at]], uniforms[at])
     return gaps
 
 

@@ -16,10 +16,11 @@ from thinkmesh.protocol.rules.evidence import (
     build_evidence,
     evidence_bytes,
     evidence_hash,
+    evidence_parts,
     read_evidence,
     rerun_evidence,
 )
-from thinkmesh.protocol.rules.hashing import keccak256
+from thinkmesh.protocol.rules.hashing import keccak256, keccak256_of_parts
 from thinkmesh.protocol.rules.messages import Finding
 from thinkmesh.protocol.rules.verification import (
     REASON_GRADIENT_MISMATCH,
@@ -127,6 +128,20 @@ def test_evidence_hash_is_the_keccak_of_the_file(tmp_path):
     path.write_bytes(evidence_bytes(not_a_contribution))
     with pytest.raises(ProtocolError, match="contribution bytes are not a contribution"):
         read_evidence(path)
+
+
+def test_the_parts_are_the_canonical_bytes_for_every_bin_header_and_a_planted_stand_in_changes_nothing():
+    w = world()
+    evidence = evidence_of(cheat("copy-peer"), with_seen(w.context(), verify_contribution(
+        w.round, w.honest[1], w.model, w.tokenizer, w.context())), prior=(w.honest[1],))
+    for blob in (b"", b"x" * 7, b"y" * 300, b"z" * 70_000, evidence.contribution_bytes):
+        changed = dataclasses.replace(evidence, contribution_bytes=blob)
+        parts = evidence_parts(changed)
+        assert b"".join(parts) == evidence_bytes(changed) and parts[1] is blob
+        assert keccak256_of_parts(parts) == evidence_hash(changed)
+    # A prior's bytes that hold what looks like a stand-in's header still come out right.
+    planted = dataclasses.replace(evidence, contribution_bytes=b"\xc4\x20" + bytes(32))
+    assert b"".join(evidence_parts(planted)) == evidence_bytes(planted)
 
 
 def test_evidence_embeds_the_contribution_s_signed_bytes_as_they_are():

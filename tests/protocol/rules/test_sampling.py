@@ -21,6 +21,7 @@ from thinkmesh.protocol.rules.sampling import (
     stop_violation,
     stream_uniforms,
     token_distribution,
+    uniforms_tensor,
 )
 from thinkmesh.protocol.rules.strategies import strategy_from_name
 from thinkmesh.protocol.rules.terms import off_terms, strategy_under_terms
@@ -60,6 +61,15 @@ def test_a_stream_is_sha256_words_and_a_pure_function_of_public_values():
     others = {row_key(b"\x22" * 32, b"\x01" * 32, 3, 6), row_key(b"\x22" * 32, b"\x01" * 32, 4, 5),
               row_key(b"\x22" * 32, b"\x02" * 32, 3, 5), row_key(b"\x23" * 32, b"\x01" * 32, 3, 5)}
     assert key not in others and len(others) == 4
+
+
+def test_the_batched_uniforms_are_each_row_s_stream_exactly():
+    keys = [row_key(b"\x22" * 32, b"\x01" * 32, p, r) for p in range(3) for r in range(5)]
+    for steps in (0, 1, 3, 4, 5, 48, 97):
+        batched = uniforms_tensor(keys, steps)
+        assert batched.dtype == torch.float64 and batched.shape == (len(keys), steps)
+        assert batched.tolist() == [stream_uniforms(key, steps) for key in keys]  # bit for bit
+    assert uniforms_tensor([], 7).shape == (0, 7)
 
 
 def test_the_draw_lies_inside_its_own_interval_and_a_neighbour_does_not():

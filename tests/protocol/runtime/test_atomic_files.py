@@ -109,3 +109,20 @@ def test_replace_directory_swaps_in_the_new_tree_and_drops_the_old(tmp_path, syn
     assert not staging.exists() and leftovers(tmp_path) == []
     assert ("file", "weights") in synced and ("file", "config.json") in synced
     assert synced[-1] == ("dir", tmp_path.name)  # the swap itself is durable last
+
+
+def test_megabytes_are_written_whole_in_chunks(tmp_path) -> None:
+    data = os.urandom(3 * atomic_files.WRITE_CHUNK + 12345)
+    write_atomic(tmp_path / "evidence", data)
+    assert (tmp_path / "evidence").read_bytes() == data and leftovers(tmp_path) == []
+
+
+def test_a_deferred_write_renames_whole_without_fsync_and_fsync_tree_makes_it_durable(tmp_path, synced) -> None:
+    (tmp_path / "round").mkdir()
+    write_atomic(tmp_path / "round" / "a.evidence", b"verdict", durable=False)
+    with atomic_path(tmp_path / "round" / "b.evidence", durable=False) as tmp:
+        tmp.write_bytes(b"another")
+    assert synced == [] and leftovers(tmp_path / "round") == []
+    assert (tmp_path / "round" / "a.evidence").read_bytes() == b"verdict"
+    atomic_files.fsync_tree(tmp_path / "round")
+    assert sorted(synced) == [("dir", "round"), ("file", "a.evidence"), ("file", "b.evidence")]
