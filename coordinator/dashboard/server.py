@@ -34,6 +34,7 @@ from thinkmesh.coordinator.dashboard.ledger_view import SERVING_UNKNOWN, LedgerS
 from thinkmesh.protocol.rules.errors import ProtocolError
 from thinkmesh.protocol.rules.hashing import keccak_256
 from thinkmesh.coordinator.dashboard.server_lookup import JoiningLookup, ServerLookup, UnstartedLookup
+from thinkmesh.coordinator.work.stream_guard import RateLimitedLog
 
 STATIC_DIR = Path(__file__).with_name("static")
 EVIDENCE_NAME = re.compile(r"^0x[0-9a-f]{64}$")
@@ -117,6 +118,7 @@ class Dashboard:
         self._refresh_s = refresh_s
         self._cache = _Cache()
         self._lock = asyncio.Lock()
+        self._warn = RateLimitedLog(log, interval_s=60.0, burst=2)  # a chain or DHT that stays away: not a record per refresh
 
     async def summary(self) -> LedgerSummary:
         return (await self._read())[0]
@@ -130,7 +132,7 @@ class Dashboard:
                     self._cache = _Cache(build_summary(snapshot, found, serving), time.monotonic(), snapshot=snapshot)
                 except (ProtocolError, asyncio.TimeoutError) as exc:
                     reason = str(exc) or "the chain did not answer within 20 s"
-                    log.warning("dashboard: cannot read the chain: %s", reason)
+                    self._warn(logging.WARNING, "chain", "dashboard: cannot read the chain: %s", reason)
                     raise web.HTTPServiceUnavailable(text=f"cannot read the chain: {reason}") from exc
             return self._cache.summary, self._cache.snapshot
 
@@ -139,11 +141,13 @@ class Dashboard:
         servers = self.servers
         if servers is None:
             return None, SERVING_UNKNOWN
+        if isinstance(servers, JoiningLookup):  # not a failure: the page says so, nothing to log
+            return None, servers.description
         try:
             return await servers.find(r.model_hash for r in snapshot.rounds), servers.description
         except Exception as exc:  # the DHT is best effort: the chain's figures are shown without it
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning("dashboard: cannot look serving nodes up in the DHT: %s", reason)
+            self._warn(logging.WARNING, "dht", "dashboard: cannot look serving nodes up in the DHT: %s", reason)
             return None, f"unknown: the DHT lookup failed ({reason})"
 
     async def _json(self, request: web.Request) -> web.Response:

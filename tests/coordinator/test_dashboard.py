@@ -220,6 +220,34 @@ def test_a_failed_lookup_leaves_serving_nodes_unknown_and_the_page_up():
     assert all(v["servers"] is None for v in summary["versions"])
 
 
+def test_a_lookup_that_keeps_failing_is_logged_a_few_times_not_at_every_refresh(caplog):
+    import asyncio
+    import logging
+
+    from thinkmesh.coordinator.dashboard.server import Dashboard
+
+    lookup = FakeLookup(error=TimeoutError())
+    dashboard = Dashboard(object(), servers=lookup)
+    with caplog.at_level(logging.WARNING, logger=dashboard_module.__name__):
+        for _ in range(10):
+            assert asyncio.run(dashboard._find_servers(versioned_snapshot()))[0] is None
+    assert len(lookup.asked) == 10
+    assert len([r for r in caplog.records if "serving nodes" in r.getMessage()]) == 2
+
+
+def test_while_the_dht_join_is_under_way_serving_nodes_are_unknown_and_nothing_is_logged(caplog):
+    import asyncio
+    import logging
+
+    from thinkmesh.coordinator.dashboard.server import Dashboard
+    from thinkmesh.coordinator.dashboard.server_lookup import JoiningLookup
+
+    dashboard = Dashboard(object(), servers=JoiningLookup())
+    with caplog.at_level(logging.WARNING):
+        found, serving = asyncio.run(dashboard._find_servers(versioned_snapshot()))
+    assert found is None and serving == "unknown: still joining the DHT" and not caplog.records
+
+
 def test_a_dht_that_does_not_start_leaves_the_page_up_saying_why(monkeypatch):
     from thinkmesh.coordinator.dashboard import server_lookup
 
