@@ -3,7 +3,7 @@
 Each round: the coordinator's announcement (signed, the devnet's round seed rule, the round's terms),
 each node's `honest_contribution` under its own key (its prompts and sample streams are the
 protocol's for that key), the gradient decoded as the intake decodes it, the coordinator's
-`aggregate` and `apply_update` with its AdamW, and `protocol.rules.evaluation` for held-out figures.
+`aggregate` and `apply_update` with its optimizer, and `protocol.rules.evaluation` for held-out figures.
 What is left out is the wire, the verifier and the chain: they change who is admitted and paid,
 not the update an honest network makes. Nodes run one after another on one model (a contribution
 leaves the weights untouched), so a round's wall time grows with nodes while its update does not
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from thinkmesh.coordinator.work.aggregation import WeightedGradient, aggregate, apply_update
+from thinkmesh.coordinator.work.aggregation import WeightedGradient, aggregate, apply_update, build_optimizer
 from thinkmesh.node.work.contribution_step import honest_contribution
 from thinkmesh.protocol.rules.adapters import trainable_named_parameters, trainable_shapes
 from thinkmesh.protocol.rules.gradient_codec import decode_gradient
@@ -48,11 +48,12 @@ class MeshSettings:
     max_new_tokens: int = 40
     lr: float = 3e-4
     rule: str = "mean"
+    optimizer: str = "adamw"  # `[aggregation] optimizer`: "adamw" or "sgd" (momentum 0.9)
 
 
 @dataclass
 class InProcessMesh:
-    """The coordinator's state (model, AdamW) and the nodes' identities and strategies."""
+    """The coordinator's state (model, optimizer) and the nodes' identities and strategies."""
 
     model: object
     tokenizer: object
@@ -64,7 +65,7 @@ class InProcessMesh:
 
     def __post_init__(self) -> None:
         params = [p for _, p in trainable_named_parameters(self.model)]
-        self.optimizer = torch.optim.AdamW(params, lr=self.settings.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        self.optimizer = build_optimizer(params, self.settings.optimizer, self.settings.lr)  # the coordinator's defaults
         self.shapes = trainable_shapes(self.model)
         # The KL reference of a beta > 0 strategy is the base, frozen (as node/work/daemon.py keeps it).
         needs_reference = any(strategy.beta > 0 for _, strategy in self.nodes)

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--strategy", default="dapo")
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"),
+                        help="the coordinator's AdamW, or SGD with momentum 0.9 (a comparison, not the network's)")
     parser.add_argument("--eval-tasks", type=int, default=150, help="held-out problems (linear-1 has 150)")
     parser.add_argument("--eval-samples", type=int, default=0, help="k > 0: also sampled accuracy at T = 1 (k per task)")
     parser.add_argument("--eval-every-round", action="store_true", help="greedy accuracy after every round, not only the last")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         families=("linear",), num_examples=args.coldstart_examples, teacher_slip_rate=0.0))
     model_dir = Path(args.model_dir) if args.model_dir else ensure_model(recipe, Path(args.cache_dir), progress=True).path
     settings = MeshSettings(template=recipe.coldstart.template, prompts=args.prompts, group=args.group,
-                            max_new_tokens=args.max_new_tokens, lr=args.lr)
+                            max_new_tokens=args.max_new_tokens, lr=args.lr, optimizer=args.optimizer)
     evaluation = EvalSettings(tasks=args.eval_tasks, max_new_tokens=args.max_new_tokens, template=settings.template,
                               samples=args.eval_samples)
     greedy_only = EvalSettings(tasks=args.eval_tasks, max_new_tokens=args.max_new_tokens, template=settings.template,
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bench": "scaling", "model_dir": str(model_dir), "task": "linear-1", "strategy": args.strategy,
         "per_node": {"prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens},
-        "lr": args.lr, "rounds": args.rounds, "seeds": args.seeds, "eval_tasks": start.tasks,
+        "lr": args.lr, "optimizer": args.optimizer, "rounds": args.rounds, "seeds": args.seeds, "eval_tasks": start.tasks,
         "start": {"greedy": start.accuracy, "sampled": start.sampled_accuracy, "pass_at_k": start.pass_at_k},
         "by_nodes": summary, "bar_greedy": bar("greedy"), "bar_sampled": bar("sampled") if args.eval_samples else None,
         "torch_threads": torch.get_num_threads(), "wall_s": round(time.monotonic() - started, 1),

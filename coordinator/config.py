@@ -77,9 +77,13 @@ class AggregationConfig(ConfigSection):
     rule: Literal["mean", "norm_clip", "centered_clip"] = "mean"
     clip_norm: float = Field(1.0, gt=0)  # for norm_clip and centered_clip
     centered_clip_iters: int = Field(3, ge=1)
+    # The step that makes a version: AdamW, or SGD with momentum, whose step shrinks with the
+    # aggregate's noise, so more nodes (a cleaner mean) take better steps (docs/learning.md).
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     max_grad_norm: float = Field(0.0, ge=0)  # clip of the aggregate before the step; 0 = off
 
 

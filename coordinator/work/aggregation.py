@@ -86,6 +86,27 @@ def aggregate(
     raise AggregationError(f"rule: expected one of {RULES}, got {rule!r}")
 
 
+def build_optimizer(params, kind: str, lr: float, *, betas: tuple[float, float] = (0.9, 0.999),
+                    weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """The coordinator's optimizer over `params` (`[aggregation] optimizer`)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise AggregationError(f"optimizer: expected adamw or sgd, got {kind!r}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restores a checkpoint's optimizer state, refusing one another optimizer saved (switching
+    `[aggregation] optimizer` under a running model would silently drop or misread its moments)."""
+    saved = "adamw" if "betas" in state["param_groups"][0] else "sgd" if "momentum" in state["param_groups"][0] else "?"
+    wanted = "adamw" if isinstance(optimizer, torch.optim.AdamW) else "sgd"
+    if saved != wanted:
+        raise AggregationError(f"the checkpoint's optimizer state is {saved}'s but [aggregation] optimizer is "
+                               f"{wanted!r}: keep {saved!r} for this run, or start a new run")
+    optimizer.load_state_dict(state)
+
+
 def apply_update(model, optimizer: torch.optim.Optimizer, gradient: Mapping[str, Tensor], max_grad_norm: float = 0.0) -> float:
     """Sets `gradient` as the trainable parameters' .grad (an adapter round: the adapter's) and
     takes one optimizer step; returns the norm."""

@@ -28,7 +28,13 @@ import logging
 import sys
 import time
 
-from thinkmesh.coordinator.work.aggregation import WeightedGradient, aggregate, apply_update
+from thinkmesh.coordinator.work.aggregation import (
+    WeightedGradient,
+    aggregate,
+    apply_update,
+    build_optimizer,
+    load_optimizer_state,
+)
 from thinkmesh.coordinator.work.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from thinkmesh.coordinator.config import CoordinatorConfig, IntakeConfig
 from thinkmesh.coordinator.work.evaluation import evaluate
@@ -139,7 +145,8 @@ class Coordinator:
             model = self._attach_adapter(model)
         agg = self.config.aggregation
         trainable = [p for _, p in trainable_named_parameters(model)]  # the adapter's alone in adapter rounds
-        optimizer = torch.optim.AdamW(trainable, lr=agg.lr, betas=agg.betas, weight_decay=agg.weight_decay)
+        optimizer = build_optimizer(trainable, agg.optimizer, agg.lr, betas=agg.betas, weight_decay=agg.weight_decay,
+                                    momentum=agg.momentum)
         return model.eval(), tokenizer, optimizer
 
     def _attach_adapter(self, base):
@@ -168,7 +175,7 @@ class Coordinator:
             self._commit(next_round=1)
             return {}, 1
         assign_parameters(self.model, checkpoint.parameters, trainable_only=self.adapter is not None)
-        self.optimizer.load_state_dict(checkpoint.optimizer_state)
+        load_optimizer_state(self.optimizer, checkpoint.optimizer_state)
         self.manifest = decode_message(checkpoint.manifest_bytes, ModelManifest)
         _, self.chunks = self._make_manifest(self.manifest.version, self.manifest.round_id, self.manifest.parent_hash)
         self.version, self.rounds, self.evals = checkpoint.version, checkpoint.rounds, checkpoint.evals

@@ -88,3 +88,25 @@ def test_the_round_template_is_checked_and_the_eval_follows_it_unless_set(tmp_pa
     assert config.round.template == "r1-compact" and config.eval.template is None
     with pytest.raises(pydantic.ValidationError, match="template"):
         CoordinatorConfig.model_validate({**base, "round": {"template": "chatml"}})
+
+
+def test_the_optimizer_is_the_config_s_and_a_checkpoint_of_the_other_one_is_refused(tmp_path):
+    from thinkmesh.coordinator.config import CoordinatorConfig
+    from thinkmesh.coordinator.work.aggregation import apply_update, build_optimizer, load_optimizer_state
+
+    base = {"base_model": str(tmp_path), "data_dir": str(tmp_path), "identity": {"key_dir": str(tmp_path)}}
+    agg = CoordinatorConfig.model_validate({**base, "aggregation": {"optimizer": "sgd", "lr": 0.5}}).aggregation
+    assert CoordinatorConfig.model_validate(base).aggregation.optimizer == "adamw"
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    sgd = build_optimizer(list(model.parameters()), agg.optimizer, agg.lr, momentum=agg.momentum)
+    apply_update(model, sgd, {"weight": torch.tensor([[1.0, -2.0]])})
+    assert model.weight.tolist() == [[0.5, 2.0]]  # w - lr * g: the step scales with the gradient, unlike Adam's
+    adamw = build_optimizer(list(model.parameters()), "adamw", 1e-3)
+    apply_update(model, adamw, {"weight": torch.tensor([[1.0, -2.0]])})
+    with pytest.raises(AggregationError, match="checkpoint's optimizer state is adamw's"):
+        load_optimizer_state(sgd, adamw.state_dict())
+    load_optimizer_state(build_optimizer(list(model.parameters()), "sgd", 0.5), sgd.state_dict())
+    with pytest.raises(AggregationError, match="expected adamw or sgd"):
+        build_optimizer(list(model.parameters()), "lion", 1e-4)
