@@ -77,8 +77,8 @@ class AggregationConfig(ConfigSection):
     rule: Literal["mean", "norm_clip", "centered_clip"] = "mean"
     clip_norm: float = Field(1.0, gt=0)  # for norm_clip and centered_clip
     centered_clip_iters: int = Field(3, ge=1)
-    # The step that makes a version: AdamW, or SGD with momentum, whose step shrinks with the
-    # aggregate's noise, so more nodes (a cleaner mean) take better steps (docs/learning.md).
+    # The step that makes a version: AdamW, or SGD with momentum, whose step is the aggregate itself,
+    # so its noise shrinks as more nodes contribute (measured on the tiny model: docs/learning.md).
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
