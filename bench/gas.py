@@ -21,7 +21,8 @@ from thinkmesh.devnet.anvil import Anvil
 from thinkmesh.protocol.chain.client import LedgerClient, deploy
 from thinkmesh.protocol.chain.artifacts import LEDGER_CONTRACT, load_artifact
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.chain.ledger import Award, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.ledger import Award, seed_commitment, tokens
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.chain.round_details import RoundDetails, StrategyValue
 from thinkmesh.protocol.rules.merkle import MerkleTree
 

@@ -41,10 +41,10 @@ from thinkmesh.protocol.chain.ledger import (
     RoundMetricsRecord,
     RoundRecord,
     RoundSettlementRecord,
-    SlashReason,
     SlashRecord,
     bound_nodes,
 )
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.chain.round_details import (
     ZERO_HASH,
     RoundDetailsRecord,

@@ -50,16 +50,16 @@ from thinkmesh.coordinator.settlement.chain_connection import (  # noqa: F401 (c
 )
 from thinkmesh.coordinator.settlement.retry_queue import SettlementQueue
 from thinkmesh.protocol.rules.errors import ProtocolError
-from thinkmesh.protocol.chain.ledger import (
-    SCORE_SCALE,
-    Award,
-    RoundStats,
-    RoundStatus,
-    SlashReason,
-    seed_commitment,
-)
+from thinkmesh.protocol.chain.ledger import Award, RoundStats, RoundStatus, seed_commitment
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.rules.generation import ROUND_KIND_GENERATION, ROUND_KIND_TRAINING
-from thinkmesh.protocol.rules.payout import contribution_score, generation_payout, payout_for, verified_prompts
+from thinkmesh.protocol.rules.payout import (
+    SCORE_SCALE,
+    contribution_score,
+    generation_payout,
+    payout_for,
+    verified_prompts,
+)
 from thinkmesh.protocol.rules.rewards import total_reward
 from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree
 from thinkmesh.protocol.runtime.atomic_files import fsync_directory, write_atomic

@@ -93,7 +93,7 @@ def rewards_report(client) -> dict:
 
 
 def _reason_name(code: int) -> str:
-    from thinkmesh.protocol.chain.ledger import SlashReason
+    from thinkmesh.protocol.rules.slashing import SlashReason
 
     try:
         return SlashReason(code).verdict_reason

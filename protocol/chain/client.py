@@ -47,7 +47,6 @@ from thinkmesh.protocol.chain.ledger import (
     RoundStats,
     RoundStatus,
     Settlement,
-    SlashReason,
     TxResult,
     binding_bytes,
     bound_nodes,
@@ -55,6 +54,7 @@ from thinkmesh.protocol.chain.ledger import (
     checksum_address,
     hash32,
 )
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.chain.round_details import RoundDetails
 
 RPC_TIMEOUT_S = 10.0

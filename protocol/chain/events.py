@@ -21,7 +21,6 @@ from web3.exceptions import Web3RPCError
 from thinkmesh.protocol.chain.errors import ChainError
 from thinkmesh.protocol.chain.transactions import rpc_errors
 from thinkmesh.protocol.chain.ledger import (
-    SCORE_SCALE,
     ClaimRecord,
     Compensation,
     NodeRegistration,
@@ -31,6 +30,7 @@ from thinkmesh.protocol.chain.ledger import (
     SlashRecord,
     checksum_address,
 )
+from thinkmesh.protocol.rules.payout import SCORE_SCALE
 from thinkmesh.protocol.chain.round_details import RoundDetailsRecord, StrategyValueRecord, kind_name
 
 logger = logging.getLogger(__name__)

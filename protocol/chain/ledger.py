@@ -30,8 +30,7 @@ from thinkmesh.protocol.rules.hashing import keccak256
 from thinkmesh.protocol.chain.errors import LedgerRecordError
 from thinkmesh.protocol.rules.errors import SignatureError
 from thinkmesh.protocol.rules.identity import IdentityBinding, verify_binding
-from thinkmesh.protocol.rules.payout import SCORE_SCALE  # noqa: F401  (re-exported: the fixed point)
-from thinkmesh.protocol.rules.slashing import SlashReason  # noqa: F401  (re-exported: the chain codes)
+from thinkmesh.protocol.rules.payout import SCORE_SCALE
 from thinkmesh.protocol.rules.strategies import MAX_NAME_BYTES
 from thinkmesh.protocol.runtime.atomic_files import write_atomic
 

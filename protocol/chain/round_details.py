@@ -34,12 +34,12 @@ from thinkmesh.protocol.chain.ledger import (
     INT64_MAX,
     INT64_MIN,
     MAX_STRATEGY_BYTES,
-    SCORE_SCALE,
     UINT32_MAX,
     UINT64_MAX,
     UINT96_MAX,
     hash32,
 )
+from thinkmesh.protocol.rules.payout import SCORE_SCALE
 
 ZERO_HASH = b"\x00" * 32
 MAX_STRATEGY_VALUES = 16  # the contract's bound on StrategyValue entries per round

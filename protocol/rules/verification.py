@@ -26,7 +26,7 @@ and every sample's logprobs and draws are re-scored (each accepted trace is paid
 The first nine need no model (the reward and stop checks need the tokenizer only to decode ids); the
 last four run under the round's model as planned by `thinkmesh.protocol.rules.audit`, the sampling proof
 inside the forward that re-scores logprobs. `REASONS` lists the reasons in the order of their
-on-chain codes (`ledger.SlashReason`, append-only), not in the order they are checked. Findings name the
+on-chain codes (`protocol.rules.slashing.SlashReason`, append-only), not in the order they are checked. Findings name the
 sample (`CONTRIBUTION_LEVEL` for the whole contribution), the check, and the expected and claimed
 values; a hash-valued check carries the hash's first 48 bits as an exact float.
 

@@ -16,7 +16,8 @@ from thinkmesh.protocol.chain.errors import (
     ContractRevertError,
     RpcUnreachableError,
 )
-from thinkmesh.protocol.chain.ledger import Award, Deployment, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.ledger import Award, Deployment, seed_commitment, tokens
+from thinkmesh.protocol.rules.slashing import SlashReason
 
 from .conftest import MIN_STAKE, Actors
 

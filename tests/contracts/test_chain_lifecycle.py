@@ -16,11 +16,11 @@ from thinkmesh.protocol.chain.ledger import (
     Deployment,
     NodeStatus,
     RoundStatus,
-    SlashReason,
     seed_commitment,
     settlement_hash,
     tokens,
 )
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.rules.merkle import MerkleTree
 
 from .conftest import MIN_STAKE, POOL, UNBONDING_DELAY_S, Actors

@@ -18,7 +18,6 @@ from thinkmesh.protocol.chain.ledger import (
     NodeRegistration,
     PoolTotals,
     RoundStats,
-    SlashReason,
     binding_bytes,
     bound_nodes,
     canonical_awards,
@@ -28,6 +27,7 @@ from thinkmesh.protocol.chain.ledger import (
     settlement_payload,
     tokens,
 )
+from thinkmesh.protocol.rules.slashing import SlashReason
 
 LOW = "0x00000000000000000000000000000000000000aa"
 HIGH = "0xfF000000000000000000000000000000000000AA"

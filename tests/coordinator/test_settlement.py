@@ -17,12 +17,13 @@ from thinkmesh.coordinator.settlement.round_settlement import (
     read_registry,
     send_settlement,
 )
-from thinkmesh.protocol.rules.payout import SCORE_FLOOR, contribution_score, payout_for, verified_prompts
+from thinkmesh.protocol.rules.payout import SCORE_FLOOR, SCORE_SCALE, contribution_score, payout_for, verified_prompts
 from thinkmesh.coordinator.work.verifier import ContributionArchive, ContributionVerifier
 from thinkmesh.devnet.cheats import CHEAT_MODES, apply_cheat
 from thinkmesh.protocol.rules.audit import AuditPolicy
 from thinkmesh.protocol.rules.evidence import evidence_hash, read_evidence, rerun_evidence
-from thinkmesh.protocol.chain.ledger import SCORE_SCALE, RoundStatus, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.ledger import RoundStatus, seed_commitment, tokens
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.rules.messages import Sample, sample_hash
 from thinkmesh.protocol.rules.rewards import RewardBreakdown
 from thinkmesh.protocol.rules.traces import contribution_traces, traces_tree, verify_trace_proof

@@ -65,7 +65,7 @@ class AdapterMesh(PaidMesh):
 @pytest.mark.timeout(300)
 def test_adapter_rounds_settle_slash_a_cheater_and_sync_only_adapters(tmp_path, anvil):  # noqa: F811
     from thinkmesh.protocol.rules.adapters import lora_parameter_count
-    from thinkmesh.protocol.chain.ledger import SlashReason
+    from thinkmesh.protocol.rules.slashing import SlashReason
 
     mesh = AdapterMesh(tmp_path, anvil)
     try:

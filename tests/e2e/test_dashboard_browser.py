@@ -23,7 +23,8 @@ from thinkmesh.devnet.ports import free_port, port_open
 from thinkmesh.devnet.processes import wait_for
 from thinkmesh.protocol.chain.client import LedgerClient, deploy
 from thinkmesh.protocol.rules.identity import NodeIdentity, bind_identity
-from thinkmesh.protocol.chain.ledger import Award, RoundStats, SlashReason, seed_commitment, tokens
+from thinkmesh.protocol.chain.ledger import Award, RoundStats, seed_commitment, tokens
+from thinkmesh.protocol.rules.slashing import SlashReason
 from thinkmesh.protocol.chain.round_details import RoundDetails, strategy_values
 
 ARTIFACTS = Path(__file__).with_name("artifacts")

@@ -115,7 +115,7 @@ def _assert_summary_is_the_chain(rpc_url: str, deployment, layout: DevnetLayout,
     settlement journal agreeing with both."""
     from thinkmesh.coordinator.settlement.round_settlement import SettlementJournal
     from thinkmesh.protocol.chain.client import LedgerClient
-    from thinkmesh.protocol.chain.ledger import SlashReason
+    from thinkmesh.protocol.rules.slashing import SlashReason
 
     client = LedgerClient.connect(rpc_url, deployment)
     registered = {r.node: r for r in client.events.registrations()}

@@ -55,7 +55,8 @@ class GenerationMesh(PaidMesh):
 @pytest.mark.timeout(240)
 def test_a_generation_round_pays_correct_traces_and_slashes_false_claims_and_off_policy_samples(tmp_path, anvil):  # noqa: F811
     from thinkmesh.protocol.rules.generation import trace_accepted
-    from thinkmesh.protocol.chain.ledger import SlashReason, tokens
+    from thinkmesh.protocol.chain.ledger import tokens
+    from thinkmesh.protocol.rules.slashing import SlashReason
     from thinkmesh.protocol.rules.rewards import RewardBreakdown
 
     mesh = GenerationMesh(tmp_path, anvil)

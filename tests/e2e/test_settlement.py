@@ -243,7 +243,7 @@ def test_one_cheater_per_remaining_mode_each_rejected_for_its_own_reason_slashed
     its own /status history says which rounds it cheated in, and those, and only those, must be
     rejected for its mode's reason, slashed with that reason code, and not paid. Then an honest
     operator's view and claim, and the trace dataset, through the handlers the CLI runs."""
-    from thinkmesh.protocol.chain.ledger import SlashReason
+    from thinkmesh.protocol.rules.slashing import SlashReason
 
     monkeypatch.setenv("THINKMESH_KEY_PASSWORD", PASSWORD)
     cheaters = {f"cheat-{mode}": mode for mode in MODE_REJECTED_AS}
