@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--strategy", default="dapo")
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"),
-                        help="the coordinator's AdamW, or SGD with momentum 0.9 (a comparison, not the network's)")
+                        help="the coordinator's [aggregation] optimizer: AdamW (its default) or SGD with momentum 0.9")
     parser.add_argument("--eval-tasks", type=int, default=150, help="held-out problems (linear-1 has 150)")
     parser.add_argument("--eval-samples", type=int, default=0, help="k > 0: also sampled accuracy at T = 1 (k per task)")
     parser.add_argument("--eval-every-round", action="store_true", help="greedy accuracy after every round, not only the last")

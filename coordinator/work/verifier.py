@@ -95,6 +95,14 @@ def round_dir(root: Path, round_id: int) -> Path:
     return root / f"round-{round_id:06d}"
 
 
+def sync_round_dir(root: Path, round_id: int) -> None:
+    """fsyncs a round's directory under `root`, its files, and the entry naming it, if it exists."""
+    directory = round_dir(root, round_id)
+    if directory.exists():
+        atomic_files.fsync_tree(directory)
+        atomic_files.fsync_directory(root)
+
+
 def unused_path(directory: Path, stem: str, suffix: str) -> Path:
     """`<stem><suffix>` in `directory`, or `<stem>-N<suffix>` if taken: a verdict's file never
     replaces another's (the same contribution judged twice in a round keeps both)."""
@@ -170,10 +178,7 @@ class ContributionArchive:
 
     def sync_round(self, round_id: int) -> None:
         """Makes the round's files durable (they are written without fsync: see `ContributionVerifier.sync_round`)."""
-        directory = round_dir(self.root, round_id)
-        if directory.exists():
-            atomic_files.fsync_tree(directory)
-            atomic_files.fsync_directory(self.root)
+        sync_round_dir(self.root, round_id)
 
     def load(self, round_id: int, node_key: bytes) -> Contribution | None:
         path = self.path(round_id, node_key)
@@ -309,10 +314,7 @@ class ContributionVerifier:
         an atomic rename but no fsync, so a verification pays for no disk flush of megabytes it may
         never need: a crash before this barrier re-runs the round, whose files `open_round`
         discards anyway."""
-        directory = round_dir(self.evidence_dir, round_id)
-        if directory.exists():
-            atomic_files.fsync_tree(directory)
-            atomic_files.fsync_directory(self.evidence_dir)
+        sync_round_dir(self.evidence_dir, round_id)
         self.archive.sync_round(round_id)
 
     def commit_round(self, round_id: int, accepted: Iterable[VerifiedContribution]) -> None:

@@ -35,6 +35,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,29 +58,17 @@ def row_key(round_seed: bytes, node_key: bytes, prompt_index: int, row: int) -> 
 
 def stream_uniforms(key: bytes, steps: int) -> list[float]:
     """The first `steps` uniforms of the stream keyed by `key`, each a multiple of 2**-53 in [0, 1)."""
-    values: list[float] = []
-    for block in range((steps + _WORDS_PER_BLOCK - 1) // _WORDS_PER_BLOCK):
-        digest = hashlib.sha256(key + block.to_bytes(4, "big")).digest()
-        for word in range(_WORDS_PER_BLOCK):
-            values.append((int.from_bytes(digest[8 * word: 8 * word + 8], "big") >> 11) / _UNIFORM_SCALE)
-    return values[:steps]
+    return uniforms_tensor([key], steps)[0].tolist()
 
 
 def uniforms_tensor(keys: Sequence[bytes], steps: int) -> Tensor:
-    """[len(keys), steps] float64: row i is `stream_uniforms(keys[i], steps)`, converted in one
-    pass over the digests' bytes rather than word by word (the same values: a 53-bit integer and
-    its scaling by 2**-53 are exact in float64)."""
-    blocks = (steps + _WORDS_PER_BLOCK - 1) // _WORDS_PER_BLOCK
-    if not keys or not blocks:
-        return torch.zeros((len(keys), steps), dtype=torch.float64)
+    """[len(keys), steps] float64: row i holds the first `steps` uniforms of the stream keyed by
+    `keys[i]`: block b of a stream is sha256(key, b as 4 big-endian bytes), read as four big-endian
+    64-bit words, each word's top 53 bits times 2**-53 (exact in float64)."""
+    blocks = -(-steps // _WORDS_PER_BLOCK)
     digests = b"".join(hashlib.sha256(key + block.to_bytes(4, "big")).digest() for key in keys for block in range(blocks))
-    words = torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(-1, 8).to(torch.int64)
-    top = torch.zeros(words.shape[0], dtype=torch.int64)  # the top 53 bits of each big-endian 64-bit word
-    for byte in range(6):
-        top = top * 256 + words[:, byte]
-    top = top * 32 + (words[:, 6] >> 3)
-    values = top.to(torch.float64) / _UNIFORM_SCALE
-    return values.reshape(len(keys), blocks * _WORDS_PER_BLOCK)[:, :steps].contiguous()
+    words = np.frombuffer(digests, dtype=">u8").reshape(len(keys), blocks * _WORDS_PER_BLOCK)[:, :steps]
+    return torch.from_numpy((words >> np.uint64(11)).astype(np.float64) / _UNIFORM_SCALE)
 
 
 def group_row_keys(round_seed: bytes, node_key: bytes, prompts: int, group_size: int) -> list[bytes]:

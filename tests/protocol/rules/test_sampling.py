@@ -64,11 +64,16 @@ def test_a_stream_is_sha256_words_and_a_pure_function_of_public_values():
 
 
 def test_the_batched_uniforms_are_each_row_s_stream_exactly():
+    def by_hand(key, steps):  # the stream's definition, word by word
+        words = [hashlib.sha256(key + block.to_bytes(4, "big")).digest()[8 * w: 8 * w + 8]
+                 for block in range(-(-steps // 4)) for w in range(4)]
+        return [(int.from_bytes(word, "big") >> 11) / 2**53 for word in words][:steps]
+
     keys = [row_key(b"\x22" * 32, b"\x01" * 32, p, r) for p in range(3) for r in range(5)]
     for steps in (0, 1, 3, 4, 5, 48, 97):
         batched = uniforms_tensor(keys, steps)
         assert batched.dtype == torch.float64 and batched.shape == (len(keys), steps)
-        assert batched.tolist() == [stream_uniforms(key, steps) for key in keys]  # bit for bit
+        assert batched.tolist() == [by_hand(key, steps) for key in keys]  # bit for bit
     assert uniforms_tensor([], 7).shape == (0, 7)
 
 
